@@ -1,0 +1,212 @@
+"""The `taskd` command: the bridge, workers, Flower, and the ops verbs.
+
+`main(argv)` returns an exit code, so tests call it directly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bridge import logs
+
+EXIT_OK = 0
+EXIT_BAD = 1
+EXIT_USAGE = 2
+EXIT_LOCKED = 3
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="data root (TASKD_DATA_ROOT)")
+    parser.add_argument("--redis-url", help="broker and backend URL (TASKD_REDIS_URL)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="taskd", description="File-driven tasks for the mail archive, run by Celery."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = {
+        "bridge": "run the bridge in the foreground",
+        "worker": "a Celery worker on the queues retrieve, pack, notify (or -Q)",
+        "flower": "Flower against the same broker",
+        "check": "validate task files as the bridge would; exit 1 if any is bad",
+        "submit": "write a task file into the queue atomically, as the UI would",
+        "show": "a task's file state and its Celery state",
+    }
+    parsers = {}
+    for name, help_text in commands.items():
+        parsers[name] = sub.add_parser(name, help=help_text, description=help_text)
+        _common(parsers[name])
+    for name in ("worker", "flower"):
+        parsers[name].add_argument("extra", nargs=argparse.REMAINDER, help="passed on to Celery")
+    parsers["check"].add_argument("files", nargs="+", type=Path)
+    parsers["submit"].add_argument("user_id")
+    parsers["submit"].add_argument("file", type=Path)
+    parsers["show"].add_argument("target", help="a task file or a job id")
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from taskd.settings import Settings
+
+    return Settings.from_env(
+        data_root=Path(args.data_root) if args.data_root else None, redis_url=args.redis_url
+    )
+
+
+def _export(settings: Any) -> None:
+    """Child processes (Celery, Flower) read the same settings from the environment."""
+    os.environ["TASKD_DATA_ROOT"] = str(settings.data_root)
+    os.environ["TASKD_REDIS_URL"] = settings.redis_url
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    import redis as redis_lib
+
+    from bridge.daemon import Bridge
+    from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, make_app
+    from taskd.tasktypes import load_types
+
+    settings = _settings(args)
+    logs.setup(settings.log_format)
+    settings.data_root.mkdir(parents=True, exist_ok=True)
+    lock = open(settings.data_root / ".taskd-bridge.lock", "w")  # noqa: SIM115 - held for life
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        print(f"another bridge already runs on {settings.data_root}", file=sys.stderr)
+        return EXIT_LOCKED
+    client = redis_lib.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+    )
+    bridge = Bridge(settings, load_types(settings.schema_dirs), make_app(settings), client)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    bridge.run(stop)
+    return EXIT_OK
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    _export(_settings(args))
+    extra = list(args.extra)
+    if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in extra):
+        extra += ["-Q", "retrieve,pack,notify"]
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", *extra]
+    os.execv(sys.executable, argv)
+    return EXIT_OK  # pragma: no cover - execv does not return
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    _export(_settings(args))
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "flower", *args.extra]
+    os.execv(sys.executable, argv)
+    return EXIT_OK  # pragma: no cover
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from bridge import contract, files
+    from bridge.judge import judge, too_large
+    from taskd.tasktypes import load_types
+
+    settings = _settings(args)
+    types = load_types(settings.schema_dirs)
+    bad = 0
+    for path in args.files:
+        name = contract.parse_name(("check", path.name))
+        if name is None:
+            print(f"{path}: not a task file name (<task-id>.<TYPE>, TYPE upper case)")
+            bad += 1
+            continue
+        try:
+            raw = files.read_regular(path, settings.max_task_bytes)
+        except files.TooLarge as exc:
+            print(f"{path}: {too_large(exc.size, exc.limit)}")
+            bad += 1
+            continue
+        except OSError as exc:
+            print(f"{path}: cannot read: {exc.strerror or exc}")
+            bad += 1
+            continue
+        verdict = judge(raw, name, types)
+        print(f"{path}: ok" if verdict.ok else f"{path}: {verdict.error}")
+        bad += not verdict.ok
+    return EXIT_BAD if bad else EXIT_OK
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from bridge import contract, files
+
+    settings = _settings(args)
+    if not contract.USER_RE.fullmatch(args.user_id):
+        print(f"user-id {args.user_id!r} must be [A-Za-z0-9_]+", file=sys.stderr)
+        return EXIT_USAGE
+    target_dir = settings.task_queue / args.user_id
+    target_dir.mkdir(parents=True, exist_ok=True)
+    target = target_dir / args.file.name
+    if contract.parse_name((args.user_id, target.name)) is None:
+        print(f"{args.file.name}: name it <task-id>.<TYPE>, TYPE upper case", file=sys.stderr)
+        return EXIT_USAGE
+    if target.exists():
+        print(f"{target} exists already", file=sys.stderr)
+        return EXIT_BAD
+    # Written aside under a hidden name, then renamed in: the bridge never sees it half-done.
+    hidden = target.with_name(f".{target.name}.submit")
+    hidden.write_bytes(args.file.read_bytes())
+    files.rename_noreplace(hidden, target)
+    print(target)
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    import redis as redis_lib
+
+    from bridge import contract, files
+    from taskd import states
+
+    settings = _settings(args)
+    fields: dict[str, Any] = {}
+    job_id = args.target
+    path = Path(args.target)
+    if path.exists():
+        fields = contract.parse_content(contract.decode_utf8(files.read_all(path)))
+        job_id = str(fields.get(states.JOB_ID, ""))
+    client = redis_lib.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
+    meta: Any = client.get(states.meta_key(job_id)) if job_id else None
+    out = {"file": fields or None, "celery": json.loads(meta) if meta else None}
+    print(json.dumps(out, ensure_ascii=False, indent=2))
+    return EXIT_OK
+
+
+HANDLERS = {
+    "bridge": cmd_bridge,
+    "worker": cmd_worker,
+    "flower": cmd_flower,
+    "check": cmd_check,
+    "submit": cmd_submit,
+    "show": cmd_show,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return HANDLERS[args.command](args)
+    except ValueError as exc:  # settings errors say what to fix
+        print(f"taskd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

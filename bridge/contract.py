@@ -1,0 +1,156 @@
+"""The file contract as pure functions: task-file names, the lenient parse, field order, output.
+
+No I/O. Everything that knows what a task file looks like asks this module.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from taskd import states
+
+USER_RE = re.compile(r"[A-Za-z0-9_]+")
+TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]*")
+NAME_RE = re.compile(r"(?P<stem>.+)\.(?P<type>[A-Z][A-Z0-9_]*)")
+# Editors and copy tools leave these beside real files; none is ever a task.
+TEMP_PREFIXES = (".", "#", "~")
+TEMP_SUFFIXES = ("~", "#")
+ERR = "ERR"
+RUNTIME_SEP = "_"
+BRIDGE_TEMP_SUFFIX = ".taskd-tmp"
+
+
+@dataclass(frozen=True)
+class TaskName:
+    user: str
+    stem: str
+    type: str
+
+
+def ignore_reason(parts: tuple[str, ...]) -> str | None:
+    """Why a path under task_queue/ (split in parts) is not a task file, or None if it may be."""
+    if len(parts) != 2:
+        return "not directly inside task_queue/<user-id>/"
+    user, name = parts
+    if not USER_RE.fullmatch(user):
+        return f"user directory {user!r} is not [A-Za-z0-9_]+"
+    if name.startswith(TEMP_PREFIXES) or name.endswith(TEMP_SUFFIXES):
+        return "hidden, editor or temporary file"
+    if not NAME_RE.fullmatch(name):
+        return "no upper-case TYPE suffix"
+    return None
+
+
+def parse_name(parts: tuple[str, ...]) -> TaskName | None:
+    if ignore_reason(parts) is not None:
+        return None
+    match = NAME_RE.fullmatch(parts[1])
+    assert match is not None
+    return TaskName(user=parts[0], stem=match["stem"], type=match["type"])
+
+
+def is_notify_mail(name: str) -> bool:
+    return name.endswith(".notify.eml") and not name.startswith(".")
+
+
+def notify_mail_name(task_id: str) -> str:
+    return f"{task_id}.notify.eml"
+
+
+def _safe_part(value: object) -> str:
+    text = str(value)
+    return "".join("_" if ch in "/\\\x00" or ord(ch) < 32 else ch for ch in text)
+
+
+def runtime_info(fields: Mapping[str, Any], parts: Iterable[str]) -> str:
+    """`<retrieve-id>_<progress>` and the like, from the type's declared parts.
+
+    On FAILURE/REJECTED the progress part reads ERR; a part whose field does not exist yet is
+    left out (a RETRMS rejected before it has a retrieve-id reads plain ERR).
+    """
+    failed = fields.get(states.STATE) in states.FAILED
+    out: list[str] = []
+    for part in parts:
+        if part == states.PROGRESS_FIELD:
+            out.append(ERR if failed else str(int(fields.get(part) or 0)))
+        elif fields.get(part) not in (None, ""):
+            out.append(_safe_part(fields[part]))
+    if failed and ERR not in out:
+        out.append(ERR)
+    return RUNTIME_SEP.join(out)
+
+
+def render_name(
+    task_id: str, task_type: str, fields: Mapping[str, Any], parts: Iterable[str]
+) -> str:
+    """The file name that follows the content: `<task-id>-<runtime-info>.<TYPE>`."""
+    return f"{task_id}-{runtime_info(fields, parts)}.{task_type}"
+
+
+class ParseError(ValueError):
+    """Content is not one JSON object; the message says where."""
+
+
+# A JSON string (kept whole, so commas inside it are never touched), or a comma before a closer.
+_STRING_OR_TRAILING_COMMA = re.compile(r'("(?:\\.|[^"\\])*")|,(\s*[}\]])')
+
+
+def strip_trailing_commas(text: str) -> str:
+    """Drop a comma that stands right before `}` or `]` outside strings (the UI writes one)."""
+    return _STRING_OR_TRAILING_COMMA.sub(
+        lambda m: m.group(1) if m.group(1) is not None else m.group(2), text
+    )
+
+
+def decode_utf8(raw: bytes) -> str:
+    """UTF-8 text with an optional BOM; raises UnicodeDecodeError otherwise."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    return raw.decode("utf-8")
+
+
+def parse_content(text: str) -> dict[str, Any]:
+    """One JSON object, order kept, the UI's trailing commas accepted."""
+    try:
+        value = json.loads(strip_trailing_commas(text))
+    except json.JSONDecodeError as exc:
+        raise ParseError(
+            f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
+        ) from None
+    if not isinstance(value, dict):
+        raise ParseError(f"the content must be one JSON object {{...}}, not {type(value).__name__}")
+    return value
+
+
+def owned_by_bridge(fields: Mapping[str, Any]) -> bool:
+    """A file the bridge has taken carries its task-id and a known state."""
+    return (
+        isinstance(fields.get(states.TASK_ID), str)
+        and fields.get(states.STATE) in states.FILE_STATES
+    )
+
+
+def reserved_fields(fields: Mapping[str, Any]) -> list[str]:
+    """Bridge fields present in a new file: the UI must not write them."""
+    return [k for k in states.OWNED_MARKERS if k in fields]
+
+
+def merge(fields: Mapping[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
+    """The UI's fields in their order, then the bridge's; a None update removes a field."""
+    out = dict(fields)
+    for key, value in updates.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = value
+    return out
+
+
+def dump(fields: Mapping[str, Any]) -> bytes:
+    """Strict JSON, UTF-8 (no \\u escapes), indented."""
+    return (json.dumps(fields, ensure_ascii=False, indent=2) + "\n").encode("utf-8")

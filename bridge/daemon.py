@@ -1,0 +1,334 @@
+"""The bridge: one loop that takes new task files, publishes jobs and mirrors their state back.
+
+Everything that touches files or Redis happens on this one thread, in passes that each take
+`now`: `intake_once`, `mirror_once`, `rescan_once`. The watchdog thread only enqueues paths.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from bridge import contract, files, intake, watch
+from bridge.mirror import updates_for, utc_now
+from bridge.model import Table, Tracked
+from bridge.publish import Known, Publisher
+from taskd import states
+from taskd.settings import Settings
+from taskd.tasktypes import TaskType
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
+BACKOFF_MAX_S = 5.0
+RATE_SLACK = 0.95  # a tick may come a hair early; never let that skip a whole second
+T = TypeVar("T")
+
+
+class Bridge:
+    def __init__(
+        self,
+        settings: Settings,
+        types: Mapping[str, TaskType],
+        app: Celery,
+        client: Any,
+    ) -> None:
+        self.settings = settings
+        self.types = types
+        self.app = app
+        self.client = client
+        self.table = Table()
+        self.intake = intake.Intake(settings, types)
+        self.publisher = Publisher(app, client)
+        self.watcher = watch.Watcher(settings.task_queue)
+        self.pending_cancels: set[str] = set()
+        self.redis_ok = True
+        self._retry_redis_at = 0.0
+        self._backoff = 0.5
+        self._run_id: str | None = None
+
+    # --- Redis, guarded: the loop survives Redis going away ---------------------------------
+
+    def _redis(self, now: float, fn: Callable[[], T]) -> T | None:
+        if not self.redis_ok and now < self._retry_redis_at:
+            return None
+        try:
+            value = fn()
+        except REDIS_ERRORS as exc:
+            if self.redis_ok:
+                log.warning(
+                    "Redis unreachable (%s); files keep their state and are caught up when it "
+                    "returns",
+                    exc,
+                )
+            self.redis_ok = False
+            self._retry_redis_at = now + self._backoff
+            self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
+            return None
+        if not self.redis_ok:
+            log.warning("Redis is back; catching up")
+        self.redis_ok, self._backoff = True, 0.5
+        return value
+
+    # --- events and intake ------------------------------------------------------------------
+
+    def handle(self, seen: watch.Seen, now: float) -> None:
+        if seen.kind == watch.DIR:
+            for path in watch.scan(self.settings.task_queue, seen.path):
+                self.intake.note(path, now)
+        elif seen.kind == watch.DELETED:
+            self.intake.forget(seen.path)
+            task = self.table.by_path.get(seen.path)
+            if task is not None and not seen.path.exists():
+                self.cancel(task, now)
+        elif seen.path not in self.table.by_path:
+            self.intake.note(seen.path, now, closed=seen.kind == watch.CLOSED)
+
+    def intake_once(self, now: float) -> None:
+        for path in list(self.intake.pending):
+            try:
+                decision = self.intake.consider(path, now)
+                self._carry_out(path, decision, now)
+            except OSError as exc:
+                log.error("cannot take %s now (%s); trying again", path, exc)
+                continue
+            if decision.action != intake.WAIT:
+                self.intake.forget(path)
+
+    def _carry_out(self, path: Path, decision: intake.Decision, now: float) -> None:
+        if decision.action == intake.TAKE:
+            self.take(path, decision, now)
+        elif decision.action == intake.REJECT:
+            self.reject(path, decision)
+        elif decision.action == intake.ADOPT:
+            self.adopt(path, decision.fields)
+
+    def take(self, path: Path, decision: intake.Decision, now: float) -> None:
+        name, task_type = decision.name, decision.verdict.task_type
+        assert name is not None and task_type is not None
+        fields = contract.merge(
+            decision.verdict.fields,
+            {
+                states.TASK_ID: name.stem,
+                states.STATE: states.QUEUED,
+                states.PROGRESS_FIELD: 0,
+                states.JOB_ID: str(uuid.uuid4()),
+                states.QUEUED_AT: utc_now(),
+                **task_type.assign_ids(decision.verdict.fields),
+            },
+        )
+        new_path = path.with_name(
+            contract.render_name(name.stem, name.type, fields, task_type.runtime_info)
+        )
+        if new_path.exists():
+            clash = f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
+            self.reject(path, intake.Decision(intake.REJECT, name, decision.verdict), clash)
+            return
+        files.rewrite_then_rename(path, new_path, contract.dump(fields))
+        task = Tracked(name.user, name.stem, task_type, new_path, fields, last_write=now)
+        self.table.add(task)
+        log.info("took %s as job %s", new_path.name, task.job_id)
+        self._redis(now, lambda: self.publisher.publish(task))
+
+    def reject(self, path: Path, decision: intake.Decision, error: str | None = None) -> None:
+        name = decision.name
+        assert name is not None
+        message = error or decision.verdict.error or "rejected"
+        fields = contract.merge(
+            decision.verdict.fields,
+            {
+                states.TASK_ID: name.stem,
+                states.STATE: states.REJECTED,
+                states.FINISHED_AT: utc_now(),
+                states.ERROR: message,
+            },
+        )
+        task_type = self.types.get(name.type)
+        parts = task_type.runtime_info if task_type else (states.PROGRESS_FIELD,)
+        new_path = path.with_name(contract.render_name(name.stem, name.type, fields, parts))
+        if new_path.exists():
+            new_path = path  # keep the name rather than replace another file
+        files.rewrite_then_rename(path, new_path, contract.dump(fields))
+        log.warning("rejected %s: %s", new_path.name, message)
+
+    def adopt(self, path: Path, fields: dict[str, Any]) -> None:
+        """A file the bridge took before (it restarted): mirror it again if still active."""
+        if fields.get(states.STATE) in states.TERMINAL:
+            return
+        task_type = self.types.get(path.suffix[1:])
+        user = path.parent.name
+        if task_type is None or not isinstance(fields.get(states.JOB_ID), str):
+            log.error("cannot resume %s: unknown type or no job-id", path)
+            return
+        task = Tracked(user, str(fields[states.TASK_ID]), task_type, path, fields)
+        known = self.table.by_job.get(task.job_id)
+        if known is not None and known.path != path and known.path.exists():
+            log.error("%s repeats job %s of %s; leaving it alone", path, task.job_id, known.path)
+            return
+        self.table.add(task)
+
+    # --- cancel -----------------------------------------------------------------------------
+
+    def cancel(self, task: Tracked, now: float) -> None:
+        """The UI deleted the file: the job must never run, or stop, and send nothing."""
+        self.table.drop(task)
+        self.pending_cancels.add(task.job_id)
+        notify = task.path.with_name(contract.notify_mail_name(task.task_id))
+        notify.unlink(missing_ok=True)
+        log.info("%s deleted: cancelling job %s", task.path.name, task.job_id)
+        self.flush_cancels(now)
+
+    def flush_cancels(self, now: float) -> None:
+        if not self.pending_cancels:
+            return
+        ids = sorted(self.pending_cancels)
+
+        def send() -> bool:
+            with self.client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.set(states.cancel_key(job_id), "1", ex=states.CANCEL_TTL_S)
+                pipe.execute()
+            self.publisher.forget(ids)
+            # Workers that hold the job stop at once; the durable key covers every other case.
+            self.app.control.revoke(ids, terminate=True, signal="SIGUSR1")
+            return True
+
+        if self._redis(now, send):
+            self.pending_cancels.difference_update(ids)
+
+    # --- mirroring --------------------------------------------------------------------------
+
+    def mirror_once(self, now: float) -> None:
+        self.flush_cancels(now)
+        tasks = list(self.table.by_job.values())
+        known = self._redis(now, lambda: self.publisher.known(t.job_id for t in tasks))
+        if known is None:
+            return
+        self._check_run_id(now)
+        now_iso = utc_now()
+        for task in tasks:
+            info = known.get(task.job_id, Known(None, None))
+            self._ensure_published(task, info, now)
+            self.write(task, updates_for(info.meta, task.fields, now_iso), now)
+
+    def _check_run_id(self, now: float) -> None:
+        run_id = self._redis(now, self.publisher.run_id)
+        if run_id and self._run_id and run_id != self._run_id:
+            log.warning("Redis restarted (run_id changed): republishing what it lost")
+        if run_id:
+            self._run_id = run_id
+
+    def _ensure_published(self, task: Tracked, info: Known, now: float) -> None:
+        """Publish a job exactly once: unless Redis knows it (recorded, queued or with a state)."""
+        if info.meta is not None or info.record == states.JOB_PUBLISHED:
+            task.published = True
+            return
+        if info.record == states.JOB_PUBLISHING and self._redis(
+            now, lambda: self.publisher.in_flight(task)
+        ):
+            self._redis(now, lambda: self.publisher.mark_published(task.job_id))
+            task.published = True
+            return
+        if task.published:
+            log.warning(
+                "job %s of %s is unknown to Redis: publishing it again", task.job_id, task.path.name
+            )
+        self._redis(now, lambda: self.publisher.publish(task))
+
+    def write(self, task: Tracked, updates: Mapping[str, Any], now: float) -> None:
+        fields = contract.merge(task.fields, updates)
+        if fields == task.fields:
+            return
+        state_changed = fields[states.STATE] != task.state
+        terminal = fields[states.STATE] in states.TERMINAL
+        if not terminal and now - task.last_write < RATE_SLACK * self.settings.mirror_interval:
+            return
+        new_path = task.path.with_name(
+            contract.render_name(task.task_id, task.type.name, fields, task.type.runtime_info)
+        )
+        try:
+            files.rename_then_rewrite(task.path, new_path, contract.dump(fields), state_changed)
+        except FileNotFoundError:
+            self.cancel(task, now)
+            return
+        except FileExistsError:
+            log.error("cannot rename %s: %s exists", task.path.name, new_path.name)
+            return
+        self.table.move(task, new_path)
+        task.fields, task.last_write = fields, now
+        if terminal:
+            self.table.drop(task)
+            self._redis(now, lambda: self.publisher.forget([task.job_id]))
+            log.info("%s ended %s", new_path.name, fields[states.STATE])
+
+    # --- rescans ----------------------------------------------------------------------------
+
+    def rescan_once(self, now: float) -> None:
+        """Catch what events missed: new files, deleted tasks, jobs whose files are gone."""
+        for path in watch.scan(self.settings.task_queue):
+            if path not in self.table.by_path:
+                self.intake.note(path, now)
+        for task in list(self.table.by_job.values()):
+            if not task.path.exists():
+                self.cancel(task, now)
+        self.intake_once(now)
+
+    def cancel_orphans(self, now: float) -> None:
+        """Jobs Redis lists as active whose files are gone (deleted while the bridge was down)."""
+        active = self._redis(now, self.publisher.active_ids)
+        if active is None:
+            return
+        for job_id in active - set(self.table.by_job):
+            log.info("job %s has no task file any more: cancelling it", job_id)
+            self.pending_cancels.add(job_id)
+        self.flush_cancels(now)
+
+    # --- the driver -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.watcher.start()
+        now = time.monotonic()
+        self.rescan_once(now)
+        # Owned files are adopted in that first pass; settle-time waits do not delay them.
+        self.cancel_orphans(now)
+        self.mirror_once(now)
+
+    def tick(self, now: float, next_mirror: float, next_rescan: float) -> tuple[float, float]:
+        for seen in self.watcher.drain():
+            self.handle(seen, now)
+        self.intake_once(now)
+        if now >= next_mirror:
+            self.mirror_once(now)
+            next_mirror += self.settings.mirror_interval
+            if next_mirror <= now:
+                next_mirror = now + self.settings.mirror_interval
+        if now >= next_rescan:
+            self.rescan_once(now)
+            self.cancel_orphans(now)
+            next_rescan = now + self.settings.rescan_interval
+        return next_mirror, next_rescan
+
+    def run(self, stop: threading.Event) -> None:
+        self.start()
+        now = time.monotonic()
+        next_mirror = now + self.settings.mirror_interval
+        next_rescan = now + self.settings.rescan_interval
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                next_mirror, next_rescan = self.tick(now, next_mirror, next_rescan)
+                wake = min(next_mirror, next_rescan)
+                if self.intake.pending:
+                    wake = min(wake, now + 0.05)
+                self.watcher.wait(max(0.0, wake - time.monotonic()), stop)
+        finally:
+            self.watcher.stop()

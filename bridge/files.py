@@ -1,0 +1,130 @@
+"""The only code that writes task files: atomic rewrite, no-clobber rename, fsync.
+
+A rewrite goes to a hidden temp file in the same directory and is renamed over the target, so a
+reader sees the old content or the new, never a mix. Writes that change the state are durable:
+file and directory are fsynced before the next step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+
+from bridge.contract import BRIDGE_TEMP_SUFFIX
+
+_RENAME_NOREPLACE = 1
+_AT_FDCWD = -100
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+class NotRegularFile(OSError):
+    """A symlink, FIFO, device or directory where a task file was expected."""
+
+
+class TooLarge(OSError):
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes, over the limit of {limit}")
+        self.size, self.limit = size, limit
+
+
+def fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def signature(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when a file is written: inode, size, mtime and ctime (ns); None if gone."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """Read a regular file of at most `limit` bytes; never opens a FIFO or follows a symlink."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+    if st.st_size > limit:
+        raise TooLarge(st.st_size, limit)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+        with os.fdopen(fd, "rb", closefd=False) as handle:
+            data = handle.read(limit + 1)
+    finally:
+        os.close(fd)
+    if len(data) > limit:
+        raise TooLarge(len(data), limit)
+    return data
+
+
+def read_all(path: Path) -> bytes:
+    """The whole of a regular file, however large (to keep a rejected file's content)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
+
+
+def atomic_write(path: Path, data: bytes, durable: bool) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{BRIDGE_TEMP_SUFFIX}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if durable:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename that fails with FileExistsError rather than replace another task's file."""
+    if src == dst:
+        return
+    if _renameat2 is not None:
+        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
+    # No renameat2 on this file system: check, then rename (the bridge is the only renamer).
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "target exists", str(dst))
+    os.rename(src, dst)
+
+
+def rename_then_rewrite(old: Path, new: Path, data: bytes, durable: bool) -> None:
+    """A running task's update: the name first, then the content (file-contract.md)."""
+    rename_noreplace(old, new)
+    atomic_write(new, data, durable)
+
+
+def rewrite_then_rename(old: Path, new: Path, data: bytes) -> None:
+    """Taking a new file: the content must carry the task-id before the name stops saying it.
+
+    Were the bridge killed between the two steps, the file keeps its name and already says what
+    it is; the other order would leave a renamed file nobody could trace back to its task-id.
+    """
+    atomic_write(old, data, durable=True)
+    rename_noreplace(old, new)
+    fsync_dir(new.parent)

@@ -1,0 +1,129 @@
+"""Intake: deciding when a file in task_queue/ is complete, and what it is.
+
+A file is complete when it was closed after writing and has not changed since, or has been
+unchanged for TASKD_SETTLE and parses. A file that does not parse is given TASKD_REJECT_AFTER
+unchanged before it is rejected, since a slow writer may still be adding to it. `consider` reads
+and judges; the bridge carries the decision out.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bridge import contract, files
+from bridge.judge import Verdict, judge, kept_content, too_large
+from taskd.settings import Settings
+from taskd.tasktypes import TaskType
+
+log = logging.getLogger(__name__)
+
+WAIT = "wait"
+DROP = "drop"
+TAKE = "take"
+REJECT = "reject"
+ADOPT = "adopt"
+
+
+@dataclass
+class Pending:
+    name: contract.TaskName
+    since: float
+    sig: tuple[int, int, int, int] | None = None
+    closed_sig: tuple[int, int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    name: contract.TaskName | None = None
+    verdict: Verdict = field(default_factory=Verdict)
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+class Intake:
+    def __init__(self, settings: Settings, types: Mapping[str, TaskType]) -> None:
+        self.settings = settings
+        self.types = types
+        self.pending: dict[Path, Pending] = {}
+        self._ignored: set[Path] = set()
+
+    def note(self, path: Path, now: float, closed: bool = False) -> None:
+        """A path was created, changed or closed (or a scan found it)."""
+        try:
+            parts = path.relative_to(self.settings.task_queue).parts
+        except ValueError:
+            return
+        reason = contract.ignore_reason(parts)
+        if reason is not None:
+            self._ignore_once(path, reason)
+            return
+        name = contract.parse_name(parts)
+        assert name is not None
+        entry = self.pending.setdefault(path, Pending(name=name, since=now))
+        if closed:
+            try:
+                entry.closed_sig = files.signature(path)
+            except OSError:
+                entry.closed_sig = None
+
+    def forget(self, path: Path) -> None:
+        self.pending.pop(path, None)
+
+    def _ignore_once(self, path: Path, reason: str) -> None:
+        if path not in self._ignored and path.name not in ("", "."):
+            self._ignored.add(path)
+            log.info("ignoring %s: %s", path, reason)
+
+    def consider(self, path: Path, now: float) -> Decision:
+        entry = self.pending[path]
+        try:
+            sig = files.signature(path)
+        except files.NotRegularFile:
+            self._ignore_once(path, "not a regular file (symlink, FIFO, device or directory)")
+            return Decision(DROP)
+        if sig is None:
+            return Decision(DROP)
+        if sig != entry.sig:
+            entry.sig, entry.since = sig, now
+        quiet = now - entry.since
+        if entry.closed_sig != sig and quiet < self.settings.settle:
+            return Decision(WAIT)
+        return self._read_and_judge(path, entry, quiet)
+
+    def _read_and_judge(self, path: Path, entry: Pending, quiet: float) -> Decision:
+        try:
+            raw = files.read_regular(path, self.settings.max_task_bytes)
+        except files.TooLarge as exc:
+            kept = kept_content(files.read_all(path))
+            error = too_large(exc.size, exc.limit)
+            return Decision(REJECT, entry.name, Verdict(fields=kept, error=error))
+        except files.NotRegularFile:
+            return Decision(DROP)
+        except FileNotFoundError:
+            return Decision(DROP)
+        owned = _owned_fields(raw)
+        if owned is not None:
+            return Decision(ADOPT, entry.name, fields=owned)
+        verdict = judge(raw, entry.name, self.types)
+        if verdict.ok:
+            return Decision(TAKE, entry.name, verdict)
+        if verdict.incomplete and quiet < self.settings.reject_after:
+            return Decision(WAIT)
+        if verdict.incomplete:
+            verdict = Verdict(
+                fields=verdict.fields,
+                error=f"{verdict.error} (unchanged for {self.settings.reject_after:g} s)",
+            )
+        return Decision(REJECT, entry.name, verdict)
+
+
+def _owned_fields(raw: bytes) -> dict[str, Any] | None:
+    try:
+        fields = contract.parse_content(contract.decode_utf8(raw))
+    except (UnicodeDecodeError, contract.ParseError):
+        return None
+    return fields if contract.owned_by_bridge(fields) else None

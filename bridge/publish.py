@@ -1,0 +1,121 @@
+"""Publishing jobs and asking Redis what it knows of them.
+
+A job is recorded in `taskd:job:<id>` as `publishing` before the message is sent and
+`published` after. Reconcile uses that record to publish a job exactly once: a job with no record
+and no result was never sent (or was lost with Redis); a job left `publishing` by a crash is looked
+for in its queue before it is sent again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from celery import Celery
+
+from bridge.model import Tracked
+from taskd import states
+from taskd.celeryconf import PRIORITY_STEPS, kombu_priority
+
+log = logging.getLogger(__name__)
+
+UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered but not yet acked
+
+
+@dataclass(frozen=True)
+class Known:
+    record: str | None  # publishing / published / None
+    meta: dict[str, Any] | None  # the result backend's meta, None while PENDING
+
+
+class Publisher:
+    def __init__(self, app: Celery, client: Any) -> None:
+        self.app = app
+        self.client = client
+
+    def publish(self, task: Tracked) -> None:
+        job_id = task.job_id
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                states.job_key(job_id),
+                mapping={
+                    "status": states.JOB_PUBLISHING,
+                    "user": task.user,
+                    "task-id": task.task_id,
+                    "type": task.type.name,
+                },
+            )
+            pipe.sadd(states.KEY_ACTIVE, job_id)
+            pipe.execute()
+        priority = task.fields.get("priority")
+        self.app.send_task(
+            task.type.task,
+            args=[task.spec()],
+            task_id=job_id,
+            queue=task.type.queue,
+            routing_key=task.type.queue,
+            priority=kombu_priority(priority if isinstance(priority, int) else 0),
+            time_limit=task.type.time_limit,
+            soft_time_limit=task.type.soft_time_limit,
+        )
+        self.client.hset(states.job_key(job_id), "status", states.JOB_PUBLISHED)
+        task.published = True
+
+    def known(self, job_ids: Iterable[str]) -> dict[str, Known]:
+        """What Redis knows of each job, in one round trip."""
+        ids = list(job_ids)
+        if not ids:
+            return {}
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hget(states.job_key(job_id), "status")
+            pipe.mget([states.meta_key(j) for j in ids])
+            replies = pipe.execute()
+        metas = replies[-1]
+        out: dict[str, Known] = {}
+        for job_id, record, meta in zip(ids, replies[:-1], metas, strict=True):
+            out[job_id] = Known(
+                record=_text(record),
+                meta=json.loads(meta) if meta else None,
+            )
+        return out
+
+    def in_flight(self, task: Tracked) -> bool:
+        """Is the message of this job in its queue or delivered to a worker? (rare, O(queue))"""
+        needle = task.job_id.encode()
+        queue = task.type.queue
+        names = [queue] + [f"{queue}:{p}" for p in PRIORITY_STEPS if p]
+        with self.client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.lrange(name, 0, -1)
+            pipe.hvals(UNACKED_KEY)
+            replies = pipe.execute()
+        return any(needle in item for items in replies for item in items)
+
+    def mark_published(self, job_id: str) -> None:
+        self.client.hset(states.job_key(job_id), "status", states.JOB_PUBLISHED)
+
+    def forget(self, job_ids: Iterable[str]) -> None:
+        """A job the bridge no longer mirrors (ended, or its file is gone)."""
+        ids = list(job_ids)
+        if not ids:
+            return
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.srem(states.KEY_ACTIVE, *ids)
+            pipe.delete(*[states.job_key(j) for j in ids])
+            pipe.execute()
+
+    def active_ids(self) -> set[str]:
+        return {_text(m) or "" for m in self.client.smembers(states.KEY_ACTIVE)}
+
+    def run_id(self) -> str:
+        return str(self.client.info("server").get("run_id", ""))
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode() if isinstance(value, bytes) else value

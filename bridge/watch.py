@@ -1,0 +1,132 @@
+"""Watching task_queue/: a watchdog (inotify) observer plus a full scan, both handing paths on.
+
+Handlers only filter and enqueue; the bridge's loop does the work. inotify can drop events
+(queue overflow reports nothing to the handler) and a file written into a brand-new directory
+may come with no close event, so the driver also rescans on a timer.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import (
+    DirCreatedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileClosedNoWriteEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
+    FileOpenedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
+from watchdog.observers import Observer
+
+from bridge.contract import BRIDGE_TEMP_SUFFIX, USER_RE
+
+CHANGED = "changed"
+CLOSED = "closed"
+DELETED = "deleted"
+DIR = "dir"
+STOP_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Seen:
+    kind: str
+    path: Path
+
+
+def _text(path: bytes | str) -> str:
+    return os.fsdecode(path)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, out: queue.SimpleQueue[Seen]) -> None:
+        self.out = out
+
+    def _put(self, kind: str, raw: bytes | str) -> None:
+        path = _text(raw)
+        if path.endswith(BRIDGE_TEMP_SUFFIX):
+            return  # the bridge's own temp files
+        self.out.put(Seen(kind, Path(path)))
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        if isinstance(event, FileOpenedEvent | FileClosedNoWriteEvent):
+            return
+        if isinstance(event, DirCreatedEvent | DirMovedEvent):
+            self._put(DIR, event.dest_path or event.src_path)
+        elif isinstance(event, FileClosedEvent):
+            self._put(CLOSED, event.src_path)
+        elif isinstance(event, FileDeletedEvent):
+            self._put(DELETED, event.src_path)
+        elif isinstance(event, FileMovedEvent):
+            self._put(DELETED, event.src_path)
+            self._put(CHANGED, event.dest_path)
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
+            self._put(CHANGED, event.src_path)
+
+
+class Watcher:
+    """Owns the observer; `events` is drained by the bridge's loop."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.events: queue.SimpleQueue[Seen] = queue.SimpleQueue()
+        self._observer = Observer()
+        self._early: list[Seen] = []
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._observer.schedule(_Handler(self.events), str(self.root), recursive=True)
+        self._observer.start()
+
+    def stop(self) -> None:
+        self._observer.stop()
+        self._observer.join(timeout=5)
+
+    def wait(self, timeout: float, stop: threading.Event) -> None:
+        """Sleep until an event arrives, `timeout` passes or `stop` is set (checked often)."""
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and not self._early:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                self._early.append(self.events.get(timeout=min(left, STOP_POLL_S)))
+            except queue.Empty:
+                continue
+
+    def drain(self) -> list[Seen]:
+        out, self._early = self._early, []
+        while True:
+            try:
+                out.append(self.events.get_nowait())
+            except queue.Empty:
+                return out
+
+
+def scan(root: Path, top: Path | None = None) -> Iterator[Path]:
+    """Candidate paths: every entry of each user directory, and whatever else sits at the top
+    (so the caller can log it once). No symlink is followed and nothing is opened.
+    """
+    base = top or root
+    try:
+        entries = list(os.scandir(base))
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
+        return
+    for entry in entries:
+        if entry.name.endswith(BRIDGE_TEMP_SUFFIX):
+            continue
+        if base == root and entry.is_dir(follow_symlinks=False) and USER_RE.fullmatch(entry.name):
+            yield from scan(root, Path(entry.path))
+        else:
+            yield Path(entry.path)

@@ -1,0 +1,1 @@
+"""One JSON Schema per task type (`<TYPE>.schema.json`), with the type's metadata in `x-taskd`."""

@@ -1,0 +1,158 @@
+"""Settings as data: one frozen dataclass, built from the environment when asked, never at import.
+
+Precedence is argument > environment > default, resolved at call time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DATA_ROOT = "/usr/local/mozart/data"
+"""Where the old Taskd kept everything; the UI writes task_queue/ under it."""
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+"""Broker and result backend."""
+DEFAULT_ALLOWED_FILE_ROOTS = "/tmp"
+"""PACKMS `files` must resolve inside one of these (`:`-separated)."""
+DEFAULT_MAX_TASK_BYTES = 1024 * 1024
+"""A task file larger than this is rejected unread."""
+DEFAULT_SETTLE_S = 0.2
+"""A parseable file without a close event is taken after this long unchanged."""
+DEFAULT_REJECT_AFTER_S = 10.0
+"""An unparseable file unchanged this long is rejected."""
+DEFAULT_RESCAN_INTERVAL_S = 30.0
+"""Full rescan of task_queue/, to catch what inotify missed."""
+DEFAULT_MIRROR_INTERVAL_S = 1.0
+"""One mirror tick: read all active jobs' states in one round trip, write what changed."""
+DEFAULT_VISIBILITY_TIMEOUT_S = 4 * 3600
+"""Redis redelivers an unacknowledged job after this long; keep it above every time limit."""
+
+
+class SettingsError(ValueError):
+    """A setting has a value taskd cannot use; the message names the variable and the fix."""
+
+
+def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0.0) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(
+            f"{name}={raw!r} is not a number of seconds; write e.g. {default}"
+        ) from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
+    return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a whole number") from None
+
+
+def _paths(raw: str) -> tuple[Path, ...]:
+    return tuple(Path(p) for p in raw.split(":") if p)
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_root: Path = Path(DEFAULT_DATA_ROOT)
+    redis_url: str = DEFAULT_REDIS_URL
+    mail_db: Path | None = None
+    smtp_url: str | None = None
+    mail_from: str = ""
+    allowed_file_roots: tuple[Path, ...] = (Path(DEFAULT_ALLOWED_FILE_ROOTS),)
+    max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
+    settle: float = DEFAULT_SETTLE_S
+    reject_after: float = DEFAULT_REJECT_AFTER_S
+    rescan_interval: float = DEFAULT_RESCAN_INTERVAL_S
+    mirror_interval: float = DEFAULT_MIRROR_INTERVAL_S
+    visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S
+    metrics_port: int | None = None
+    log_format: str = "text"
+    schema_dirs: tuple[Path, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            raise SettingsError(
+                f"TASKD_REDIS_URL={self.redis_url!r} is not a Redis URL; write redis://host:port/db"
+            )
+        if self.log_format not in ("text", "json"):
+            raise SettingsError(f"TASKD_LOG_FORMAT={self.log_format!r}: use text or json")
+        if self.max_task_bytes <= 0:
+            raise SettingsError("TASKD_MAX_TASK_BYTES must be positive")
+        if self.mirror_interval <= 0:
+            raise SettingsError("TASKD_MIRROR_INTERVAL must be positive")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            "data_root": Path(env.get("TASKD_DATA_ROOT") or DEFAULT_DATA_ROOT),
+            "redis_url": env.get("TASKD_REDIS_URL") or DEFAULT_REDIS_URL,
+            "mail_db": Path(env["TASKD_MAIL_DB"]) if env.get("TASKD_MAIL_DB") else None,
+            "smtp_url": env.get("TASKD_SMTP_URL") or None,
+            "mail_from": env.get("TASKD_MAIL_FROM") or "",
+            "allowed_file_roots": _paths(
+                env.get("TASKD_ALLOWED_FILE_ROOTS", DEFAULT_ALLOWED_FILE_ROOTS)
+            ),
+            "max_task_bytes": _int(env, "TASKD_MAX_TASK_BYTES", DEFAULT_MAX_TASK_BYTES),
+            "settle": _float(env, "TASKD_SETTLE", DEFAULT_SETTLE_S),
+            "reject_after": _float(env, "TASKD_REJECT_AFTER", DEFAULT_REJECT_AFTER_S),
+            "rescan_interval": _float(env, "TASKD_RESCAN_INTERVAL", DEFAULT_RESCAN_INTERVAL_S, 0.1),
+            "mirror_interval": _float(
+                env, "TASKD_MIRROR_INTERVAL", DEFAULT_MIRROR_INTERVAL_S, 0.05
+            ),
+            "visibility_timeout": _float(
+                env, "TASKD_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S, 1.0
+            ),
+            "metrics_port": _int(env, "TASKD_METRICS_PORT", None),
+            "log_format": env.get("TASKD_LOG_FORMAT") or "text",
+            "schema_dirs": _paths(env.get("TASKD_SCHEMA_PATH", "")),
+        }
+        known = {f.name for f in fields(cls)}
+        for key, value in overrides.items():
+            if key not in known:
+                raise SettingsError(f"unknown setting {key!r}")
+            if value is not None:
+                values[key] = value
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+    # Derived paths: every directory of the contract hangs off the data root.
+    @property
+    def task_queue(self) -> Path:
+        return self.data_root / "task_queue"
+
+    @property
+    def work_space(self) -> Path:
+        return self.data_root / "work_space"
+
+    @property
+    def download(self) -> Path:
+        return self.data_root / "download"
+
+    @property
+    def retrieve(self) -> Path:
+        return self.data_root / "retrieve"
+
+    @property
+    def mail_db_path(self) -> Path:
+        return self.mail_db if self.mail_db is not None else self.data_root / "mail_db"
+
+    @property
+    def envelope_sender(self) -> str:
+        return self.mail_from or f"taskd@{socket.gethostname()}"

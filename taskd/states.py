@@ -1,0 +1,99 @@
+"""State names, the fields the bridge owns, and every Redis key taskd uses.
+
+Pure constants, no I/O: the one place both the bridge and the workers read them from.
+"""
+
+from __future__ import annotations
+
+# States written into task files (file-contract.md).
+QUEUED = "QUEUED"
+STARTED = "STARTED"
+PROGRESS = "PROGRESS"
+RETRY = "RETRY"
+SUCCESS = "SUCCESS"
+FAILURE = "FAILURE"
+REJECTED = "REJECTED"
+
+FILE_STATES = frozenset({QUEUED, STARTED, PROGRESS, RETRY, SUCCESS, FAILURE, REJECTED})
+TERMINAL = frozenset({SUCCESS, FAILURE, REJECTED})
+ACTIVE = FILE_STATES - TERMINAL
+FAILED = frozenset({FAILURE, REJECTED})
+
+# Celery's own state names that the bridge reads back from the result backend.
+CELERY_PENDING = "PENDING"
+CELERY_RECEIVED = "RECEIVED"
+CELERY_REVOKED = "REVOKED"
+
+# Fields the bridge writes into a task file, in the order they are appended after the UI's own.
+TASK_ID = "task-id"
+STATE = "state"
+PROGRESS_FIELD = "progress"
+JOB_ID = "job-id"
+QUEUED_AT = "queued-at"
+STARTED_AT = "started-at"
+FINISHED_AT = "finished-at"
+WORKER = "worker"
+ERROR = "error"
+RETRIES = "retries"
+RETRY_AT = "retry-at"
+ORIGINAL = "original"
+ORIGINAL_B64 = "original-base64"
+
+BRIDGE_FIELDS: tuple[str, ...] = (
+    TASK_ID,
+    STATE,
+    PROGRESS_FIELD,
+    JOB_ID,
+    QUEUED_AT,
+    STARTED_AT,
+    FINISHED_AT,
+    WORKER,
+    RETRIES,
+    RETRY_AT,
+    ERROR,
+)
+# A file carrying any of these was written by the bridge; the UI never writes them.
+OWNED_MARKERS = frozenset({TASK_ID, STATE, JOB_ID, QUEUED_AT})
+
+# Keys of the meta a task stores with state PROGRESS (and returns on SUCCESS).
+META_PROGRESS = "progress"
+META_FIELDS = "fields"  # task-specific fields to mirror into the file (output, matched, ...)
+META_WORKER = "worker"
+META_STARTED_AT = "started-at"
+
+# Custom Celery event a task sends with each progress report.
+EVENT_PROGRESS = "task-progress"
+
+# Redis keys. The result backend's own key prefix is Celery's default.
+BACKEND_META_PREFIX = "celery-task-meta-"
+KEY_JOB = "taskd:job:{job_id}"  # hash: what the bridge published (status, user, task-id, type)
+KEY_ACTIVE = "taskd:active"  # set of job ids the bridge mirrors
+KEY_CANCEL = "taskd:cancel:{job_id}"  # durable revoke: a worker never runs (or stops) this job
+KEY_CLAIM = "taskd:claim:{job_id}"  # which worker process runs the job now
+KEY_DONE = "taskd:done:{job_id}"  # final outcome, so a second delivery does not redo the work
+
+JOB_PUBLISHING = "publishing"
+JOB_PUBLISHED = "published"
+
+CANCEL_TTL_S = 7 * 24 * 3600
+DONE_TTL_S = 7 * 24 * 3600
+
+
+def job_key(job_id: str) -> str:
+    return KEY_JOB.format(job_id=job_id)
+
+
+def cancel_key(job_id: str) -> str:
+    return KEY_CANCEL.format(job_id=job_id)
+
+
+def claim_key(job_id: str) -> str:
+    return KEY_CLAIM.format(job_id=job_id)
+
+
+def done_key(job_id: str) -> str:
+    return KEY_DONE.format(job_id=job_id)
+
+
+def meta_key(job_id: str) -> str:
+    return BACKEND_META_PREFIX + job_id

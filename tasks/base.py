@@ -1,0 +1,207 @@
+"""The task class every taskd type runs under, and the `Job` a task body receives.
+
+Around each body it makes deliveries safe to repeat: a cancelled job never runs, a job already
+finished is not redone (its outcome is restored), and two deliveries of one job never run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
+
+from taskd import states
+from taskd.settings import Settings
+from tasks.errors import Cancelled, TaskFailed
+from tasks.progress import CLAIM_TTL_S, Progress
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 10.0
+ENTER_TRIES = 5
+
+
+@dataclass
+class Job:
+    """What a task body needs: the task's fields, who asked, where to work, how to report."""
+
+    job_id: str
+    type: str
+    user_id: str
+    task_id: str
+    fields: dict[str, Any]
+    settings: Settings
+    progress: Callable[..., None] = field(repr=False)
+
+    @property
+    def tmp_space(self) -> Path:
+        return self.settings.work_space / self.user_id / self.task_id / self.job_id
+
+    @contextmanager
+    def work_dir(self) -> Iterator[Path]:
+        """The task's tmp-space: created empty, gone when the body ends, whatever the ending."""
+        path = self.tmp_space
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+            # Another job of this task-id may still work there, or it is gone already.
+            with contextlib.suppress(OSError):
+                path.parent.rmdir()
+
+
+class _Heartbeat(threading.Thread):
+    """Renews the claim while a body runs without reporting (one long write, say)."""
+
+    def __init__(self, client: Any, job_id: str, worker: str) -> None:
+        super().__init__(daemon=True, name=f"claim-{job_id}")
+        self.client, self.job_id, self.worker = client, job_id, worker
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(HEARTBEAT_S):
+            try:
+                self.client.set(states.claim_key(self.job_id), self.worker, ex=CLAIM_TTL_S)
+            except Exception as exc:  # noqa: BLE001 - the next beat tries again
+                log.debug("job %s: claim not renewed: %s", self.job_id, exc)
+
+
+class TaskdTask(Task):  # type: ignore[misc]
+    """Base of every taskd task type; the body is `run(job) -> fields to mirror`."""
+
+    typing = False
+    _settings: Settings | None = None
+
+    @property
+    def settings(self) -> Settings:
+        if TaskdTask._settings is None:
+            TaskdTask._settings = Settings.from_env()
+        return TaskdTask._settings
+
+    def __call__(self, spec: dict[str, Any]) -> Any:
+        job_id = self.request.id
+        worker = f"{self.request.hostname}"
+        client = self.backend.client
+        verdict = self._enter(client, job_id, worker)
+        if verdict is not None:
+            self._replay(job_id, verdict)
+        beat = _Heartbeat(client, job_id, worker)
+        beat.start()
+        try:
+            return self._run_body(spec, job_id, worker, client)
+        finally:
+            beat.stop.set()
+            _quietly(client.delete, states.claim_key(job_id))
+
+    def _enter(self, client: Any, job_id: str, worker: str) -> dict[str, Any] | None:
+        """Claim the job, or say why not: cancelled, or already finished.
+
+        While another delivery of the same job holds the claim this one waits: it takes over
+        if that one dies (its claim expires) and replays the outcome if it finishes.
+        """
+        errors = 0
+        while True:
+            try:
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.exists(states.cancel_key(job_id))
+                    pipe.get(states.done_key(job_id))
+                    pipe.set(states.claim_key(job_id), worker, nx=True, ex=CLAIM_TTL_S)
+                    cancelled, done, claimed = pipe.execute()
+            except Exception as exc:  # noqa: BLE001 - a blink of Redis: try again shortly
+                errors += 1
+                if errors >= ENTER_TRIES:
+                    raise Reject(
+                        f"cannot reach Redis to claim the job: {exc}", requeue=True
+                    ) from exc
+                log.warning("job %s: cannot claim yet (%s)", job_id, exc)
+                time.sleep(errors)
+                continue
+            if cancelled:
+                return {"cancelled": True}
+            if done:
+                return dict(json.loads(done))
+            if claimed:
+                return None
+            time.sleep(1.0)
+
+    def _replay(self, job_id: str, verdict: dict[str, Any]) -> None:
+        if verdict.get("cancelled"):
+            log.info("job %s was cancelled before it ran; dropping it", job_id)
+        else:
+            log.info("job %s already ended %s; not running it again", job_id, verdict["state"])
+            result = verdict.get("result")
+            if verdict["state"] == states.FAILURE:
+                result = TaskFailed(str(verdict.get("error", "failed")))
+            self.backend.store_result(job_id, result, verdict["state"])
+        raise Ignore()
+
+    def _run_body(self, spec: dict[str, Any], job_id: str, worker: str, client: Any) -> Any:
+        progress = Progress(self, job_id, worker)
+        job = Job(
+            job_id=job_id,
+            type=spec["type"],
+            user_id=spec["user-id"],
+            task_id=spec["task-id"],
+            fields=spec["fields"],
+            settings=self.settings,
+            progress=progress,
+        )
+        try:
+            fields = self.run(job) or {}
+        except Cancelled:
+            log.info("job %s cancelled while running; cleaned up", job_id)
+            raise Ignore() from None
+        except SoftTimeLimitExceeded:
+            if _quietly(client.exists, states.cancel_key(job_id)):
+                raise Ignore() from None
+            limit = self.request.timelimit[1] or self.soft_time_limit
+            failure = TaskFailed(
+                f"stopped: the task ran past its time limit of {limit} s; "
+                "narrow the task or ask ops to raise the type's time-limit"
+            )
+            self._finish(client, job_id, states.FAILURE, failure.message)
+            raise failure from None
+        except TaskFailed as exc:
+            self._finish(client, job_id, states.FAILURE, exc.message)
+            raise
+        except Exception as exc:
+            log.exception("job %s failed with an unexpected error", job_id)
+            failure = TaskFailed(
+                f"internal error ({type(exc).__name__}: {exc}); "
+                f"the worker log has the details under job {job_id}"
+            )
+            self._finish(client, job_id, states.FAILURE, failure.message)
+            raise failure from exc
+        result = {states.META_PROGRESS: 100, states.META_FIELDS: {**progress.fields, **fields}}
+        self._finish(client, job_id, states.SUCCESS, result)
+        return result
+
+    def _finish(self, client: Any, job_id: str, state: str, result: Any) -> None:
+        """Remember the outcome so a second delivery replays it instead of redoing the work."""
+        record: dict[str, Any] = {"state": state}
+        if state == states.FAILURE:
+            record["error"] = str(result)
+        else:
+            record["result"] = result
+        _quietly(client.set, states.done_key(job_id), json.dumps(record), ex=states.DONE_TTL_S)
+
+
+def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - bookkeeping must not change the job's outcome
+        log.debug("redis bookkeeping failed: %s", exc)
+        return None

@@ -1,0 +1,96 @@
+"""The one way a task reports progress: state PROGRESS with its meta, and a `task-progress` event.
+
+At most about once a second (a final report can be forced); a Redis blink never fails the task.
+Each report also renews the job's claim and notices a cancel, in the same round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from taskd import states
+from tasks.errors import Cancelled
+
+log = logging.getLogger(__name__)
+
+MIN_INTERVAL_S = 1.0
+CLAIM_TTL_S = 30
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class Progress:
+    """Callable handed to a task body: `progress(percent, **fields)`.
+
+    `fields` are task-specific file fields to mirror (`output`, `matched`, `tmp-space`...).
+    """
+
+    def __init__(
+        self,
+        task: Any,
+        job_id: str,
+        worker: str,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.task = task
+        self.job_id = job_id
+        self.worker = worker
+        self.clock = clock
+        self.fields: dict[str, Any] = {}
+        self.percent = 0
+        self.started_at = utc_now()
+        self._last = float("-inf")
+        self._warned = False
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            states.META_PROGRESS: self.percent,
+            states.META_FIELDS: dict(self.fields),
+            states.META_WORKER: self.worker,
+            states.META_STARTED_AT: self.started_at,
+        }
+
+    def __call__(self, percent: float, force: bool = False, **fields: Any) -> None:
+        self.percent = max(self.percent, min(99, int(percent)))
+        self.fields.update(fields)
+        now = self.clock()
+        if not force and now - self._last < MIN_INTERVAL_S:
+            return
+        self._last = now
+        if self._store():
+            raise Cancelled(self.job_id)
+        self._send_event()
+
+    def _store(self) -> bool:
+        """Write the meta, renew the claim, read the cancel flag: one round trip."""
+        backend = self.task.backend
+        meta = backend._get_result_meta(
+            result=self.meta(), state=states.PROGRESS, traceback=None, request=self.task.request
+        )
+        meta["task_id"] = self.job_id
+        try:
+            with backend.client.pipeline(transaction=False) as pipe:
+                pipe.set(states.meta_key(self.job_id), json.dumps(meta), ex=backend.expires)
+                pipe.set(states.claim_key(self.job_id), self.worker, ex=CLAIM_TTL_S)
+                pipe.exists(states.cancel_key(self.job_id))
+                cancelled = pipe.execute()[-1]
+        except Exception as exc:  # noqa: BLE001 - a report must never fail the task
+            if not self._warned:
+                log.warning("job %s: progress not stored (%s); carrying on", self.job_id, exc)
+                self._warned = True
+            return False
+        self._warned = False
+        return bool(cancelled)
+
+    def _send_event(self) -> None:
+        try:
+            self.task.send_event(states.EVENT_PROGRESS, progress=self.percent, **self.fields)
+        except Exception as exc:  # noqa: BLE001 - events are for watchers, never fatal
+            log.debug("job %s: progress event not sent: %s", self.job_id, exc)
