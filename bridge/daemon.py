@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -288,9 +289,30 @@ class Bridge:
         if active is None:
             return
         for job_id in active - set(self.table.by_job):
+            if self._job_file_exists(now, job_id):
+                continue
             log.info("job %s has no task file any more: cancelling it", job_id)
             self.pending_cancels.add(job_id)
         self.flush_cancels(now)
+
+    def _job_file_exists(self, now: float, job_id: str) -> bool:
+        """Look for the job's file by the user and task-id Redis recorded (a rare, exact check)."""
+        record = self._redis(now, lambda: self.client.hgetall(states.job_key(job_id)))
+        if not record:
+            return False
+        user = (record.get(b"user") or b"").decode()
+        task_id = (record.get(b"task-id") or b"").decode()
+        if not contract.USER_RE.fullmatch(user) or not task_id:
+            return False
+        for path in (self.settings.task_queue / user).glob(f"{glob_escape(task_id)}*"):
+            try:
+                fields = contract.parse_content(contract.decode_utf8(files.read_all(path)))
+            except (OSError, ValueError):
+                continue
+            if fields.get(states.JOB_ID) == job_id:
+                self.intake.note(path, now)
+                return True
+        return False
 
     # --- the driver -------------------------------------------------------------------------
 
@@ -298,7 +320,8 @@ class Bridge:
         self.watcher.start()
         now = time.monotonic()
         self.rescan_once(now)
-        # Owned files are adopted in that first pass; settle-time waits do not delay them.
+        # Files the bridge wrote are adopted in that first pass (intake does not make them
+        # wait to settle), so what Redis still lists beyond them lost its file.
         self.cancel_orphans(now)
         self.mirror_once(now)
 

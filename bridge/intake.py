@@ -34,6 +34,7 @@ class Pending:
     since: float
     sig: tuple[int, int, int, int] | None = None
     closed_sig: tuple[int, int, int, int] | None = None
+    owner_checked: tuple[int, int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,13 @@ class Intake:
             return Decision(DROP)
         if sig != entry.sig:
             entry.sig, entry.since = sig, now
+        if entry.owner_checked != sig:
+            # A file the bridge wrote is complete by construction (atomic rename): resume it
+            # at once, without the settle wait meant for the UI's writes.
+            entry.owner_checked = sig
+            owned = _owned_fields(_read_quietly(path, self.settings.max_task_bytes))
+            if owned is not None:
+                return Decision(ADOPT, entry.name, fields=owned)
         quiet = now - entry.since
         if entry.closed_sig != sig and quiet < self.settings.settle:
             return Decision(WAIT)
@@ -105,9 +113,6 @@ class Intake:
             return Decision(DROP)
         except FileNotFoundError:
             return Decision(DROP)
-        owned = _owned_fields(raw)
-        if owned is not None:
-            return Decision(ADOPT, entry.name, fields=owned)
         verdict = judge(raw, entry.name, self.types)
         if verdict.ok:
             return Decision(TAKE, entry.name, verdict)
@@ -119,6 +124,13 @@ class Intake:
                 error=f"{verdict.error} (unchanged for {self.settings.reject_after:g} s)",
             )
         return Decision(REJECT, entry.name, verdict)
+
+
+def _read_quietly(path: Path, limit: int) -> bytes:
+    try:
+        return files.read_regular(path, limit)
+    except OSError:
+        return b""
 
 
 def _owned_fields(raw: bytes) -> dict[str, Any] | None:

@@ -85,7 +85,7 @@ class Drop:
             return {}
 
     def wait_state(
-        self, task_id: str, states: set[str] | str, timeout: float = 30
+        self, task_id: str, states: set[str] | str, timeout: float = 30, interval: float = 0.02
     ) -> dict[str, Any]:
         wanted = {states} if isinstance(states, str) else states
 
@@ -93,7 +93,9 @@ class Drop:
             fields = self.fields(task_id)
             return fields if fields.get("state") in wanted else None
 
-        return dict(wait_until(reached, timeout, what=f"{task_id} to reach {sorted(wanted)}"))
+        return dict(
+            wait_until(reached, timeout, interval, what=f"{task_id} to reach {sorted(wanted)}")
+        )
 
     def runs(self) -> list[str]:
         log = self.data_root / "runs.log"

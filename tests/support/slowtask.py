@@ -14,8 +14,8 @@ from tasks.base import Job, TaskdTask
 from tasks.errors import TaskFailed
 
 
-def _log_run(job: Job) -> None:
-    line = f"{job.job_id} {job.task_id}\n".encode()
+def _log_run(job: Job, what: str = "") -> None:
+    line = f"{job.job_id} {job.task_id}{what}\n".encode()
     fd = os.open(job.settings.data_root / "runs.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         os.write(fd, line)
@@ -38,4 +38,5 @@ def run(job: Job) -> dict[str, Any]:
             job.progress(100 * (step + 1) / max(steps, 1))
         if job.fields.get("fail"):
             raise TaskFailed(str(job.fields["fail"]))
+    _log_run(job, f" end {time.time():.3f}")
     return {"tmp-space": None, "steps-done": steps}
