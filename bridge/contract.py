@@ -114,14 +114,20 @@ def decode_utf8(raw: bytes) -> str:
     return raw.decode("utf-8")
 
 
+def _no_constant(name: str) -> Any:
+    raise ParseError(f"not valid JSON: {name} is not a JSON value; write a number or a string")
+
+
 def parse_content(text: str) -> dict[str, Any]:
     """One JSON object, order kept, the UI's trailing commas accepted."""
     try:
-        value = json.loads(strip_trailing_commas(text))
+        value = json.loads(strip_trailing_commas(text), parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
         raise ParseError(
             f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
         ) from None
+    except RecursionError:
+        raise ParseError("not valid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ParseError(f"the content must be one JSON object {{...}}, not {type(value).__name__}")
     return value
@@ -137,7 +143,7 @@ def owned_by_bridge(fields: Mapping[str, Any]) -> bool:
 
 def reserved_fields(fields: Mapping[str, Any]) -> list[str]:
     """Bridge fields present in a new file: the UI must not write them."""
-    return [k for k in states.OWNED_MARKERS if k in fields]
+    return [k for k in states.BRIDGE_FIELDS if k in states.OWNED_MARKERS and k in fields]
 
 
 def merge(fields: Mapping[str, Any], updates: Mapping[str, Any]) -> dict[str, Any]:
@@ -153,4 +159,6 @@ def merge(fields: Mapping[str, Any], updates: Mapping[str, Any]) -> dict[str, An
 
 def dump(fields: Mapping[str, Any]) -> bytes:
     """Strict JSON, UTF-8 (no \\u escapes), indented."""
-    return (json.dumps(fields, ensure_ascii=False, indent=2) + "\n").encode("utf-8")
+    text = json.dumps(fields, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    # A lone surrogate (from a \\ud800 escape in the UI's JSON) is written back as that escape.
+    return text.encode("utf-8", "backslashreplace")

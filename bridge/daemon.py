@@ -102,6 +102,10 @@ class Bridge:
             except OSError as exc:
                 log.error("cannot take %s now (%s); trying again", path, exc)
                 continue
+            except Exception:  # one bad file never stops the others
+                log.exception("unexpected error taking %s; leaving it as it is", path)
+                self.intake.forget(path)
+                continue
             if decision.action != intake.WAIT:
                 self.intake.forget(path)
 
@@ -309,9 +313,14 @@ class Bridge:
                 fields = contract.parse_content(contract.decode_utf8(files.read_all(path)))
             except (OSError, ValueError):
                 continue
-            if fields.get(states.JOB_ID) == job_id:
+            if fields.get(states.JOB_ID) != job_id:
+                continue
+            if fields.get(states.STATE) in states.TERMINAL:
+                # Ended, but the bridge died before it stopped listing the job as active.
+                self._redis(now, lambda: self.publisher.forget([job_id]))
+            else:
                 self.intake.note(path, now)
-                return True
+            return True
         return False
 
     # --- the driver -------------------------------------------------------------------------

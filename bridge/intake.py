@@ -88,7 +88,9 @@ class Intake:
             return Decision(DROP)
         if sig is None:
             return Decision(DROP)
-        if sig != entry.sig:
+        if entry.sig is None:
+            entry.sig = sig  # first look: quiet since it was noted
+        elif sig != entry.sig:
             entry.sig, entry.since = sig, now
         if entry.owner_checked != sig:
             # A file the bridge wrote is complete by construction (atomic rename): resume it

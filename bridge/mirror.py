@@ -88,6 +88,14 @@ def updates_for(
             states.RETRY_AT: None,
             **fields,
         }
+    if status == states.RETRY:
+        info = result if isinstance(result, dict) else {}
+        return {
+            states.STATE: states.RETRY,
+            states.RETRIES: info.get("retries"),
+            states.RETRY_AT: info.get("retry-at"),
+            states.ERROR: info.get("error") or error_text(result),
+        }
     if status in (states.FAILURE, states.CELERY_REVOKED):
         error = REVOKED_ERROR if status == states.CELERY_REVOKED else error_text(result)
         return {

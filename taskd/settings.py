@@ -5,6 +5,7 @@ Precedence is argument > environment > default, resolved at call time.
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 from collections.abc import Mapping
@@ -46,7 +47,7 @@ def _float(env: Mapping[str, str], name: str, default: float, minimum: float = 0
         raise SettingsError(
             f"{name}={raw!r} is not a number of seconds; write e.g. {default}"
         ) from None
-    if value < minimum:
+    if not math.isfinite(value) or value < minimum:
         raise SettingsError(f"{name}={raw!r} must be at least {minimum}")
     return value
 

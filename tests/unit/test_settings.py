@@ -1,0 +1,155 @@
+"""Settings: design.md's defaults, the environment over them, arguments over both, bad values."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from taskd.settings import Settings, SettingsError
+
+
+def test_defaults_match_the_design_table() -> None:
+    s = Settings.from_env({})
+    assert s.data_root == Path("/usr/local/mozart/data")
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.mail_db_path == Path("/usr/local/mozart/data/mail_db")
+    assert s.smtp_url is None
+    assert s.envelope_sender == f"taskd@{socket.gethostname()}"
+    assert s.allowed_file_roots == (Path("/tmp"),)
+    assert s.max_task_bytes == 1048576
+    assert s.settle == 0.2
+    assert s.reject_after == 10.0
+    assert s.rescan_interval == 30.0
+    assert s.metrics_port is None
+    assert s.log_format == "text"
+
+
+def test_the_contract_directories_hang_off_the_data_root(tmp_path: Path) -> None:
+    s = Settings.from_env({"TASKD_DATA_ROOT": str(tmp_path)})
+    assert s.task_queue == tmp_path / "task_queue"
+    assert s.work_space == tmp_path / "work_space"
+    assert s.download == tmp_path / "download"
+    assert s.retrieve == tmp_path / "retrieve"
+    assert s.mail_db_path == tmp_path / "mail_db"
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw", "attribute", "expected"),
+    [
+        ("TASKD_DATA_ROOT", "/srv/data", "data_root", Path("/srv/data")),
+        ("TASKD_REDIS_URL", "redis://r:6380/2", "redis_url", "redis://r:6380/2"),
+        ("TASKD_REDIS_URL", "rediss://r:6380/2", "redis_url", "rediss://r:6380/2"),
+        ("TASKD_REDIS_URL", "unix:///run/redis.sock", "redis_url", "unix:///run/redis.sock"),
+        ("TASKD_MAIL_DB", "/srv/mail", "mail_db_path", Path("/srv/mail")),
+        ("TASKD_SMTP_URL", "smtps://u:p@mx:465", "smtp_url", "smtps://u:p@mx:465"),
+        ("TASKD_MAIL_FROM", "ops@example.com", "envelope_sender", "ops@example.com"),
+        ("TASKD_ALLOWED_FILE_ROOTS", "/a:/b/c", "allowed_file_roots", (Path("/a"), Path("/b/c"))),
+        ("TASKD_MAX_TASK_BYTES", "2048", "max_task_bytes", 2048),
+        ("TASKD_SETTLE", "0.5", "settle", 0.5),
+        ("TASKD_SETTLE", "0", "settle", 0.0),
+        ("TASKD_REJECT_AFTER", "3", "reject_after", 3.0),
+        ("TASKD_RESCAN_INTERVAL", "5", "rescan_interval", 5.0),
+        ("TASKD_METRICS_PORT", "9100", "metrics_port", 9100),
+        ("TASKD_LOG_FORMAT", "json", "log_format", "json"),
+    ],
+)
+def test_environment_overrides_the_default(
+    variable: str, raw: str, attribute: str, expected: Any
+) -> None:
+    assert getattr(Settings.from_env({variable: raw}), attribute) == expected
+
+
+def test_an_empty_variable_means_the_default() -> None:
+    s = Settings.from_env({"TASKD_SETTLE": "", "TASKD_REDIS_URL": "", "TASKD_METRICS_PORT": ""})
+    assert (s.settle, s.redis_url, s.metrics_port) == (0.2, "redis://127.0.0.1:6379/0", None)
+
+
+def test_os_environ_is_read_when_called_not_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TASKD_SETTLE", "0.75")
+    assert Settings.from_env().settle == 0.75
+
+
+def test_an_argument_overrides_the_environment() -> None:
+    s = Settings.from_env({"TASKD_SETTLE": "0.5"}, settle=0.9, reject_after=None)
+    assert s.settle == 0.9
+    assert s.reject_after == 10.0  # None means "not given"
+
+
+def test_an_unknown_argument_is_an_error() -> None:
+    with pytest.raises(SettingsError, match="'setle'"):
+        Settings.from_env({}, setle=1.0)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("TASKD_SETTLE", "soon"),
+        ("TASKD_REJECT_AFTER", "10s"),
+        ("TASKD_RESCAN_INTERVAL", "half a minute"),
+        ("TASKD_MIRROR_INTERVAL", "fast"),
+        ("TASKD_VISIBILITY_TIMEOUT", "4h"),
+        ("TASKD_MAX_TASK_BYTES", "1MiB"),
+        ("TASKD_MAX_TASK_BYTES", "1.5"),
+        ("TASKD_METRICS_PORT", "http"),
+    ],
+)
+def test_a_bad_number_names_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError, match=variable) as caught:
+        Settings.from_env({variable: raw})
+    assert repr(raw) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("variable", "raw"),
+    [
+        ("TASKD_SETTLE", "-1"),
+        ("TASKD_REJECT_AFTER", "-0.5"),
+        ("TASKD_RESCAN_INTERVAL", "0"),
+        ("TASKD_MIRROR_INTERVAL", "0"),
+        ("TASKD_MAX_TASK_BYTES", "0"),
+        ("TASKD_MAX_TASK_BYTES", "-1"),
+    ],
+)
+def test_an_out_of_range_number_names_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: raw})
+
+
+@pytest.mark.parametrize("variable", ["TASKD_SETTLE", "TASKD_REJECT_AFTER"])
+def test_nan_is_a_bad_number(variable: str) -> None:
+    with pytest.raises(SettingsError, match=variable):
+        Settings.from_env({variable: "nan"})
+
+
+@pytest.mark.parametrize("url", ["http://localhost:6379", "localhost:6379", "127.0.0.1"])
+def test_a_bad_redis_url_names_the_variable(url: str) -> None:
+    with pytest.raises(SettingsError, match="TASKD_REDIS_URL"):
+        Settings.from_env({"TASKD_REDIS_URL": url})
+    with pytest.raises(SettingsError, match="TASKD_REDIS_URL"):
+        Settings.from_env({}, redis_url=url)
+
+
+def test_a_bad_log_format_names_the_variable() -> None:
+    with pytest.raises(SettingsError, match="TASKD_LOG_FORMAT"):
+        Settings.from_env({"TASKD_LOG_FORMAT": "xml"})
+
+
+def test_settings_errors_are_value_errors() -> None:
+    assert issubclass(SettingsError, ValueError)
+
+
+def test_settings_are_frozen() -> None:
+    s = Settings.from_env({})
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.settle = 1.0  # type: ignore[misc]
+
+
+def test_with_returns_a_changed_copy(tmp_path: Path) -> None:
+    s = Settings.from_env({})
+    changed = s.with_(data_root=tmp_path)
+    assert changed.task_queue == tmp_path / "task_queue"
+    assert s.data_root == Path("/usr/local/mozart/data")
