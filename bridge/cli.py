@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check": "validate task files as the bridge would; exit 1 if any is bad",
         "submit": "write a task file into the queue atomically, as the UI would",
         "show": "a task's file state and its Celery state",
+        "up": "bridge, workers and Flower on one machine (a private Redis if none answers)",
     }
     parsers = {}
     for name, help_text in commands.items():
@@ -52,6 +53,13 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["submit"].add_argument("user_id")
     parsers["submit"].add_argument("file", type=Path)
     parsers["show"].add_argument("target", help="a task file or a job id")
+    parsers["up"].add_argument("--workers", type=int, default=1, help="worker processes")
+    parsers["up"].add_argument(
+        "--flower-port", type=int, default=5555, help="Flower's port on 127.0.0.1 (0: none)"
+    )
+    parsers["up"].add_argument(
+        "--sample", action="store_true", help="create a sample mail archive if there is none"
+    )
     return parser
 
 
@@ -189,6 +197,30 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_up(args: argparse.Namespace) -> int:
+    from bridge.up import children, supervise
+    from taskd.sample import write_sample
+
+    settings = _settings(args)
+    logs.setup(settings.log_format)
+    for sub in ("task_queue", "download", "retrieve", "work_space"):
+        (settings.data_root / sub).mkdir(parents=True, exist_ok=True)
+    if args.sample and write_sample(settings.mail_db_path):
+        print(f"sample archive written to {settings.mail_db_path}")
+    kids = children(settings, args.workers, args.flower_port or None)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    print(
+        f"taskd is up on {settings.data_root}: drop task files into "
+        f"{settings.task_queue}/<user-id>/ (try: taskd submit 3 examples/0001.RETRMS "
+        f"--data-root {settings.data_root})"
+        + (f"; Flower on http://127.0.0.1:{args.flower_port}" if args.flower_port else "")
+    )
+    supervise(kids, stop)
+    return EXIT_OK
+
+
 HANDLERS = {
     "bridge": cmd_bridge,
     "worker": cmd_worker,
@@ -196,6 +228,7 @@ HANDLERS = {
     "check": cmd_check,
     "submit": cmd_submit,
     "show": cmd_show,
+    "up": cmd_up,
 }
 
 

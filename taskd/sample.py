@@ -1,0 +1,64 @@
+"""A small sample archive, so `make run` shows the whole system working on a fresh machine.
+
+Written only where no archive exists yet; the messages are made here, in a few charsets, as
+both `.eml` day folders and an `.mbox` day file, with a group and labels.
+"""
+
+from __future__ import annotations
+
+import json
+from email.header import Header
+from pathlib import Path
+
+USER = "yukoh"
+FOLDER = "_ARCHIVE_"
+
+
+def _message(n: int, subject: str, charset: str, sender: str, body: str, day: str) -> bytes:
+    encoded = Header(subject, charset).encode() if charset != "us-ascii" else subject
+    date = f"{day[:4]}-{day[4:6]}-{day[6:]}"
+    head = (
+        f"From: {sender}\r\nTo: yukoh@cellopoint.com\r\nSubject: {encoded}\r\n"
+        f"Date: {date}T09:{n:02d}:00+08:00\r\nMessage-ID: <sample-{day}-{n}@example.com>\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset={charset}\r\n"
+        "Content-Transfer-Encoding: 8bit\r\n\r\n"
+    )
+    return head.encode("ascii") + body.encode(charset) + b"\r\n"
+
+
+SAMPLES = [
+    ("A11111", "haha, the plan for A", "utf-8", "hank@cellopoint.com", "Plan A is on."),
+    ("A22222", "haha 計劃進度", "big5", "mei@example.com.tw", "進度報告附上。"),
+    ("A33333", "週報 haha", "utf-8", "lin@example.cn", "本週完成。"),
+    ("A44444", "会議の件", "iso-2022-jp", "sato@example.jp", "明日の会議です。"),
+    ("A55555", "quarterly numbers", "us-ascii", "cfo@example.com", "See the numbers."),
+]
+
+
+def write_sample(mail_db: Path) -> bool:
+    """Create the sample archive under `mail_db`; False if an archive is already there."""
+    if mail_db.exists() and any(mail_db.iterdir()):
+        return False
+    day = "20171025"
+    eml_dir = mail_db / USER / FOLDER / day
+    eml_dir.mkdir(parents=True)
+    for n, (mail_id, subject, charset, sender, body) in enumerate(SAMPLES, 1):
+        (eml_dir / f"{mail_id}.eml").write_bytes(_message(n, subject, charset, sender, body, day))
+    mbox_day = "20171026"
+    with open(mail_db / USER / FOLDER / f"{mbox_day}.mbox", "wb") as mbox:
+        for n in range(1, 4):
+            mbox.write(b"From hank@cellopoint.com Thu Oct 26 09:00:00 2017\n")
+            mbox.write(
+                _message(
+                    n,
+                    f"haha mbox {n}",
+                    "utf-8",
+                    "hank@cellopoint.com",
+                    "From the mbox day file.",
+                    mbox_day,
+                ).replace(b"\r\n", b"\n")
+            )
+            mbox.write(b"\n")
+    (mail_db / "groups.json").write_text(json.dumps({"sales": [USER]}))
+    (mail_db / USER / "labels.json").write_text(json.dumps({"A11111": ["important"]}))
+    return True
