@@ -1,0 +1,373 @@
+"""The reference mail store: an archive of plain files laid out as in mail-store.md.
+
+```
+<root>/groups.json                        {"sales": ["yukoh", "hank"]}
+<root>/<user>/labels.json                 {"<mail-id>": ["label", ...]}
+<root>/<user>/<folder>/<YYYYMMDD>/<stem>.eml
+<root>/<user>/<folder>/<YYYYMMDD>.mbox
+```
+A day may have both a folder of `.eml` files and an `.mbox` file; they make one partition, the
+`.eml` files first (by name), then the mbox messages in file order.  Other files, and names
+starting with `.`, are not mail and are left alone.
+
+Mail ids are unique within a user's archive and match `[A-Za-z0-9._-]+`.  They are given in
+order of folder, day, then file name, so that an archive growing by new days keeps its old ids:
+
+- mbox messages: `<YYYYMMDD>.<n>`, n counting from 1 in the day's file.  When several folders
+  have an mbox for the same day, the first folder (by name) keeps these ids and the others are
+  qualified with their folder: `<folder>.<YYYYMMDD>.<n>`.
+- `.eml` files: the file's stem.  If the stem is taken already (the same stem on another day or
+  in another folder), not a valid id (other characters, a leading `.`, `..`), or has the shape of
+  an mbox id of this archive, the first free one of `<YYYYMMDD>.<stem>`,
+  `<folder>.<YYYYMMDD>.<stem>` and `<YYYYMMDD>.<sanitised stem>.<hash>` is used instead, where
+  the hash is the start of the SHA-1 of the file's path in the user's archive.
+
+Ids are looked up in an index of the user's archive, never joined into a path.  A store reads
+each user's archive once and then works from that index: make one store per task, or call
+`refresh()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import BinaryIO
+
+from tasks.mailstore.base import (
+    MailStoreError,
+    MailStoreUnavailable,
+    MailSummary,
+    Partition,
+    UnknownGroup,
+    UnknownMail,
+)
+from tasks.mailstore.mbox import split_mbox
+from tasks.mailstore.message import StoredMessage
+from tasks.mailstore.names import check_day, check_name, is_day, is_id_shaped, is_valid_name
+
+log = logging.getLogger(__name__)
+
+GROUPS_FILE = "groups.json"
+LABELS_FILE = "labels.json"
+EML_SUFFIX = ".eml"
+MBOX_SUFFIX = ".mbox"
+
+_MBOX_FILE = re.compile(r"(\d{8})" + re.escape(MBOX_SUFFIX))
+_MBOX_ID = re.compile(r"(?:(?P<folder>.+)\.)?(?P<day>\d{8})\.(?P<n>[1-9]\d*)")
+_UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+_STEM_LIMIT = 64
+
+
+@dataclass
+class _Day:
+    """The mail of one (folder, day): `.eml` files as (id, path), and the day's mbox if any."""
+
+    eml_names: list[str] = field(default_factory=list)
+    eml: list[tuple[str, Path]] = field(default_factory=list)
+    mbox: Path | None = None
+    mbox_prefix: str = ""
+
+
+@dataclass
+class _UserIndex:
+    days: dict[tuple[str, str], _Day] = field(default_factory=dict)
+    eml_ids: dict[str, Path] = field(default_factory=dict)
+    mbox_owner: dict[str, str] = field(default_factory=dict)
+    labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@lru_cache(maxsize=128)
+def _cached_splits(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, int], ...]:
+    # mtime and size are part of the key so that a rewritten mbox is split again.
+    with open(path, "rb", buffering=1 << 20) as stream:
+        return tuple(split_mbox(stream))
+
+
+def mbox_splits(path: Path) -> tuple[tuple[int, int], ...]:
+    """(offset, length) of each message of an mbox file, cached while the file is unchanged."""
+    status = path.stat()
+    return _cached_splits(str(path), status.st_mtime_ns, status.st_size)
+
+
+def _sorted_entries(directory: Path) -> list[os.DirEntry[str]]:
+    try:
+        with os.scandir(directory) as entries:
+            return sorted(
+                (entry for entry in entries if not entry.name.startswith(".")),
+                key=lambda entry: entry.name,
+            )
+    except FileNotFoundError:
+        return []
+
+
+def _scan_folder(index: _UserIndex, folder: str, directory: Path) -> None:
+    for entry in _sorted_entries(directory):
+        mbox = _MBOX_FILE.fullmatch(entry.name)
+        if mbox and entry.is_file():
+            index.days.setdefault((folder, mbox.group(1)), _Day()).mbox = Path(entry.path)
+        elif is_day(entry.name) and entry.is_dir():
+            names = [
+                child.name
+                for child in _sorted_entries(Path(entry.path))
+                if child.name.lower().endswith(EML_SUFFIX) and child.is_file()
+            ]
+            index.days.setdefault((folder, entry.name), _Day()).eml_names = names
+
+
+def _could_be_mbox_id(candidate: str, index: _UserIndex) -> bool:
+    match = _MBOX_ID.fullmatch(candidate)
+    if match is None:
+        return False
+    if match["folder"] is None:
+        return match["day"] in index.mbox_owner
+    entry = index.days.get((match["folder"], match["day"]))
+    return entry is not None and entry.mbox is not None
+
+
+def _eml_candidates(folder: str, day: str, name: str) -> Iterator[str]:
+    stem = name[: -len(EML_SUFFIX)]
+    if is_valid_name(stem):
+        yield stem
+        yield f"{day}.{stem}"
+        yield f"{folder}.{day}.{stem}"
+    clean = _UNSAFE_ID_CHARS.sub("_", stem)[:_STEM_LIMIT].strip("_") or "mail"
+    path = f"{folder}/{day}/{name}".encode("utf-8", errors="surrogateescape")
+    digest = hashlib.sha1(path, usedforsecurity=False).hexdigest()
+    for width in (8, 16, 40):
+        yield f"{day}.{clean}.{digest[:width]}"
+    for number in itertools.count(2):
+        yield f"{day}.{clean}.{digest}.{number}"
+
+
+def _assign_ids(index: _UserIndex, user_dir: Path) -> None:
+    for (folder, day), entry in sorted(index.days.items()):
+        if entry.mbox is not None:
+            owner = index.mbox_owner.setdefault(day, folder)
+            entry.mbox_prefix = "" if owner == folder else f"{folder}."
+    for (folder, day), entry in sorted(index.days.items()):
+        for name in entry.eml_names:
+            mail_id = next(
+                candidate
+                for candidate in _eml_candidates(folder, day, name)
+                if candidate not in index.eml_ids and not _could_be_mbox_id(candidate, index)
+            )
+            path = user_dir / folder / day / name
+            index.eml_ids[mail_id] = path
+            entry.eml.append((mail_id, path))
+
+
+def _load_labels(path: Path) -> dict[str, tuple[str, ...]]:
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as error:
+        log.warning("ignoring unreadable labels file %s: %s", path, error)
+        return {}
+    if not isinstance(data, dict):
+        log.warning("ignoring labels file %s: not a JSON object of id -> [labels]", path)
+        return {}
+    labels: dict[str, tuple[str, ...]] = {}
+    for mail_id, value in data.items():
+        items = [value] if isinstance(value, str) else value
+        if isinstance(items, list):
+            labels[str(mail_id)] = tuple(str(item) for item in items if str(item).strip())
+    return labels
+
+
+def _build_index(user_dir: Path) -> _UserIndex:
+    """Everything needed to list a user's mail and resolve its ids, from directory listings."""
+    index = _UserIndex()
+    for entry in _sorted_entries(user_dir):
+        if is_valid_name(entry.name) and entry.is_dir():
+            _scan_folder(index, entry.name, Path(entry.path))
+    _assign_ids(index, user_dir)
+    index.labels = _load_labels(user_dir / LABELS_FILE)
+    return index
+
+
+class FileMailStore:
+    """The reference `MailStore` over a directory of `.eml` day folders and `.mbox` day files."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self._indexes: dict[str, _UserIndex] = {}
+
+    def refresh(self) -> None:
+        """Forget what was read of the archive, to see changes made since."""
+        self._indexes.clear()
+
+    def _check_root(self) -> None:
+        if not self.root.is_dir():
+            raise MailStoreUnavailable(f"the mail archive {self.root} is not there (not mounted?)")
+
+    def _index(self, user: str) -> _UserIndex:
+        check_name("user", user)
+        if user not in self._indexes:
+            self._check_root()
+            try:
+                self._indexes[user] = _build_index(self.root / user)
+            except OSError as error:
+                raise MailStoreUnavailable(
+                    f"cannot read the archive of {user!r}: {error}"
+                ) from error
+        return self._indexes[user]
+
+    def users(self) -> list[str]:
+        """Every user with an archive directory, sorted."""
+        self._check_root()
+        try:
+            entries = _sorted_entries(self.root)
+            return [e.name for e in entries if is_valid_name(e.name) and e.is_dir()]
+        except OSError as error:
+            raise MailStoreUnavailable(f"cannot list the archive {self.root}: {error}") from error
+
+    def users_of_group(self, group: str) -> list[str]:
+        groups = self._groups()
+        if group not in groups:
+            raise UnknownGroup(group)
+        members = groups[group]
+        if not isinstance(members, list):
+            raise MailStoreError(f"{GROUPS_FILE}: group {group!r} must be a list of user names")
+        valid = [m for m in members if isinstance(m, str) and is_valid_name(m)]
+        if len(valid) != len(members):
+            log.warning("%s: group %r lists names that are not users; skipped", GROUPS_FILE, group)
+        return list(dict.fromkeys(valid))
+
+    def _groups(self) -> dict[str, object]:
+        self._check_root()
+        try:
+            data = json.loads((self.root / GROUPS_FILE).read_bytes())
+        except FileNotFoundError:
+            return {}
+        except OSError as error:
+            raise MailStoreUnavailable(f"cannot read {GROUPS_FILE}: {error}") from error
+        except ValueError as error:
+            raise MailStoreError(f"{GROUPS_FILE} is not valid JSON: {error}") from error
+        if not isinstance(data, dict):
+            raise MailStoreError(f'{GROUPS_FILE} must be an object like {{"sales": ["yukoh"]}}')
+        return data
+
+    def partitions(
+        self,
+        users: Sequence[str] | None = None,
+        folder: str | None = None,
+        days: Sequence[str] | None = None,
+    ) -> Iterator[Partition]:
+        """Partitions narrowed by each argument given (None: all), sorted by user, folder, day."""
+        names = self.users() if users is None else sorted({check_name("user", u) for u in users})
+        if folder is not None:
+            check_name("folder", folder)
+        wanted = None if days is None else {check_day(day) for day in days}
+        for user in names:
+            index = self._index(user)
+            for (folder_name, day), entry in sorted(index.days.items()):
+                if folder not in (None, folder_name) or (wanted is not None and day not in wanted):
+                    continue
+                yield Partition(user, folder_name, day, _partition_size(entry))
+
+    def messages(self, partition: Partition) -> Iterator[StoredMessage]:
+        index = self._index(partition.user)
+        entry = index.days.get((partition.folder, partition.day))
+        if entry is None:
+            return
+        for mail_id, path in entry.eml:
+            size = _file_size(path)
+            if size is not None:
+                yield StoredMessage(self._base(partition, mail_id, size, index), path)
+        if entry.mbox is None:
+            return
+        for number, (offset, length) in enumerate(self._splits(entry.mbox), start=1):
+            mail_id = f"{entry.mbox_prefix}{partition.day}.{number}"
+            base = self._base(partition, mail_id, length, index)
+            yield StoredMessage(base, entry.mbox, offset)
+
+    @staticmethod
+    def _base(partition: Partition, mail_id: str, size: int, index: _UserIndex) -> MailSummary:
+        return MailSummary(
+            id=mail_id,
+            user=partition.user,
+            folder=partition.folder,
+            day=partition.day,
+            size=size,
+            labels=index.labels.get(mail_id, ()),
+        )
+
+    @staticmethod
+    def _splits(path: Path) -> tuple[tuple[int, int], ...]:
+        try:
+            return mbox_splits(path)
+        except FileNotFoundError:
+            return ()
+        except OSError as error:
+            raise MailStoreUnavailable(f"cannot read {path}: {error}") from error
+
+    def message(self, user: str, mail_id: str) -> StoredMessage:
+        """The mail of `user` with that id; `UnknownMail` if there is none."""
+        index = self._index(user)
+        if not isinstance(mail_id, str) or not is_id_shaped(mail_id):
+            raise UnknownMail(str(mail_id), user)
+        path = index.eml_ids.get(mail_id)
+        if path is not None:
+            folder, day = path.parent.parent.name, path.parent.name
+            size = _file_size(path)
+            if size is None:
+                raise UnknownMail(mail_id, user)
+            partition = Partition(user, folder, day, 0)
+            return StoredMessage(self._base(partition, mail_id, size, index), path)
+        return self._mbox_message(index, user, mail_id)
+
+    def _mbox_message(self, index: _UserIndex, user: str, mail_id: str) -> StoredMessage:
+        match = _MBOX_ID.fullmatch(mail_id)
+        if match is None:
+            raise UnknownMail(mail_id, user)
+        day, number = match["day"], int(match["n"])
+        folder = match["folder"] or index.mbox_owner.get(day, "")
+        entry = index.days.get((folder, day))
+        if entry is None or entry.mbox is None or f"{entry.mbox_prefix}{day}.{number}" != mail_id:
+            raise UnknownMail(mail_id, user)
+        splits = self._splits(entry.mbox)
+        if number > len(splits):
+            raise UnknownMail(mail_id, user)
+        offset, length = splits[number - 1]
+        base = self._base(Partition(user, folder, day, 0), mail_id, length, index)
+        return StoredMessage(base, entry.mbox, offset)
+
+    def open(self, user: str, mail_id: str) -> BinaryIO:
+        message = self.message(user, mail_id)
+        try:
+            return message.open()
+        except FileNotFoundError as error:
+            raise UnknownMail(mail_id, user) from error
+        except OSError as error:
+            raise MailStoreUnavailable(f"cannot read mail {mail_id!r}: {error}") from error
+
+    def summary(self, user: str, mail_id: str) -> MailSummary:
+        try:
+            return self.message(user, mail_id).summary
+        except FileNotFoundError as error:
+            raise UnknownMail(mail_id, user) from error
+        except OSError as error:
+            raise MailStoreUnavailable(f"cannot read mail {mail_id!r}: {error}") from error
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _partition_size(entry: _Day) -> int:
+    sizes = [_file_size(path) for _, path in entry.eml]
+    if entry.mbox is not None:
+        sizes.append(_file_size(entry.mbox))
+    return sum(size for size in sizes if size is not None)
