@@ -23,7 +23,7 @@ from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 from taskd import states
 from taskd.settings import Settings
-from tasks.errors import Cancelled, TaskFailed
+from tasks.errors import Cancelled, Retryable, TaskFailed
 from tasks.progress import CLAIM_TTL_S, Progress
 
 log = logging.getLogger(__name__)
@@ -174,9 +174,10 @@ class TaskdTask(Task):  # type: ignore[misc]
             )
             self._finish(client, job_id, states.FAILURE, failure.message)
             raise failure from None
-        except TaskFailed as exc:
-            self._finish(client, job_id, states.FAILURE, exc.message)
-            raise
+        except (TaskFailed, Retryable) as exc:
+            failure = exc if isinstance(exc, TaskFailed) else TaskFailed(exc.message)
+            self._finish(client, job_id, states.FAILURE, failure.message)
+            raise failure from None
         except Exception as exc:
             log.exception("job %s failed with an unexpected error", job_id)
             failure = TaskFailed(

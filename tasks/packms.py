@@ -1,0 +1,127 @@
+"""PACKMS: pack chosen mails of a result set and local files into `download/<user-id>/`.
+
+Thin: it checks the arguments, lists the members, and hands them to `tasks.pack`. The archive is
+built in the task's tmp-space and published by link, so a reader sees it whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from taskd.settings import Settings
+from tasks import pack, results
+from tasks.app import app
+from tasks.base import Job, TaskdTask
+from tasks.errors import Retryable, TaskFailed
+from tasks.mailstore import FileMailStore, MailStoreUnavailable, UnknownMail
+
+MARKER_PREFIX = ".taskd-output-"
+"""`download/<user-id>/.taskd-output-<job-id>` names what a job published, so a second delivery
+of the same job finds its output instead of publishing another."""
+
+
+def allowed_file(raw: str, roots: Iterable[Path]) -> Path:
+    """A `files` entry, resolved with symlinks followed, inside an allowed root, a regular file."""
+    if "\x00" in raw or not os.path.isabs(raw):
+        raise TaskFailed(f"field 'files': {raw!r} is not an absolute path; write e.g. /tmp/a.doc")
+    try:
+        real = Path(raw).resolve(strict=True)
+    except (FileNotFoundError, RuntimeError, OSError):
+        raise TaskFailed(f"field 'files': {raw!r} does not exist (or cannot be read)") from None
+    allowed = [Path(r).resolve() for r in roots]
+    if not any(real.is_relative_to(root) for root in allowed):
+        shown = ":".join(str(r) for r in allowed)
+        raise TaskFailed(
+            f"field 'files': {raw!r} is outside the allowed folders ({shown}, "
+            "TASKD_ALLOWED_FILE_ROOTS); copy it there first"
+        )
+    if not real.is_file():
+        raise TaskFailed(f"field 'files': {raw!r} is not a regular file")
+    return real
+
+
+def _mail_member(store: FileMailStore, mail: dict[str, Any]) -> pack.Member:
+    user, mail_id = str(mail.get("user", "")), str(mail.get("id", ""))
+    try:
+        size = store.summary(user, mail_id).size
+    except UnknownMail:
+        raise TaskFailed(
+            f"mail {mail_id!r} of the result set is no longer in the archive; run the RETRMS again"
+        ) from None
+    return pack.Member(f"mails/{mail_id}.eml", size, lambda: store.open(user, mail_id))
+
+
+def _index_row(mail: dict[str, Any]) -> dict[str, Any]:
+    row = {k: mail.get(k, "") for k in ("id", "date", "from", "to", "subject", "folder", "day")}
+    return {**row, pack.INDEX_LINK_KEY: f"mails/{mail.get('id')}.eml"}
+
+
+def published_before(settings: Settings, job: Job) -> Path | None:
+    marker = settings.download / job.user_id / f"{MARKER_PREFIX}{job.job_id}"
+    try:
+        name = marker.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    output = marker.parent / name
+    return output if name and "/" not in name and output.is_file() else None
+
+
+def _remember(settings: Settings, job: Job, output: Path) -> None:
+    marker = settings.download / job.user_id / f"{MARKER_PREFIX}{job.job_id}"
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(output.name, encoding="utf-8")
+    os.replace(tmp, marker)
+
+
+def pack_to_download(
+    job: Job,
+    mails: list[dict[str, Any]],
+    files: list[str],
+    report: Callable[[int, int], None],
+) -> Path:
+    """Build the archive in tmp-space and publish it; a second delivery returns the first output."""
+    settings = job.settings
+    done = published_before(settings, job)
+    if done is not None:
+        return done
+    store = FileMailStore(settings.mail_db_path)
+    try:
+        members = [_mail_member(store, m) for m in mails]
+        paths = [allowed_file(f, settings.allowed_file_roots) for f in files]
+        members += [pack.file_member(p, f"files/{p.name}") for p in paths]
+    except MailStoreUnavailable as exc:
+        raise Retryable(f"the mail archive cannot be read now ({exc}); will try again") from exc
+    stem = pack.safe_name(str(job.fields.get("description") or ""), job.task_id)
+    target_dir = settings.download / job.user_id
+    target_dir.mkdir(parents=True, exist_ok=True)
+    tmp = job.tmp_space / f"{job.job_id}.tar.gz"
+    try:
+        pack.build_targz(tmp, stem, members, [_index_row(m) for m in mails], report)
+    except pack.MemberSizeError as exc:
+        raise Retryable(f"a file changed while it was packed ({exc}); will try again") from exc
+    output = pack.publish(tmp, target_dir, stem)
+    _remember(settings, job, output)
+    return output
+
+
+@app.task(base=TaskdTask, name="tasks.packms.run")
+def run(job: Job) -> dict[str, Any]:
+    fields = job.fields
+    retrieve_id = fields.get("retrieve-id")
+    mails: list[dict[str, Any]] = []
+    if retrieve_id:
+        path = results.result_path(job.settings, job.user_id, str(retrieve_id))
+        data = results.read_result_set(path, str(retrieve_id), job.user_id)
+        mails = list(results.pick(data, [str(m) for m in fields.get("mails") or []]))
+    files = [str(f) for f in fields.get("files") or []]
+    if not mails and not files:
+        raise TaskFailed("nothing to pack: the result set is empty and no 'files' were given")
+    with job.work_dir() as tmp:
+        job.progress(0, force=True, **{"tmp-space": str(tmp)})
+        output = pack_to_download(
+            job, mails, files, lambda done, total: job.progress(99 * done / max(total, 1))
+        )
+    return {"output": str(output), "tmp-space": None, "packed": len(mails) + len(files)}
