@@ -78,8 +78,9 @@ def test_packms_of_a_result_set_with_files(
     assert "搜尋任務A計劃/mails/A33333.eml" in names
     assert "搜尋任務A計劃/mails/A22222.eml" not in names
     subprocess.run(["tar", "xzf", done["output"], "-C", str(tmp_path)], check=True)
-    subprocess.run(["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "搜尋任務A計劃",
-                   check=True)
+    subprocess.run(
+        ["sha256sum", "-c", "--quiet", "SHA256SUMS"], cwd=tmp_path / "搜尋任務A計劃", check=True
+    )
     index = (tmp_path / "搜尋任務A計劃" / "index.csv").read_text(encoding="utf-8")
     assert index.splitlines()[0] == "id,date,from,to,subject,folder,day,size,sha256"
     assert "週報 haha" in index
@@ -102,8 +103,10 @@ def test_hostile_packms_fails_clearly_and_writes_nothing(
     link = files / "link-out"
     if not link.is_symlink():
         link.symlink_to("/etc/hostname")
-    fields = {k: ([str(v).replace("FILES", str(files)) for v in val] if isinstance(val, list)
-                  else val) for k, val in fields.items()}
+    fields = {
+        k: ([str(v).replace("FILES", str(files)) for v in val] if isinstance(val, list) else val)
+        for k, val in fields.items()
+    }
     drop.write("h1.PACKMS", {"type": "PACKMS", "description": "../../x\u0000y", **fields})
     done = drop.wait_state("h1", {"FAILURE", "REJECTED", "SUCCESS"}, timeout=30)
     assert done["state"] in ("FAILURE", "REJECTED")
