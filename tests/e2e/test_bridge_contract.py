@@ -127,3 +127,15 @@ def test_non_task_files_are_left_alone(bridge: BridgeProc, drop: Drop) -> None:
         assert (drop.dir / name).read_bytes() == data
     assert (drop.dir / "pipe.SLOW").exists() and (drop.dir / "sub.SLOW").is_dir()
     assert (drop.dir / "link.SLOW").is_symlink()
+
+
+def test_a_failing_task_ends_failure_with_its_message_and_an_err_name(
+    bridge: BridgeProc, drop: Drop
+) -> None:
+    message = "criterion.file[0]: 2017 is not a day; write YYYYMMDD like 20171025"
+    drop.write("f1.SLOW", {"type": "SLOW", "steps": 2, "step-seconds": 0.05, "fail": message})
+    failed = drop.wait_state("f1", "FAILURE", timeout=20)
+    assert failed["error"] == message
+    assert drop.find("f1") == drop.dir / f"f1-{failed['ticket']}_ERR.SLOW"
+    assert failed["finished-at"].endswith("Z") and "Traceback" not in json.dumps(failed)
+    assert not (drop.data_root / "work_space" / drop.user / "f1" / failed["job-id"]).exists()
