@@ -215,18 +215,19 @@ class Bridge:
     def mirror_once(self, now: float) -> None:
         self.flush_cancels(now)
         tasks = list(self.table.by_job.values())
-        known = self._redis(now, lambda: self.publisher.known(t.job_id for t in tasks))
-        if known is None:
+        answer = self._redis(now, lambda: self.publisher.known(t.job_id for t in tasks))
+        if answer is None:
             return
-        self._check_run_id(now)
+        known, run_id = answer
+        self._check_run_id(run_id)
         now_iso = utc_now()
         for task in tasks:
             info = known.get(task.job_id, Known(None, None))
             self._ensure_published(task, info, now)
             self.write(task, updates_for(info.meta, task.fields, now_iso), now)
 
-    def _check_run_id(self, now: float) -> None:
-        run_id = self._redis(now, self.publisher.run_id)
+    def _check_run_id(self, run_id: str) -> None:
+        """Logged for ops; the reconcile itself happens for every job on every tick."""
         if run_id and self._run_id and run_id != self._run_id:
             log.warning("Redis restarted (run_id changed): republishing what it lost")
         if run_id:

@@ -64,24 +64,29 @@ class Publisher:
         self.client.hset(states.job_key(job_id), "status", states.JOB_PUBLISHED)
         task.published = True
 
-    def known(self, job_ids: Iterable[str]) -> dict[str, Known]:
-        """What Redis knows of each job, in one round trip."""
+    def known(self, job_ids: Iterable[str]) -> tuple[dict[str, Known], str]:
+        """What Redis knows of each job, and its run_id (which changes when it restarts).
+
+        One round trip, however many jobs: a pipeline of one HGET per job, one MGET of all
+        their states and one INFO.
+        """
         ids = list(job_ids)
-        if not ids:
-            return {}
         with self.client.pipeline(transaction=False) as pipe:
+            pipe.info("server")
             for job_id in ids:
                 pipe.hget(states.job_key(job_id), "status")
-            pipe.mget([states.meta_key(j) for j in ids])
+            if ids:
+                pipe.mget([states.meta_key(j) for j in ids])
             replies = pipe.execute()
-        metas = replies[-1]
+        run_id = str(replies[0].get("run_id", ""))
+        metas = replies[-1] if ids else []
         out: dict[str, Known] = {}
-        for job_id, record, meta in zip(ids, replies[:-1], metas, strict=True):
+        for job_id, record, meta in zip(ids, replies[1 : 1 + len(ids)], metas, strict=True):
             out[job_id] = Known(
                 record=_text(record),
                 meta=json.loads(meta) if meta else None,
             )
-        return out
+        return out, run_id
 
     def in_flight(self, task: Tracked) -> bool:
         """Is the message of this job in its queue or delivered to a worker? (rare, O(queue))"""
@@ -110,9 +115,6 @@ class Publisher:
 
     def active_ids(self) -> set[str]:
         return {_text(m) or "" for m in self.client.smembers(states.KEY_ACTIVE)}
-
-    def run_id(self) -> str:
-        return str(self.client.info("server").get("run_id", ""))
 
 
 def _text(value: bytes | str | None) -> str | None:

@@ -52,3 +52,4 @@ def test_jobs_lost_with_redis_are_published_again_and_run_once(
     assert starts[done["job-id"]] == 1
     busy = [drop.fields(f"busy{i}")["job-id"] for i in range(4)]
     assert [starts[j] for j in busy] == [1, 1, 1, 1]
+    assert "Redis restarted (run_id changed)" in bridge.log.read_text()

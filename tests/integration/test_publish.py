@@ -1,0 +1,75 @@
+"""Publisher against a real redis-server: what Redis knows of jobs, in one round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from bridge.model import Tracked
+from bridge.publish import Publisher
+from taskd import states
+from taskd.celeryconf import make_app
+from taskd.settings import Settings
+from taskd.tasktypes import load_types
+from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_server.url)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def publisher(redis_server: RedisServer, client: redis.Redis) -> Publisher:
+    settings = Settings(redis_url=redis_server.url)
+    return Publisher(make_app(settings), client)
+
+
+def _task(job_id: str, tmp_path: Path) -> Tracked:
+    # A queue no worker listens on, so the message stays where the test looks for it.
+    slow = dataclasses.replace(load_types([SUPPORT_SCHEMAS])["SLOW"], queue="nobody-listens")
+    fields = {"type": "SLOW", "task-id": job_id, "state": "QUEUED", "job-id": job_id}
+    return Tracked("u", job_id, slow, tmp_path / f"{job_id}.SLOW", fields)
+
+
+def test_known_reads_any_number_of_jobs_in_one_round_trip(
+    publisher: Publisher, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [f"job-{i}" for i in range(300)]
+    client.set(states.meta_key("job-7"), json.dumps({"status": "PROGRESS", "result": {}}))
+    client.hset(states.job_key("job-9"), "status", states.JOB_PUBLISHED)
+    sent: list[Any] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(command)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    known, run_id = publisher.known(ids)
+    assert len(sent) == 1
+    assert run_id
+    assert known["job-7"].meta == {"status": "PROGRESS", "result": {}}
+    assert known["job-9"].record == states.JOB_PUBLISHED
+    assert known["job-1"].record is None and known["job-1"].meta is None
+
+
+def test_a_published_job_is_recorded_and_found_in_its_queue(
+    publisher: Publisher, client: redis.Redis, tmp_path: Path
+) -> None:
+    task = _task("job-queued-1", tmp_path)
+    publisher.publish(task)
+    assert client.hget(states.job_key("job-queued-1"), "status") == b"published"
+    assert client.sismember(states.KEY_ACTIVE, "job-queued-1")
+    assert publisher.in_flight(task)
+    assert not publisher.in_flight(_task("job-never-sent", tmp_path))
+    publisher.forget(["job-queued-1"])
+    assert not client.exists(states.job_key("job-queued-1"))
