@@ -112,3 +112,28 @@ def test_hostile_packms_fails_clearly_and_writes_nothing(
     assert done["state"] in ("FAILURE", "REJECTED")
     assert expected in done["error"]
     assert not list((drop.data_root / "download").glob(f"{drop.user}/*.tar.gz"))
+
+
+def test_result_sets_and_mail_ids_belong_to_their_user(
+    bridge: BridgeProc, drop: Drop, archive: Path, data_root: Path
+) -> None:
+    other = Drop(data_root, drop.user + "x")
+    other.write("0001.RETRMS", SEED_RETRMS.replace(b'"pack": true', b'"pack": false'))
+    theirs = other.wait_state("0001", "SUCCESS", timeout=60)
+    drop.write("p1.PACKMS", {"type": "PACKMS", "retrieve-id": theirs["retrieve-id"]})
+    stolen = drop.wait_state("p1", "FAILURE", timeout=30)
+    assert f"{theirs['retrieve-id']!r} is not a result set of user {drop.user}" in stolen["error"]
+    drop.write(
+        "p2.PACKMS",
+        {"type": "PACKMS", "retrieve-id": "../" + theirs["retrieve-id"], "mails": ["../../x"]},
+    )
+    shaped = drop.wait_state("p2", "REJECTED", timeout=30)
+    assert "retrieve-id" in shaped["error"] and "mails[0]" in shaped["error"]
+    other.write(
+        "0002.PACKMS",
+        {"type": "PACKMS", "retrieve-id": theirs["retrieve-id"], "mails": ["A11111", "NOPE9"]},
+    )
+    unknown = other.wait_state("0002", "FAILURE", timeout=30)
+    assert "'NOPE9' not in result set" in unknown["error"]
+    assert not list((data_root / "download" / drop.user).glob("*.tar.gz"))
+    assert not list((data_root / "download" / other.user).glob("*.tar.gz"))
