@@ -11,6 +11,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,10 +20,11 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from bridge import contract, files, intake, watch
+from bridge import contract, files, intake, schedule, watch
 from bridge.mirror import updates_for, utc_now
 from bridge.model import Table, Tracked
-from bridge.publish import Known, Publisher
+from bridge.publish import Publisher
+from bridge.schedule import Known
 from taskd import states
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType
@@ -142,7 +144,7 @@ class Bridge:
         task = Tracked(name.user, name.stem, task_type, new_path, fields, last_write=now)
         self.table.add(task)
         log.info("took %s as job %s", new_path.name, task.job_id)
-        self._redis(now, lambda: self.publisher.publish(task))
+        self.publish_when_due(task, Known(None, None), now)
 
     def reject(self, path: Path, decision: intake.Decision, error: str | None = None) -> None:
         name = decision.name
@@ -223,7 +225,7 @@ class Bridge:
         now_iso = utc_now()
         for task in tasks:
             info = known.get(task.job_id, Known(None, None))
-            self._ensure_published(task, info, now)
+            self.publish_when_due(task, info, now)
             self.write(task, updates_for(info.meta, task.fields, now_iso), now)
 
     def _check_run_id(self, run_id: str) -> None:
@@ -233,22 +235,27 @@ class Bridge:
         if run_id:
             self._run_id = run_id
 
-    def _ensure_published(self, task: Tracked, info: Known, now: float) -> None:
-        """Publish a job exactly once: unless Redis knows it (recorded, queued or with a state)."""
-        if info.meta is not None or info.record == states.JOB_PUBLISHED:
+    def publish_when_due(self, task: Tracked, info: Known, now: float) -> None:
+        """Publish a job exactly once (and each retry once), when it is due."""
+        decision = schedule.decide(task.fields, info, datetime.now(UTC))
+        if decision.action == schedule.KNOWN:
             task.published = True
             return
-        if info.record == states.JOB_PUBLISHING and self._redis(
+        if decision.action == schedule.WAIT:
+            return
+        if decision.action == schedule.INSPECT and self._redis(
             now, lambda: self.publisher.in_flight(task)
         ):
             self._redis(now, lambda: self.publisher.mark_published(task.job_id))
             task.published = True
             return
-        if task.published:
+        if task.published and decision.attempt == 0:
             log.warning(
-                "job %s of %s is unknown to Redis: publishing it again", task.job_id, task.path.name
+                "job %s of %s is unknown to Redis: publishing it again",
+                task.job_id,
+                task.path.name,
             )
-        self._redis(now, lambda: self.publisher.publish(task))
+        self._redis(now, lambda: self.publisher.publish(task, decision.attempt))
 
     def write(self, task: Tracked, updates: Mapping[str, Any], now: float) -> None:
         fields = contract.merge(task.fields, updates)

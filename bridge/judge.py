@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge import contract
+from bridge.schedule import time_error
 from taskd import states
 from taskd.tasktypes import TaskType
 
@@ -85,6 +86,9 @@ def judge_fields(
             ),
         )
     problems = task_type.validate(fields)
+    timing = time_error(fields)
+    if timing and not any(timing.split(":")[0] in p for p in problems):
+        problems.append(timing)
     if problems:
         return Verdict(fields=fields, task_type=task_type, error="; ".join(problems))
     return Verdict(fields=fields, task_type=task_type)

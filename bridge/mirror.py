@@ -63,6 +63,7 @@ def _running(meta_result: Any, current: dict[str, Any], now_iso: str) -> dict[st
         or now_iso,
         states.WORKER: worker or current.get(states.WORKER),
         states.RETRY_AT: None,
+        states.ERROR: None,
         **_task_fields(result),
     }
 
@@ -86,6 +87,7 @@ def updates_for(
             states.STARTED_AT: current.get(states.STARTED_AT) or finished,
             states.FINISHED_AT: finished,
             states.RETRY_AT: None,
+            states.ERROR: None,
             **fields,
         }
     if status == states.RETRY:

@@ -19,6 +19,7 @@ class Tracked:
     fields: dict[str, Any]
     published: bool = False
     last_write: float = float("-inf")
+    extra: dict[str, Any] = field(default_factory=dict)  # more for the worker (notify: who)
 
     @property
     def job_id(self) -> str:
@@ -36,6 +37,7 @@ class Tracked:
             "user-id": self.user,
             "task-id": self.task_id,
             "fields": own,
+            **self.extra,
         }
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from celery import Celery
 
 from bridge.model import Tracked
+from bridge.schedule import Known
 from taskd import states
 from taskd.celeryconf import PRIORITY_STEPS, kombu_priority
 
@@ -25,24 +25,20 @@ log = logging.getLogger(__name__)
 UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered but not yet acked
 
 
-@dataclass(frozen=True)
-class Known:
-    record: str | None  # publishing / published / None
-    meta: dict[str, Any] | None  # the result backend's meta, None while PENDING
-
-
 class Publisher:
     def __init__(self, app: Celery, client: Any) -> None:
         self.app = app
         self.client = client
 
-    def publish(self, task: Tracked) -> None:
+    def publish(self, task: Tracked, attempt: int = 0) -> None:
+        """Record, then send; `attempt` is the retry this sends (0 for the first try)."""
         job_id = task.job_id
         with self.client.pipeline(transaction=True) as pipe:
             pipe.hset(
                 states.job_key(job_id),
                 mapping={
                     "status": states.JOB_PUBLISHING,
+                    states.JOB_ATTEMPT: attempt,
                     "user": task.user,
                     "task-id": task.task_id,
                     "type": task.type.name,
@@ -53,7 +49,7 @@ class Publisher:
         priority = task.fields.get("priority")
         self.app.send_task(
             task.type.task,
-            args=[task.spec()],
+            args=[{**task.spec(), states.RETRIES: attempt}],
             task_id=job_id,
             queue=task.type.queue,
             routing_key=task.type.queue,
@@ -74,7 +70,7 @@ class Publisher:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.info("server")
             for job_id in ids:
-                pipe.hget(states.job_key(job_id), "status")
+                pipe.hmget(states.job_key(job_id), ["status", states.JOB_ATTEMPT])
             if ids:
                 pipe.mget([states.meta_key(j) for j in ids])
             replies = pipe.execute()
@@ -82,9 +78,11 @@ class Publisher:
         metas = replies[-1] if ids else []
         out: dict[str, Known] = {}
         for job_id, record, meta in zip(ids, replies[1 : 1 + len(ids)], metas, strict=True):
+            status, attempt = record
             out[job_id] = Known(
-                record=_text(record),
+                record=_text(status),
                 meta=json.loads(meta) if meta else None,
+                attempt=int(attempt or 0),
             )
         return out, run_id
 

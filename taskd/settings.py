@@ -29,6 +29,10 @@ DEFAULT_RESCAN_INTERVAL_S = 30.0
 """Full rescan of task_queue/, to catch what inotify missed."""
 DEFAULT_MIRROR_INTERVAL_S = 1.0
 """One mirror tick: read all active jobs' states in one round trip, write what changed."""
+DEFAULT_NOTIFY_RETRY_INTERVALS = "30 120 600 1800 3600"
+"""Waits before each further try of a notify mail that SMTP did not take."""
+DEFAULT_SMTP_TIMEOUT_S = 30.0
+"""Connect and command timeout towards the SMTP server."""
 DEFAULT_VISIBILITY_TIMEOUT_S = 4 * 3600
 """Redis redelivers an unacknowledged job after this long; keep it above every time limit."""
 
@@ -83,6 +87,8 @@ class Settings:
     metrics_port: int | None = None
     log_format: str = "text"
     schema_dirs: tuple[Path, ...] = field(default_factory=tuple)
+    notify_retry_intervals: str = DEFAULT_NOTIFY_RETRY_INTERVALS
+    smtp_timeout: float = DEFAULT_SMTP_TIMEOUT_S
 
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -121,6 +127,9 @@ class Settings:
             "metrics_port": _int(env, "TASKD_METRICS_PORT", None),
             "log_format": env.get("TASKD_LOG_FORMAT") or "text",
             "schema_dirs": _paths(env.get("TASKD_SCHEMA_PATH", "")),
+            "notify_retry_intervals": env.get("TASKD_NOTIFY_RETRY_INTERVALS")
+            or DEFAULT_NOTIFY_RETRY_INTERVALS,
+            "smtp_timeout": _float(env, "TASKD_SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, 0.1),
         }
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

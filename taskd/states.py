@@ -36,7 +36,16 @@ WORKER = "worker"
 ERROR = "error"
 RETRIES = "retries"
 RETRY_AT = "retry-at"
+NOTIFIED_AT = "notified-at"
+NOTIFY_RETRY_AT = "notify-retry-at"
+NOTIFY_ERROR = "notify-error"
+PREVIOUS_ERRORS = "previous-errors"
 ORIGINAL = "original"
+# Optional fields the UI may add (file-contract.md), read by the bridge itself.
+RUN_AT = "run-at"
+DELAY = "delay"
+PRIORITY = "priority"
+NOTIFY = "notify"
 ORIGINAL_B64 = "original-base64"
 
 BRIDGE_FIELDS: tuple[str, ...] = (
@@ -51,6 +60,10 @@ BRIDGE_FIELDS: tuple[str, ...] = (
     RETRIES,
     RETRY_AT,
     ERROR,
+    PREVIOUS_ERRORS,
+    NOTIFIED_AT,
+    NOTIFY_RETRY_AT,
+    NOTIFY_ERROR,
 )
 # A file carrying any of these was written by the bridge; the UI never writes them.
 OWNED_MARKERS = frozenset({TASK_ID, STATE, JOB_ID, QUEUED_AT})
@@ -60,6 +73,12 @@ META_PROGRESS = "progress"
 META_FIELDS = "fields"  # task-specific fields to mirror into the file (output, matched, ...)
 META_WORKER = "worker"
 META_STARTED_AT = "started-at"
+
+# Keys of the meta a task stores with state RETRY (the bridge publishes the next try when due).
+META_RETRIES = "retries"
+META_RETRY_AT = "retry-at"
+META_ERROR = "error"
+META_RECIPIENTS = "recipients"  # notify: who still has to get the mail
 
 # Custom Celery event a task sends with each progress report.
 EVENT_PROGRESS = "task-progress"
@@ -72,6 +91,7 @@ KEY_CANCEL = "taskd:cancel:{job_id}"  # durable revoke: a worker never runs (or 
 KEY_CLAIM = "taskd:claim:{job_id}"  # which worker process runs the job now
 KEY_DONE = "taskd:done:{job_id}"  # final outcome, so a second delivery does not redo the work
 
+JOB_ATTEMPT = "attempt"  # field of the job record: which retry was published last
 JOB_PUBLISHING = "publishing"
 JOB_PUBLISHED = "published"
 

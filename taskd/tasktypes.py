@@ -114,6 +114,10 @@ def _hint(schema: Mapping[str, Any], path: Iterable[Any]) -> str:
 
 def describe_error(error: jsonschema.ValidationError, schema: Mapping[str, Any]) -> str:
     path = list(error.absolute_path)
+    # A schema can say in words what a combination rule (anyOf, dependentRequired...) means.
+    custom = error.schema.get("x-messages", {}) if isinstance(error.schema, Mapping) else {}
+    if isinstance(custom, Mapping) and isinstance(custom.get(str(error.validator)), str):
+        return str(custom[str(error.validator)])
     if error.validator == "required" and isinstance(error.instance, Mapping):
         missing = [k for k in error.validator_value if k not in error.instance]
         name = field_path([*path, missing[0]]) if missing else field_path(path)

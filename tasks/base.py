@@ -15,20 +15,24 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 from taskd import states
 from taskd.settings import Settings
-from tasks.errors import Cancelled, Retryable, TaskFailed
-from tasks.progress import CLAIM_TTL_S, Progress
+from taskd.tasktypes import RetryPolicy, load_types
+from tasks.errors import Cancelled, Retryable, TaskFailed, as_retryable
+from tasks.progress import CLAIM_TTL_S, Progress, store_meta
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
+NOTIFY_TYPE = "NOTIFY"
 ENTER_TRIES = 5
 
 
@@ -43,6 +47,7 @@ class Job:
     fields: dict[str, Any]
     settings: Settings
     progress: Callable[..., None] = field(repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)  # retries done; notify: recipients
 
     @property
     def tmp_space(self) -> Path:
@@ -61,6 +66,19 @@ class Job:
             # Another job of this task-id may still work there, or it is gone already.
             with contextlib.suppress(OSError):
                 path.parent.rmdir()
+
+
+@cache
+def _types_of(schema_dirs: tuple[Path, ...]) -> dict[str, Any]:
+    return load_types(schema_dirs)
+
+
+def retry_policy(settings: Settings, type_name: str) -> RetryPolicy:
+    """The retry intervals of a task type (notify mails have their own setting)."""
+    if type_name == NOTIFY_TYPE:
+        return RetryPolicy.parse(settings.notify_retry_intervals)
+    task_type = _types_of(settings.schema_dirs).get(type_name)
+    return task_type.retry if task_type is not None else RetryPolicy()
 
 
 class _Heartbeat(threading.Thread):
@@ -158,6 +176,7 @@ class TaskdTask(Task):  # type: ignore[misc]
             fields=spec["fields"],
             settings=self.settings,
             progress=progress,
+            extra={k: v for k, v in spec.items() if k not in ("type", "user-id", "task-id")},
         )
         try:
             fields = self.run(job) or {}
@@ -168,27 +187,54 @@ class TaskdTask(Task):  # type: ignore[misc]
             if _quietly(client.exists, states.cancel_key(job_id)):
                 raise Ignore() from None
             limit = self.request.timelimit[1] or self.soft_time_limit
-            failure = TaskFailed(
-                f"stopped: the task ran past its time limit of {limit} s; "
-                "narrow the task or ask ops to raise the type's time-limit"
+            self._fail(
+                client,
+                job_id,
+                TaskFailed(
+                    f"stopped: the task ran past its time limit of {limit} s; "
+                    "narrow the task or ask ops to raise the type's time-limit"
+                ),
             )
-            self._finish(client, job_id, states.FAILURE, failure.message)
-            raise failure from None
-        except (TaskFailed, Retryable) as exc:
-            failure = exc if isinstance(exc, TaskFailed) else TaskFailed(exc.message)
-            self._finish(client, job_id, states.FAILURE, failure.message)
-            raise failure from None
+        except TaskFailed as exc:
+            self._fail(client, job_id, exc)
         except Exception as exc:
+            passing = as_retryable(exc)
+            if passing is not None:
+                self._retry_or_fail(job, client, passing)
             log.exception("job %s failed with an unexpected error", job_id)
-            failure = TaskFailed(
-                f"internal error ({type(exc).__name__}: {exc}); "
-                f"the worker log has the details under job {job_id}"
+            self._fail(
+                client,
+                job_id,
+                TaskFailed(
+                    f"internal error ({type(exc).__name__}: {exc}); "
+                    f"the worker log has the details under job {job_id}"
+                ),
             )
-            self._finish(client, job_id, states.FAILURE, failure.message)
-            raise failure from exc
         result = {states.META_PROGRESS: 100, states.META_FIELDS: {**progress.fields, **fields}}
         self._finish(client, job_id, states.SUCCESS, result)
         return result
+
+    def _fail(self, client: Any, job_id: str, failure: TaskFailed) -> NoReturn:
+        self._finish(client, job_id, states.FAILURE, failure.message)
+        raise failure
+
+    def _retry_or_fail(self, job: Job, client: Any, exc: Retryable) -> NoReturn:
+        """Wait on the type's retry intervals: state RETRY now, the bridge publishes when due."""
+        retries = int(job.extra.get(states.RETRIES) or 0)
+        delay = retry_policy(self.settings, job.type).delay(retries)
+        if delay is None:
+            tries = "once" if retries == 0 else f"after {retries + 1} tries"
+            self._fail(client, job.job_id, TaskFailed(f"{exc.message} (gave up {tries})"))
+        at = (datetime.now(UTC) + timedelta(seconds=delay)).isoformat(timespec="seconds")
+        at = at.replace("+00:00", "Z")
+        assert isinstance(job.progress, Progress)
+        meta = job.progress.retry_meta(retries + 1, at, exc.message, **exc.meta)
+        try:
+            store_meta(self, job.job_id, states.RETRY, meta, job.progress.worker)
+        except Exception as store_error:  # noqa: BLE001 - cannot record the wait: try again now
+            raise Reject(f"cannot record the retry: {store_error}", requeue=True) from exc
+        log.warning("job %s: %s; retry %d at %s", job.job_id, exc.message, retries + 1, at)
+        raise Ignore()
 
     def _finish(self, client: Any, job_id: str, state: str, result: Any) -> None:
         """Remember the outcome so a second delivery replays it instead of redoing the work."""

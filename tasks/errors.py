@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+from typing import Any
+
+import redis
+
 
 class TaskFailed(Exception):
     """A failure no retry can mend (a bad criterion, an unknown mail id): fails the job at once.
@@ -17,12 +22,28 @@ class TaskFailed(Exception):
 class Retryable(Exception):
     """A passing failure (SMTP or Redis unreachable, disk briefly full, a store that timed out).
 
-    Retried on the type's intervals; the message is shown while it waits.
+    Retried on the type's intervals; the message is shown while it waits. `meta` travels with
+    the retry (notify: the recipients still to send to).
     """
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, meta: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.meta = meta or {}
+
+
+RETRYABLE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EAGAIN, errno.ETIMEDOUT})
+
+
+def as_retryable(exc: BaseException) -> Retryable | None:
+    """The passing failures a task does not name itself: Redis blinks, a full disk."""
+    if isinstance(exc, Retryable):
+        return exc
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return Retryable(f"Redis could not be reached ({exc}); will try again")
+    if isinstance(exc, OSError) and exc.errno in RETRYABLE_ERRNOS:
+        return Retryable(f"{exc.strerror or exc} ({exc.filename or 'disk'}); will try again")
+    return None
 
 
 class Cancelled(Exception):

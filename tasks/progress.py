@@ -70,17 +70,10 @@ class Progress:
 
     def _store(self) -> bool:
         """Write the meta, renew the claim, read the cancel flag: one round trip."""
-        backend = self.task.backend
-        meta = backend._get_result_meta(
-            result=self.meta(), state=states.PROGRESS, traceback=None, request=self.task.request
-        )
-        meta["task_id"] = self.job_id
         try:
-            with backend.client.pipeline(transaction=False) as pipe:
-                pipe.set(states.meta_key(self.job_id), json.dumps(meta), ex=backend.expires)
-                pipe.set(states.claim_key(self.job_id), self.worker, ex=CLAIM_TTL_S)
-                pipe.exists(states.cancel_key(self.job_id))
-                cancelled = pipe.execute()[-1]
+            cancelled = store_meta(
+                self.task, self.job_id, states.PROGRESS, self.meta(), self.worker
+            )
         except Exception as exc:  # noqa: BLE001 - a report must never fail the task
             if not self._warned:
                 log.warning("job %s: progress not stored (%s); carrying on", self.job_id, exc)
@@ -89,8 +82,39 @@ class Progress:
         self._warned = False
         return bool(cancelled)
 
+    def retry_meta(self, retries: int, retry_at: str, error: str, **extra: Any) -> dict[str, Any]:
+        return {
+            **self.meta(),
+            # Celery decodes a RETRY result as an exception: give it one it can rebuild.
+            "exc_type": "Retryable",
+            "exc_module": "tasks.errors",
+            "exc_message": [error],
+            states.META_RETRIES: retries,
+            states.META_RETRY_AT: retry_at,
+            states.META_ERROR: error,
+            **extra,
+        }
+
     def _send_event(self) -> None:
         try:
             self.task.send_event(states.EVENT_PROGRESS, progress=self.percent, **self.fields)
         except Exception as exc:  # noqa: BLE001 - events are for watchers, never fatal
             log.debug("job %s: progress event not sent: %s", self.job_id, exc)
+
+
+def store_meta(task: Any, job_id: str, state: str, result: dict[str, Any], worker: str) -> bool:
+    """Store a state the way Celery's backend does, renew the claim; True if cancelled.
+
+    Written directly, in one round trip: Celery's own store_result would encode a RETRY result
+    as an exception, and would not renew the claim or read the cancel flag.
+    """
+    backend = task.backend
+    meta = backend._get_result_meta(
+        result=result, state=state, traceback=None, request=task.request
+    )
+    meta["task_id"] = job_id
+    with backend.client.pipeline(transaction=False) as pipe:
+        pipe.set(states.meta_key(job_id), json.dumps(meta), ex=backend.expires)
+        pipe.set(states.claim_key(job_id), worker, ex=CLAIM_TTL_S)
+        pipe.exists(states.cancel_key(job_id))
+        return bool(pipe.execute()[-1])

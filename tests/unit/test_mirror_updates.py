@@ -172,8 +172,9 @@ def test_bridge_fields_in_a_tasks_meta_fields_are_ignored(status: str) -> None:
     updates = updates_for(meta, RUNNING_FILE, NOW)
     assert updates[states.STATE] == status
     assert updates["output"] == "/o.tar.gz"
-    for key in ("task-id", "job-id", "error"):
+    for key in ("task-id", "job-id"):
         assert key not in updates
+    assert updates.get("error") is None  # cleared, never the task's "not yours"
     assert updates[states.PROGRESS_FIELD] == (100 if status == "SUCCESS" else 60)
 
 

@@ -1,0 +1,98 @@
+"""When a job is published: now, at its `run-at`/`delay`, or at its next retry's `retry-at`.
+
+Pure: fields and what Redis knows in, a decision out. The file is the source of truth, so these
+times survive restarts of the bridge and of Redis; Celery's ETA/countdown is never used (on Redis
+a delay longer than the visibility timeout would be redelivered over and over).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from taskd import states
+
+KNOWN = "known"  # Redis has it (queued, running, waiting for a retry, or done)
+WAIT = "wait"  # not due yet
+PUBLISH = "publish"  # send it
+INSPECT = "inspect"  # a crash may have come between recording and sending: look in the queue
+
+
+@dataclass(frozen=True)
+class Known:
+    record: str | None  # publishing / published / None
+    meta: dict[str, Any] | None  # the result backend's meta, None while PENDING
+    attempt: int = 0  # the retry the record was published for
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: str
+    attempt: int = 0
+    due: datetime | None = None
+
+
+def parse_time(value: object) -> datetime | None:
+    """An ISO-8601 time; a time without a zone is UTC. None if absent or not a time."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    if text.endswith(("Z", "z")):
+        text = text[:-1] + "+00:00"
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def time_error(fields: Mapping[str, Any]) -> str | None:
+    """What is wrong with `run-at` / `delay`, for the intake's verdict."""
+    run_at = fields.get(states.RUN_AT)
+    if run_at not in (None, "") and parse_time(run_at) is None:
+        return (
+            f"field 'run-at': {run_at!r} is not an ISO-8601 time; "
+            "write e.g. 2026-11-25T18:00:00Z"
+        )
+    delay = fields.get(states.DELAY)
+    if delay is not None and (
+        isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0
+    ):
+        return f"field 'delay': {delay!r} is not a number of seconds; write e.g. 600"
+    return None
+
+
+def not_before(fields: Mapping[str, Any]) -> datetime | None:
+    """The first moment a task may start: its `run-at`, or `delay` seconds after it was queued."""
+    run_at = parse_time(fields.get(states.RUN_AT))
+    if run_at is not None:
+        return run_at
+    delay = fields.get(states.DELAY)
+    queued = parse_time(fields.get(states.QUEUED_AT))
+    if isinstance(delay, int | float) and not isinstance(delay, bool) and delay > 0 and queued:
+        return queued + timedelta(seconds=float(delay))
+    return None
+
+
+def decide(fields: Mapping[str, Any], known: Known, now: datetime) -> Decision:
+    meta = known.meta or {}
+    if meta.get("status") == states.RETRY:
+        raw = meta.get("result")
+        result: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        retries = int(result.get(states.META_RETRIES) or 0)
+        if known.attempt >= retries:
+            return Decision(KNOWN)  # this retry was published already
+        due = parse_time(result.get(states.META_RETRY_AT))
+        if due is not None and now < due:
+            return Decision(WAIT, retries, due)
+        return Decision(PUBLISH, retries)
+    if known.meta is not None or known.record == states.JOB_PUBLISHED:
+        return Decision(KNOWN)
+    due = not_before(fields)
+    if due is not None and now < due:
+        return Decision(WAIT, due=due)
+    if known.record == states.JOB_PUBLISHING:
+        return Decision(INSPECT)
+    return Decision(PUBLISH, int(fields.get(states.RETRIES) or 0))
