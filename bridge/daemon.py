@@ -6,6 +6,7 @@ Everything that touches files or Redis happens on this one thread, in passes tha
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -23,11 +24,12 @@ from kombu.exceptions import OperationalError
 from bridge import contract, files, intake, schedule, watch
 from bridge.mirror import updates_for, utc_now
 from bridge.model import Table, Tracked
+from bridge.notify import Notifier
 from bridge.publish import Publisher
 from bridge.schedule import Known
 from taskd import states
 from taskd.settings import Settings
-from taskd.tasktypes import TaskType
+from taskd.tasktypes import TaskType, notify_type
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,8 @@ class Bridge:
         self.publisher = Publisher(app, client)
         self.watcher = watch.Watcher(settings.task_queue)
         self.pending_cancels: set[str] = set()
+        self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
+        self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
         self.redis_ok = True
         self._retry_redis_at = 0.0
         self._backoff = 0.5
@@ -93,6 +97,8 @@ class Bridge:
             task = self.table.by_path.get(seen.path)
             if task is not None and not seen.path.exists():
                 self.cancel(task, now)
+        elif contract.is_notify_mail(seen.path.name):
+            self.mails[seen.path] = (now, seen.kind == watch.CLOSED)
         elif seen.path not in self.table.by_path:
             self.intake.note(seen.path, now, closed=seen.kind == watch.CLOSED)
 
@@ -217,7 +223,8 @@ class Bridge:
     def mirror_once(self, now: float) -> None:
         self.flush_cancels(now)
         tasks = list(self.table.by_job.values())
-        answer = self._redis(now, lambda: self.publisher.known(t.job_id for t in tasks))
+        ids = [t.job_id for t in tasks] + list(self.notifier.jobs)
+        answer = self._redis(now, lambda: self.publisher.known(ids))
         if answer is None:
             return
         known, run_id = answer
@@ -227,6 +234,7 @@ class Bridge:
             info = known.get(task.job_id, Known(None, None))
             self.publish_when_due(task, info, now)
             self.write(task, updates_for(info.meta, task.fields, now_iso), now)
+        self.notify_once(now, known)
 
     def _check_run_id(self, run_id: str) -> None:
         """Logged for ops; the reconcile itself happens for every job on every tick."""
@@ -282,18 +290,61 @@ class Bridge:
             self.table.drop(task)
             self._redis(now, lambda: self.publisher.forget([task.job_id]))
             log.info("%s ended %s", new_path.name, fields[states.STATE])
+            mail = self.notifier.job_for(new_path, fields)
+            if mail is not None:
+                self.publish_when_due(mail, Known(None, None), now)
 
     # --- rescans ----------------------------------------------------------------------------
 
     def rescan_once(self, now: float) -> None:
         """Catch what events missed: new files, deleted tasks, jobs whose files are gone."""
         for path in watch.scan(self.settings.task_queue):
-            if path not in self.table.by_path:
+            if contract.is_notify_mail(path.name):
+                self.mails.setdefault(path, (now, True))
+            elif path not in self.table.by_path:
                 self.intake.note(path, now)
         for task in list(self.table.by_job.values()):
             if not task.path.exists():
                 self.cancel(task, now)
         self.intake_once(now)
+        self.mails_once(now)
+
+    def mails_once(self, now: float) -> None:
+        """Notify mails that settled: send those whose task has already ended."""
+        for path, (since, closed) in list(self.mails.items()):
+            if not closed and now - since < self.settings.settle:
+                continue
+            del self.mails[path]
+            job = self.notifier.for_mail(path)
+            if job is not None:
+                log.info("%s: its task has ended, sending it", path.name)
+                self.publish_when_due(job, Known(None, None), now)
+
+    def notify_once(self, now: float, known: Mapping[str, Known]) -> None:
+        """Write what became of each notify mail into its task file; publish retries when due."""
+        for job_id, job in list(self.notifier.jobs.items()):
+            info = known.get(job_id, Known(None, None))
+            updates = self.notifier.outcome(job, info.meta)
+            if updates and not self._note_outcome(job, updates):
+                del self.notifier.jobs[job_id]
+                continue
+            status = (info.meta or {}).get("status")
+            if status in (states.SUCCESS, states.FAILURE, states.CELERY_REVOKED):
+                del self.notifier.jobs[job_id]
+                self._redis(now, functools.partial(self.publisher.forget, [job_id]))
+            else:
+                self.publish_when_due(job, info, now)
+
+    def _note_outcome(self, job: Tracked, updates: Mapping[str, Any]) -> bool:
+        """Merge a notify outcome into the ended task's file; False if the file is gone."""
+        try:
+            fields = contract.parse_content(contract.decode_utf8(files.read_all(job.path)))
+        except FileNotFoundError:
+            return False
+        merged = contract.merge(fields, updates)
+        if merged != fields:
+            files.atomic_write(job.path, contract.dump(merged), durable=True)
+        return True
 
     def cancel_orphans(self, now: float) -> None:
         """Jobs Redis lists as active whose files are gone (deleted while the bridge was down)."""
@@ -316,6 +367,8 @@ class Bridge:
         task_id = (record.get(b"task-id") or b"").decode()
         if not contract.USER_RE.fullmatch(user) or not task_id:
             return False
+        if record.get(b"type") == self.notifier.kind.name.encode():
+            return self.notifier.owns(job_id, user, task_id, self.settings.task_queue)
         for path in (self.settings.task_queue / user).glob(f"{glob_escape(task_id)}*"):
             try:
                 fields = contract.parse_content(contract.decode_utf8(files.read_all(path)))
@@ -346,6 +399,7 @@ class Bridge:
         for seen in self.watcher.drain():
             self.handle(seen, now)
         self.intake_once(now)
+        self.mails_once(now)
         if now >= next_mirror:
             self.mirror_once(now)
             next_mirror += self.settings.mirror_interval
@@ -367,7 +421,7 @@ class Bridge:
                 now = time.monotonic()
                 next_mirror, next_rescan = self.tick(now, next_mirror, next_rescan)
                 wake = min(next_mirror, next_rescan)
-                if self.intake.pending:
+                if self.intake.pending or self.mails:
                     wake = min(wake, now + 0.05)
                 self.watcher.wait(max(0.0, wake - time.monotonic()), stop)
         finally:

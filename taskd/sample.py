@@ -36,8 +36,8 @@ SAMPLES = [
 
 
 def write_sample(mail_db: Path) -> bool:
-    """Create the sample archive under `mail_db`; False if an archive is already there."""
-    if mail_db.exists() and any(mail_db.iterdir()):
+    """Create the sample user's archive under `mail_db`; False if that user has one already."""
+    if (mail_db / USER).exists():
         return False
     day = "20171025"
     eml_dir = mail_db / USER / FOLDER / day
@@ -59,6 +59,8 @@ def write_sample(mail_db: Path) -> bool:
                 ).replace(b"\r\n", b"\n")
             )
             mbox.write(b"\n")
-    (mail_db / "groups.json").write_text(json.dumps({"sales": [USER]}))
+    groups = mail_db / "groups.json"
+    if not groups.exists():
+        groups.write_text(json.dumps({"sales": [USER]}))
     (mail_db / USER / "labels.json").write_text(json.dumps({"A11111": ["important"]}))
     return True

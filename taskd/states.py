@@ -79,6 +79,7 @@ META_RETRIES = "retries"
 META_RETRY_AT = "retry-at"
 META_ERROR = "error"
 META_RECIPIENTS = "recipients"  # notify: who still has to get the mail
+META_PROBLEMS = "problems"  # notify: what earlier tries could not deliver
 
 # Custom Celery event a task sends with each progress report.
 EVENT_PROGRESS = "task-progress"

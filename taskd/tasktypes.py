@@ -185,3 +185,22 @@ def load_types(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskType]:
             task_type = load_type(path)
             types[task_type.name] = task_type
     return types
+
+
+NOTIFY = "NOTIFY"
+NOTIFY_TIME_LIMIT_S = 300.0
+
+
+def notify_type(retry_intervals: str) -> TaskType:
+    """Sending a task's notify mail: a job of its own on the `notify` queue, not a file type."""
+    return TaskType(
+        name=NOTIFY,
+        schema={},
+        task="tasks.notify.send",
+        queue="notify",
+        runtime_info=(),
+        assign={},
+        time_limit=NOTIFY_TIME_LIMIT_S,
+        soft_time_limit=NOTIFY_TIME_LIMIT_S - 30,
+        retry=RetryPolicy.parse(retry_intervals),
+    )

@@ -15,11 +15,14 @@ from taskd.celeryconf import config
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
 
+NOTIFY_MODULE = "tasks.notify"
+
 
 class TaskdCelery(Celery):
     def on_configure(self) -> None:
         settings = Settings.from_env(os.environ)
-        modules = sorted({t.module for t in load_types(settings.schema_dirs).values()})
+        types = load_types(settings.schema_dirs)
+        modules = sorted({t.module for t in types.values()} | {NOTIFY_MODULE})
         self.conf.update(config(settings, include=modules))
 
 

@@ -25,14 +25,14 @@ from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 from taskd import states
 from taskd.settings import Settings
-from taskd.tasktypes import RetryPolicy, load_types
+from taskd.tasktypes import NOTIFY, RetryPolicy, load_types
 from tasks.errors import Cancelled, Retryable, TaskFailed, as_retryable
 from tasks.progress import CLAIM_TTL_S, Progress, store_meta
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 10.0
-NOTIFY_TYPE = "NOTIFY"
+NOTIFY_TYPE = NOTIFY
 ENTER_TRIES = 5
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.procs import BridgeProc, RedisServer, Worker, taskd_env, wait_until
+from tests.support.smtp import SmtpServer
 
 _users = itertools.count(1)
 
@@ -31,8 +32,25 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def env(data_root: Path, redis_server: RedisServer) -> dict[str, str]:
-    return taskd_env(data_root, redis_server.url, {"TASKD_RESCAN_INTERVAL": "2"})
+def smtp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SmtpServer]:
+    server = SmtpServer(tmp_path_factory.mktemp("smtp"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def env(data_root: Path, redis_server: RedisServer, smtp_server: SmtpServer) -> dict[str, str]:
+    return taskd_env(
+        data_root,
+        redis_server.url,
+        {
+            "TASKD_RESCAN_INTERVAL": "2",
+            "TASKD_SMTP_URL": smtp_server.url,
+            "TASKD_MAIL_FROM": "taskd@test.example",
+            "TASKD_NOTIFY_RETRY_INTERVALS": " ".join(["1"] * 30),
+        },
+    )
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ def _starts(drop: Drop, job_id: str) -> int:
 def test_a_retryable_failure_shows_retry_then_succeeds(bridge: BridgeProc, drop: Drop) -> None:
     drop.write("t1.SLOW", {"type": "SLOW", "steps": 1, "step-seconds": 0.01, "flaky": 2})
     waiting = drop.wait_state("t1", "RETRY", timeout=20)
-    assert waiting["retries"] == 1
+    assert waiting["retries"] >= 1  # a 1 s interval may let the mirror see the second wait first
     assert waiting["retry-at"].endswith("Z")
     assert "timed out" in waiting["error"]
     done = drop.wait_state("t1", "SUCCESS", timeout=30)

@@ -1,0 +1,145 @@
+"""The bridge's side of notify mails: when to send `<task-id>.notify.eml`, and what came of it.
+
+A notify mail is sent when its task has ended (SUCCESS or FAILURE) and the mail file exists,
+whichever comes last. Sending is a job of its own on the `notify` queue, with an id derived from
+the task's job id: it is published once, retried on the notify intervals (the task file shows
+`notify-retry-at`), and its outcome is written into the task file (`notified-at`, or
+`notify-error` after the last try). The task file stays the only record.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bridge import contract, files
+from bridge.mirror import error_text
+from bridge.model import Tracked
+from taskd import states
+from taskd.tasktypes import TaskType
+
+log = logging.getLogger(__name__)
+
+NOTIFY_NAMESPACE = uuid.UUID("9b7a8c55-d57f-4bd8-8a1b-6e0f0c6d3a11")
+ENDED = frozenset({states.SUCCESS, states.FAILURE})
+SUFFIX = ".notify.eml"
+
+
+def notify_job_id(task_job_id: str) -> str:
+    return str(uuid.uuid5(NOTIFY_NAMESPACE, f"{task_job_id}:notify"))
+
+
+def task_id_of(mail: Path) -> str:
+    return mail.name[: -len(SUFFIX)]
+
+
+def wants_mail(fields: dict[str, Any]) -> bool:
+    """Ended, and no outcome of its notify mail recorded yet."""
+    return (
+        fields.get(states.STATE) in ENDED
+        and states.NOTIFIED_AT not in fields
+        and states.NOTIFY_ERROR not in fields
+    )
+
+
+def read_fields(path: Path) -> dict[str, Any] | None:
+    try:
+        return contract.parse_content(contract.decode_utf8(files.read_all(path)))
+    except (OSError, ValueError):
+        return None
+
+
+def task_files(directory: Path, task_id: str) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The task files in `directory` whose content says they are task `task_id`."""
+    try:
+        names = [p for p in directory.iterdir() if p.name.startswith(task_id)]
+    except FileNotFoundError:
+        return
+    for path in names:
+        if path.name.endswith(SUFFIX) or contract.parse_name(("u", path.name)) is None:
+            continue
+        fields = read_fields(path)
+        if fields is not None and fields.get(states.TASK_ID) == task_id:
+            yield path, fields
+
+
+@dataclass
+class Notifier:
+    """Notify jobs in flight, by notify job id."""
+
+    kind: TaskType
+
+    def __post_init__(self) -> None:
+        self.jobs: dict[str, Tracked] = {}
+
+    def job_for(self, task_path: Path, fields: dict[str, Any]) -> Tracked | None:
+        """A notify job for an ended task whose mail exists; None if there is nothing to send."""
+        if not wants_mail(fields) or not isinstance(fields.get(states.JOB_ID), str):
+            return None
+        task_id = str(fields[states.TASK_ID])
+        if not task_path.with_name(task_id + SUFFIX).is_file():
+            return None
+        job_id = notify_job_id(fields[states.JOB_ID])
+        if job_id in self.jobs:
+            return None
+        keep = (states.TASK_ID, states.STATE, states.JOB_ID, states.ERROR, "output")
+        task = {k: fields.get(k) for k in keep}
+        job = Tracked(
+            user=task_path.parent.name,
+            task_id=task_id,
+            type=self.kind,
+            path=task_path,
+            fields={
+                states.NOTIFY: fields.get(states.NOTIFY) or [],
+                states.JOB_ID: job_id,
+                states.STATE: states.QUEUED,
+            },
+            extra={"task": task},
+        )
+        self.jobs[job_id] = job
+        return job
+
+    def owns(self, job_id: str, task_user: str, task_id: str, task_queue: Path) -> bool:
+        """Is `job_id` the notify job of a task whose file still wants its mail sent?"""
+        for _path, fields in task_files(task_queue / task_user, task_id):
+            if (
+                isinstance(fields.get(states.JOB_ID), str)
+                and notify_job_id(fields[states.JOB_ID]) == job_id
+            ):
+                return True
+        return False
+
+    def for_mail(self, mail: Path) -> Tracked | None:
+        """A notify mail appeared (or was found by a scan): send it if its task has ended."""
+        for path, fields in task_files(mail.parent, task_id_of(mail)):
+            job = self.job_for(path, fields)
+            if job is not None:
+                return job
+        return None
+
+    def outcome(self, job: Tracked, meta: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Task-file fields the notify job's state calls for; None while it has no news."""
+        if not meta:
+            return None
+        raw = meta.get("result")
+        result: dict[str, Any] = raw if isinstance(raw, dict) else {}
+        status = meta.get("status")
+        if status == states.SUCCESS:
+            fields = result.get(states.META_FIELDS) or {}
+            return {
+                states.NOTIFIED_AT: fields.get(states.NOTIFIED_AT),
+                states.NOTIFY_ERROR: fields.get(states.NOTIFY_ERROR),
+                states.NOTIFY_RETRY_AT: None,
+            }
+        if status == states.RETRY:
+            # The next try sends only to who is still waiting, and keeps what went wrong before.
+            for key in (states.META_RECIPIENTS, states.META_PROBLEMS):
+                job.extra[key] = result.get(key)
+            return {states.NOTIFY_RETRY_AT: result.get(states.META_RETRY_AT)}
+        if status in (states.FAILURE, states.CELERY_REVOKED):
+            return {states.NOTIFY_ERROR: error_text(result), states.NOTIFY_RETRY_AT: None}
+        return None

@@ -1,0 +1,139 @@
+"""Notify mails: `<task-id>.notify.eml`, sent when its task ends, then deleted.
+
+The message goes out as the UI wrote it, with `X-Taskd-Task`, `X-Taskd-State`, `X-Taskd-Output`
+(on success) and, if it has none, a `Message-ID` made from the task's job id, so a copy sent
+twice (a server that took it just before a crash) carries the same id and can be dropped.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from email.parser import BytesHeaderParser
+from email.utils import getaddresses
+from pathlib import Path
+from typing import Any
+
+from taskd import states
+from tasks.app import app
+from tasks.base import NOTIFY_TYPE, Job, TaskdTask
+from tasks.errors import Retryable, TaskFailed
+from tasks.progress import utc_now
+from tasks.results import USER_RE
+from tasks.smtp import SmtpTarget, SmtpUnavailable, send
+
+NOTIFY_SUFFIX = ".notify.eml"
+_ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+")
+_LINE_END = re.compile(rb"\r?\n")
+
+
+def mail_path(job: Job) -> Path:
+    if not USER_RE.fullmatch(job.user_id) or "/" in job.task_id or job.task_id.startswith("."):
+        raise TaskFailed(f"task {job.user_id}/{job.task_id} has no valid notify path")
+    return job.settings.task_queue / job.user_id / f"{job.task_id}{NOTIFY_SUFFIX}"
+
+
+def check_address(entry: object) -> str | None:
+    """The bare address of one `notify` entry, or None if it is not exactly one safe address."""
+    if not isinstance(entry, str) or any(c in entry for c in "\r\n\x00"):
+        return None
+    found = getaddresses([entry])
+    if len(found) != 1:
+        return None
+    address = found[0][1]
+    return address if _ADDRESS.fullmatch(address) else None
+
+
+def split_recipients(entries: list[Any]) -> tuple[list[str], list[str]]:
+    """Good addresses (deduplicated, in order) and the entries that are not one address."""
+    good: list[str] = []
+    bad: list[str] = []
+    for entry in entries:
+        address = check_address(entry)
+        if address is None:
+            bad.append(repr(entry))
+        elif address not in good:
+            good.append(address)
+    return good, bad
+
+
+def own_recipients(raw: bytes) -> list[Any]:
+    """The mail's own To and Cc, when the task names nobody."""
+    headers = BytesHeaderParser().parsebytes(raw)
+    values = [str(v) for name in ("to", "cc") for v in headers.get_all(name, [])]
+    return [f"{name} <{addr}>" if name else addr for name, addr in getaddresses(values) if addr]
+
+
+def _header_value(text: object) -> str:
+    return re.sub(r"[\r\n\x00]+", " ", str(text)).strip()
+
+
+def prepare(raw: bytes, task: dict[str, Any], job_id: str) -> bytes:
+    """The UI's message, CRLF for the wire, with taskd's headers put in front."""
+    head = raw.split(b"\n\n", 1)[0].split(b"\r\n\r\n", 1)[0]
+    added = [
+        f"X-Taskd-Task: {_header_value(task.get(states.TASK_ID, ''))}",
+        f"X-Taskd-State: {_header_value(task.get(states.STATE, ''))}",
+    ]
+    if task.get(states.STATE) == states.SUCCESS and task.get("output"):
+        added.append(f"X-Taskd-Output: {_header_value(task['output'])}")
+    if not re.search(rb"(?im)^message-id:", head):
+        added.append(f"Message-ID: <{job_id}.taskd@{socket.getfqdn() or 'localhost'}>")
+    prefix = "".join(line + "\r\n" for line in added).encode("ascii", "replace")
+    return prefix + _LINE_END.sub(b"\r\n", raw)
+
+
+def _deliver(
+    job: Job, raw: bytes, recipients: list[str], problems: list[str]
+) -> tuple[list[str], dict[str, str]]:
+    settings = job.settings
+    if not settings.smtp_url:
+        raise TaskFailed("no SMTP server is configured (TASKD_SMTP_URL); notify mails wait for it")
+    target = SmtpTarget.from_url(settings.smtp_url, settings.smtp_timeout)
+    task = dict(job.extra.get("task") or {})
+    message = prepare(raw, task, str(task.get(states.JOB_ID) or job.job_id))
+    try:
+        outcome = send(target, settings.envelope_sender, recipients, message)
+    except SmtpUnavailable as exc:
+        raise Retryable(
+            str(exc), {states.META_RECIPIENTS: recipients, states.META_PROBLEMS: problems}
+        ) from exc
+    if outcome.later:
+        waiting = ", ".join(f"{r} ({a})" for r, a in outcome.later.items())
+        refused = [f"{r} refused: {answer}" for r, answer in outcome.refused.items()]
+        raise Retryable(
+            f"SMTP server asked to try again later for {waiting}",
+            {states.META_RECIPIENTS: list(outcome.later), states.META_PROBLEMS: problems + refused},
+        )
+    return list(outcome.sent), outcome.refused
+
+
+@app.task(base=TaskdTask, name="tasks.notify.send")
+def run(job: Job) -> dict[str, Any]:
+    path = mail_path(job)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise TaskFailed(f"{path.name} is gone; nothing to send") from None
+    pending = job.extra.get(states.META_RECIPIENTS)
+    entries = list(job.fields.get(states.NOTIFY) or []) or own_recipients(raw)
+    good, bad = split_recipients(entries)
+    recipients = [r for r in good if r in pending] if isinstance(pending, list) else good
+    earlier = job.extra.get(states.META_PROBLEMS)
+    if isinstance(earlier, list):  # a retry: the bad addresses were named by the first try
+        problems = [str(p) for p in earlier]
+    else:
+        problems = [f"{b} is not one mail address; write it like name@example.com" for b in bad]
+    if not recipients and not pending:
+        raise TaskFailed("; ".join(problems) or f"{path.name} names no recipient (To/Cc)")
+    sent, refused = _deliver(job, raw, recipients, problems) if recipients else ([], {})
+    problems += [f"{r} refused: {answer}" for r, answer in refused.items()]
+    path.unlink(missing_ok=True)
+    return {
+        states.NOTIFIED_AT: utc_now(),
+        states.NOTIFY_ERROR: "; ".join(problems) or None,
+        "sent-to": sent,
+    }
+
+
+__all__ = ["NOTIFY_TYPE", "run"]
