@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit": "write a task file into the queue atomically, as the UI would",
         "show": "a task's file state and its Celery state",
         "up": "bridge, workers and Flower on one machine (a private Redis if none answers)",
+        "retry": "run FAILURE tasks again, same task-id, new job id",
     }
     parsers = {}
     for name, help_text in commands.items():
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("worker", "flower"):
         parsers[name].add_argument("extra", nargs=argparse.REMAINDER, help="passed on to Celery")
     parsers["check"].add_argument("files", nargs="+", type=Path)
+    parsers["retry"].add_argument("files", nargs="+", type=Path)
     parsers["submit"].add_argument("user_id")
     parsers["submit"].add_argument("file", type=Path)
     parsers["show"].add_argument("target", help="a task file or a job id")
@@ -153,6 +155,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_BAD if bad else EXIT_OK
 
 
+def cmd_retry(args: argparse.Namespace) -> int:
+    from bridge.retry import RetryError, retry_file
+    from taskd.tasktypes import load_types
+
+    types = load_types(_settings(args).schema_dirs)
+    bad = 0
+    for path in args.files:
+        try:
+            print(f"{path}: queued again as {retry_file(path, types).name}")
+        except RetryError as exc:
+            print(f"{path}: {exc}")
+            bad += 1
+    return EXIT_BAD if bad else EXIT_OK
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from bridge import contract, files
 
@@ -229,6 +246,7 @@ HANDLERS = {
     "submit": cmd_submit,
     "show": cmd_show,
     "up": cmd_up,
+    "retry": cmd_retry,
 }
 
 

@@ -97,10 +97,22 @@ class Bridge:
             task = self.table.by_path.get(seen.path)
             if task is not None and not seen.path.exists():
                 self.cancel(task, now)
+        elif seen.kind == watch.MOVED and seen.dest is not None:
+            self._moved(seen.path, seen.dest, now)
         elif contract.is_notify_mail(seen.path.name):
             self.mails[seen.path] = (now, seen.kind == watch.CLOSED)
         elif seen.path not in self.table.by_path:
             self.intake.note(seen.path, now, closed=seen.kind == watch.CLOSED)
+
+    def _moved(self, src: Path, dest: Path, now: float) -> None:
+        """Someone else renamed a file (`taskd retry`, say): follow it, never cancel for it."""
+        self.intake.forget(src)
+        task = self.table.by_path.get(src)
+        if task is not None and dest.parent == src.parent and dest.exists():
+            self.table.move(task, dest)
+        elif task is not None and not src.exists():
+            self.cancel(task, now)
+        self.handle(watch.Seen(watch.CHANGED, dest), now)
 
     def intake_once(self, now: float) -> None:
         for path in list(self.intake.pending):

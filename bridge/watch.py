@@ -35,6 +35,7 @@ from bridge.contract import BRIDGE_TEMP_SUFFIX, USER_RE
 CHANGED = "changed"
 CLOSED = "closed"
 DELETED = "deleted"
+MOVED = "moved"
 DIR = "dir"
 STOP_POLL_S = 0.2
 
@@ -43,6 +44,7 @@ STOP_POLL_S = 0.2
 class Seen:
     kind: str
     path: Path
+    dest: Path | None = None  # MOVED: where it went
 
 
 def _text(path: bytes | str) -> str:
@@ -53,11 +55,13 @@ class _Handler(FileSystemEventHandler):
     def __init__(self, out: queue.SimpleQueue[Seen]) -> None:
         self.out = out
 
-    def _put(self, kind: str, raw: bytes | str) -> None:
+    def _put(self, kind: str, raw: bytes | str, dest: bytes | str | None = None) -> None:
         path = _text(raw)
         if path.endswith(BRIDGE_TEMP_SUFFIX):
-            return  # the bridge's own temp files
-        self.out.put(Seen(kind, Path(path)))
+            if dest is not None:  # the bridge's own rewrite landing: the target changed
+                self.out.put(Seen(CHANGED, Path(_text(dest))))
+            return
+        self.out.put(Seen(kind, Path(path), Path(_text(dest)) if dest is not None else None))
 
     def on_any_event(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileOpenedEvent | FileClosedNoWriteEvent):
@@ -69,8 +73,7 @@ class _Handler(FileSystemEventHandler):
         elif isinstance(event, FileDeletedEvent):
             self._put(DELETED, event.src_path)
         elif isinstance(event, FileMovedEvent):
-            self._put(DELETED, event.src_path)
-            self._put(CHANGED, event.dest_path)
+            self._put(MOVED, event.src_path, event.dest_path)
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
             self._put(CHANGED, event.src_path)
 

@@ -38,6 +38,9 @@ def run(job: Job) -> dict[str, Any]:
             job.progress(100 * (step + 1) / max(steps, 1))
         if job.fields.get("fail"):
             raise TaskFailed(str(job.fields["fail"]))
+        unless = job.fields.get("fail-unless")
+        if unless and not os.path.exists(str(unless)):
+            raise TaskFailed(f"{unless} does not exist yet")
         if int(job.extra.get("retries") or 0) < int(job.fields.get("flaky", 0)):
             raise Retryable("the test store timed out")
     _log_run(job, f" end {time.time():.3f}")
