@@ -89,7 +89,8 @@ def test_bad_files_are_rejected_with_an_error_and_their_content_kept(
     drop.write("good.SLOW", {"type": "SLOW", "steps": 1, "step-seconds": 0.01})
     b1 = drop.wait_state("b1", "REJECTED", timeout=10)
     assert "steps" in b1["error"] and b1["steps"] == "many"
-    assert (drop.dir / "b1-ERR.SLOW").exists()
+    # content first, then the name: the rename follows the rewrite within a moment
+    wait_until(lambda: (drop.dir / "b1-ERR.SLOW").exists(), 5, what="b1-ERR.SLOW")
     b2 = drop.wait_state("b2", "REJECTED", timeout=10)
     assert "NOPE" in b2["error"] and "SLOW" in b2["error"]
     b4 = drop.wait_state("b4", "REJECTED", timeout=10)

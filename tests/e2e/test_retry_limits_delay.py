@@ -76,3 +76,20 @@ def test_bad_run_at_is_rejected_naming_the_field(bridge: BridgeProc, drop: Drop)
     drop.write("t6.SLOW", {"type": "SLOW", "run-at": "tomorrow"})
     rejected = drop.wait_state("t6", "REJECTED", timeout=10)
     assert "run-at" in rejected["error"] and "ISO-8601" in rejected["error"]
+
+
+def test_priority_orders_queued_tasks_of_one_type(bridge: BridgeProc, drop: Drop) -> None:
+    for i in range(4):
+        drop.write(f"busy{i}.SLOW", {"type": "SLOW", "steps": 20, "step-seconds": 0.1})
+    for i in range(4):
+        drop.wait_state(f"busy{i}", "PROGRESS", timeout=15)
+    for i in range(3):
+        drop.write(f"low{i}.SLOW", {"type": "SLOW", "steps": 0, "priority": 0})
+        drop.wait_state(f"low{i}", "QUEUED", timeout=5)
+    drop.write("high.SLOW", {"type": "SLOW", "steps": 0, "priority": 9})
+    drop.wait_state("high", "QUEUED", timeout=5)
+    for name in ("high", "low0", "low1", "low2"):
+        drop.wait_state(name, "SUCCESS", timeout=30)
+    order = [line.split()[1] for line in drop.runs() if line and " end " not in line]
+    mine = [name for name in order if name in ("high", "low0", "low1", "low2")]
+    assert mine[0] == "high", mine
