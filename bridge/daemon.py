@@ -56,6 +56,7 @@ class Bridge:
         self.publisher = Publisher(app, client)
         self.watcher = watch.Watcher(settings.task_queue)
         self.pending_cancels: set[str] = set()
+        self.orphans: dict[str, float] = {}  # job id -> since when it has had no lease
         self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
         self.redis_ok = True
@@ -255,9 +256,29 @@ class Bridge:
         if run_id:
             self._run_id = run_id
 
+    def _orphaned_for(self, task: Tracked, info: Known, now: float) -> float:
+        """How long the job has looked orphaned (no lease though started), 0 if it does not."""
+        if not schedule.orphaned(task.fields, info):
+            self.orphans.pop(task.job_id, None)
+            return 0.0
+        return now - self.orphans.setdefault(task.job_id, now)
+
     def publish_when_due(self, task: Tracked, info: Known, now: float) -> None:
         """Publish a job exactly once (and each retry once), when it is due."""
-        decision = schedule.decide(task.fields, info, datetime.now(UTC))
+        orphaned_for = self._orphaned_for(task, info, now)
+        decision = schedule.decide(
+            task.fields, info, datetime.now(UTC), orphaned_for, self.settings.recovery_grace
+        )
+        if decision.action == schedule.RECOVER:
+            log.warning(
+                "job %s of %s has had no live worker for %.0f s: running it again",
+                task.job_id,
+                task.path.name,
+                orphaned_for,
+            )
+            self.orphans.pop(task.job_id, None)
+            self._redis(now, lambda: self.publisher.recover(task, decision.attempt))
+            return
         if decision.action == schedule.KNOWN:
             task.published = True
             return

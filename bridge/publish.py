@@ -63,26 +63,30 @@ class Publisher:
     def known(self, job_ids: Iterable[str]) -> tuple[dict[str, Known], str]:
         """What Redis knows of each job, and its run_id (which changes when it restarts).
 
-        One round trip, however many jobs: a pipeline of one HGET per job, one MGET of all
-        their states and one INFO.
+        One round trip, however many jobs: a pipeline of one HMGET and one EXISTS (its lease)
+        per job, one MGET of all their states and one INFO.
         """
         ids = list(job_ids)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.info("server")
             for job_id in ids:
                 pipe.hmget(states.job_key(job_id), ["status", states.JOB_ATTEMPT])
+                pipe.exists(states.claim_key(job_id))
             if ids:
                 pipe.mget([states.meta_key(j) for j in ids])
             replies = pipe.execute()
         run_id = str(replies[0].get("run_id", ""))
         metas = replies[-1] if ids else []
+        records = replies[1 : 1 + 2 * len(ids) : 2]
+        leases = replies[2 : 2 + 2 * len(ids) : 2]
         out: dict[str, Known] = {}
-        for job_id, record, meta in zip(ids, replies[1 : 1 + len(ids)], metas, strict=True):
+        for job_id, record, leased, meta in zip(ids, records, leases, metas, strict=True):
             status, attempt = record
             out[job_id] = Known(
                 record=_text(status),
                 meta=json.loads(meta) if meta else None,
                 attempt=int(attempt or 0),
+                leased=bool(leased),
             )
         return out, run_id
 
@@ -97,6 +101,15 @@ class Publisher:
             pipe.hvals(UNACKED_KEY)
             replies = pipe.execute()
         return any(needle in item for items in replies for item in items)
+
+    def recover(self, task: Tracked, attempt: int) -> None:
+        """Run again a job whose worker died: forget its stale state, publish the same id.
+
+        Its old message may still come back from the unacked set later; the worker-side guard
+        then finds the job's outcome and does not run it a second time.
+        """
+        self.client.delete(states.meta_key(task.job_id))
+        self.publish(task, attempt)
 
     def mark_published(self, job_id: str) -> None:
         self.client.hset(states.job_key(job_id), "status", states.JOB_PUBLISHED)

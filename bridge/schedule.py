@@ -18,6 +18,9 @@ KNOWN = "known"  # Redis has it (queued, running, waiting for a retry, or done)
 WAIT = "wait"  # not due yet
 PUBLISH = "publish"  # send it
 INSPECT = "inspect"  # a crash may have come between recording and sending: look in the queue
+RECOVER = "recover"  # its worker died (no lease for longer than the grace): run it again
+
+RUNNING = frozenset({states.STARTED, states.PROGRESS})
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,7 @@ class Known:
     record: str | None  # publishing / published / None
     meta: dict[str, Any] | None  # the result backend's meta, None while PENDING
     attempt: int = 0  # the retry the record was published for
+    leased: bool = False  # a worker holds the job's lease now
 
 
 @dataclass(frozen=True)
@@ -53,8 +57,7 @@ def time_error(fields: Mapping[str, Any]) -> str | None:
     run_at = fields.get(states.RUN_AT)
     if run_at not in (None, "") and parse_time(run_at) is None:
         return (
-            f"field 'run-at': {run_at!r} is not an ISO-8601 time; "
-            "write e.g. 2026-11-25T18:00:00Z"
+            f"field 'run-at': {run_at!r} is not an ISO-8601 time; write e.g. 2026-11-25T18:00:00Z"
         )
     delay = fields.get(states.DELAY)
     if delay is not None and (
@@ -76,7 +79,32 @@ def not_before(fields: Mapping[str, Any]) -> datetime | None:
     return None
 
 
-def decide(fields: Mapping[str, Any], known: Known, now: datetime) -> Decision:
+def orphaned(fields: Mapping[str, Any], known: Known) -> bool:
+    """Nobody holds the lease of a job that has started (by Redis, or by the file when Redis
+    lost it): its worker may be dead. Only a grace period tells a dead worker from a slow one."""
+    if known.leased:
+        return False
+    status = (known.meta or {}).get("status")
+    if status in RUNNING:
+        return True
+    lost = known.meta is None and known.record is None
+    return lost and fields.get(states.STATE) in RUNNING | {states.RETRY}
+
+
+def decide(
+    fields: Mapping[str, Any],
+    known: Known,
+    now: datetime,
+    orphaned_for: float = 0.0,
+    grace: float = float("inf"),
+) -> Decision:
+    if orphaned(fields, known):
+        if orphaned_for < grace:
+            return Decision(WAIT)
+        return Decision(RECOVER, int(fields.get(states.RETRIES) or 0))
+    if known.leased and known.meta is None and known.record is None:
+        # Redis lost its record, but a worker runs it and has taken its lease back.
+        return Decision(KNOWN)
     meta = known.meta or {}
     if meta.get("status") == states.RETRY:
         raw = meta.get("result")

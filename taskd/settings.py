@@ -29,6 +29,8 @@ DEFAULT_RESCAN_INTERVAL_S = 30.0
 """Full rescan of task_queue/, to catch what inotify missed."""
 DEFAULT_MIRROR_INTERVAL_S = 1.0
 """One mirror tick: read all active jobs' states in one round trip, write what changed."""
+DEFAULT_RECOVERY_GRACE_S = 30.0
+"""A started job whose lease has been gone this long is run again (its worker died)."""
 DEFAULT_NOTIFY_RETRY_INTERVALS = "30 120 600 1800 3600"
 """Waits before each further try of a notify mail that SMTP did not take."""
 DEFAULT_SMTP_TIMEOUT_S = 30.0
@@ -88,6 +90,7 @@ class Settings:
     log_format: str = "text"
     schema_dirs: tuple[Path, ...] = field(default_factory=tuple)
     notify_retry_intervals: str = DEFAULT_NOTIFY_RETRY_INTERVALS
+    recovery_grace: float = DEFAULT_RECOVERY_GRACE_S
     smtp_timeout: float = DEFAULT_SMTP_TIMEOUT_S
 
     def __post_init__(self) -> None:
@@ -130,6 +133,7 @@ class Settings:
             "notify_retry_intervals": env.get("TASKD_NOTIFY_RETRY_INTERVALS")
             or DEFAULT_NOTIFY_RETRY_INTERVALS,
             "smtp_timeout": _float(env, "TASKD_SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, 0.1),
+            "recovery_grace": _float(env, "TASKD_RECOVERY_GRACE", DEFAULT_RECOVERY_GRACE_S, 1.0),
         }
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,11 +29,15 @@ from taskd import states
 from taskd.settings import Settings
 from taskd.tasktypes import NOTIFY, RetryPolicy, load_types
 from tasks.errors import Cancelled, Retryable, TaskFailed, as_retryable
-from tasks.progress import CLAIM_TTL_S, Progress, store_meta
+from tasks.progress import CLAIM_TTL_S, RENEW_CLAIM, Progress, store_meta
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_S = 10.0
+HEARTBEAT_S = 5.0
+RELEASE_CLAIM = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 NOTIFY_TYPE = NOTIFY
 ENTER_TRIES = 5
 
@@ -84,15 +90,19 @@ def retry_policy(settings: Settings, type_name: str) -> RetryPolicy:
 class _Heartbeat(threading.Thread):
     """Renews the claim while a body runs without reporting (one long write, say)."""
 
-    def __init__(self, client: Any, job_id: str, worker: str) -> None:
+    def __init__(self, client: Any, job_id: str, owner: str) -> None:
         super().__init__(daemon=True, name=f"claim-{job_id}")
-        self.client, self.job_id, self.worker = client, job_id, worker
+        self.client, self.job_id, self.owner = client, job_id, owner
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(HEARTBEAT_S):
             try:
-                self.client.set(states.claim_key(self.job_id), self.worker, ex=CLAIM_TTL_S)
+                kept = self.client.eval(
+                    RENEW_CLAIM, 1, states.claim_key(self.job_id), self.owner, CLAIM_TTL_S
+                )
+                if not kept:
+                    log.warning("job %s: another delivery holds its lease now", self.job_id)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
                 log.debug("job %s: claim not renewed: %s", self.job_id, exc)
 
@@ -112,17 +122,18 @@ class TaskdTask(Task):  # type: ignore[misc]
     def __call__(self, spec: dict[str, Any]) -> Any:
         job_id = self.request.id
         worker = f"{self.request.hostname}"
+        owner = f"{worker}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         client = self.backend.client
-        verdict = self._enter(client, job_id, worker)
+        verdict = self._enter(client, job_id, owner)
         if verdict is not None:
             self._replay(job_id, verdict)
-        beat = _Heartbeat(client, job_id, worker)
+        beat = _Heartbeat(client, job_id, owner)
         beat.start()
         try:
-            return self._run_body(spec, job_id, worker, client)
+            return self._run_body(spec, job_id, worker, owner, client)
         finally:
             beat.stop.set()
-            _quietly(client.delete, states.claim_key(job_id))
+            _quietly(client.eval, RELEASE_CLAIM, 1, states.claim_key(job_id), owner)
 
     def _enter(self, client: Any, job_id: str, worker: str) -> dict[str, Any] | None:
         """Claim the job, or say why not: cancelled, or already finished.
@@ -166,8 +177,10 @@ class TaskdTask(Task):  # type: ignore[misc]
             self.backend.store_result(job_id, result, verdict["state"])
         raise Ignore()
 
-    def _run_body(self, spec: dict[str, Any], job_id: str, worker: str, client: Any) -> Any:
-        progress = Progress(self, job_id, worker)
+    def _run_body(
+        self, spec: dict[str, Any], job_id: str, worker: str, owner: str, client: Any
+    ) -> Any:
+        progress = Progress(self, job_id, worker, owner=owner)
         job = Job(
             job_id=job_id,
             type=spec["type"],
@@ -230,7 +243,7 @@ class TaskdTask(Task):  # type: ignore[misc]
         assert isinstance(job.progress, Progress)
         meta = job.progress.retry_meta(retries + 1, at, exc.message, **exc.meta)
         try:
-            store_meta(self, job.job_id, states.RETRY, meta, job.progress.worker)
+            store_meta(self, job.job_id, states.RETRY, meta, job.progress.owner)
         except Exception as store_error:  # noqa: BLE001 - cannot record the wait: try again now
             raise Reject(f"cannot record the retry: {store_error}", requeue=True) from exc
         log.warning("job %s: %s; retry %d at %s", job.job_id, exc.message, retries + 1, at)

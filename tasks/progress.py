@@ -19,7 +19,17 @@ from tasks.errors import Cancelled
 log = logging.getLogger(__name__)
 
 MIN_INTERVAL_S = 1.0
-CLAIM_TTL_S = 30
+CLAIM_TTL_S = 15
+"""A job's lease lives this long unless renewed (by each report, and a heartbeat every 5 s)."""
+RENEW_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held == false or held == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+  return 1
+end
+return 0
+"""
+"""Renew the lease if this owner holds it, or take it back if Redis lost it; never steal it."""
 
 
 def utc_now() -> str:
@@ -38,10 +48,12 @@ class Progress:
         job_id: str,
         worker: str,
         clock: Callable[[], float] = time.monotonic,
+        owner: str | None = None,
     ) -> None:
         self.task = task
         self.job_id = job_id
         self.worker = worker
+        self.owner = owner or worker
         self.clock = clock
         self.fields: dict[str, Any] = {}
         self.percent = 0
@@ -102,7 +114,7 @@ class Progress:
             log.debug("job %s: progress event not sent: %s", self.job_id, exc)
 
 
-def store_meta(task: Any, job_id: str, state: str, result: dict[str, Any], worker: str) -> bool:
+def store_meta(task: Any, job_id: str, state: str, result: dict[str, Any], owner: str) -> bool:
     """Store a state the way Celery's backend does, renew the claim; True if cancelled.
 
     Written directly, in one round trip: Celery's own store_result would encode a RETRY result
@@ -115,6 +127,6 @@ def store_meta(task: Any, job_id: str, state: str, result: dict[str, Any], worke
     meta["task_id"] = job_id
     with backend.client.pipeline(transaction=False) as pipe:
         pipe.set(states.meta_key(job_id), json.dumps(meta), ex=backend.expires)
-        pipe.set(states.claim_key(job_id), worker, ex=CLAIM_TTL_S)
+        pipe.eval(RENEW_CLAIM, 1, states.claim_key(job_id), owner, CLAIM_TTL_S)
         pipe.exists(states.cancel_key(job_id))
         return bool(pipe.execute()[-1])

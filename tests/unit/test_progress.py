@@ -26,6 +26,9 @@ class FakePipe:
     def set(self, *args: Any, **kwargs: Any) -> None:
         self.ops.append(("set", args))
 
+    def eval(self, *args: Any) -> None:
+        self.ops.append(("eval", args))
+
     def exists(self, *args: Any) -> None:
         self.ops.append(("exists", args))
 
