@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import signal
@@ -83,29 +82,31 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     import redis as redis_lib
 
     from bridge.daemon import Bridge
+    from bridge.leader import Leadership
     from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, make_app
     from taskd.tasktypes import load_types
 
     settings = _settings(args)
     logs.setup(settings.log_format)
-    settings.data_root.mkdir(parents=True, exist_ok=True)
-    lock = open(settings.data_root / ".taskd-bridge.lock", "w")  # noqa: SIM115 - held for life
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        print(f"another bridge already runs on {settings.data_root}", file=sys.stderr)
-        return EXIT_LOCKED
     client = redis_lib.Redis.from_url(
         settings.redis_url,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
     )
-    bridge = Bridge(settings, load_types(settings.schema_dirs), make_app(settings), client)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    bridge.run(stop)
-    return EXIT_OK
+    leader = Leadership(client, settings.data_root)
+    # A second bridge on the same data root stands by until the active one is gone.
+    if not leader.acquire(stop):
+        return EXIT_OK
+    leader.keep(stop)
+    bridge = Bridge(settings, load_types(settings.schema_dirs), make_app(settings), client)
+    try:
+        bridge.run(stop)
+    finally:
+        leader.release()
+    return EXIT_LOCKED if leader.lost.is_set() else EXIT_OK
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

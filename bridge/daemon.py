@@ -22,7 +22,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from bridge import contract, files, intake, schedule, watch
-from bridge.mirror import updates_for, utc_now
+from bridge.mirror import STOPPED_ERROR, updates_for, utc_now
 from bridge.model import Table, Tracked
 from bridge.notify import Notifier
 from bridge.publish import Publisher
@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
 BACKOFF_MAX_S = 5.0
-RATE_SLACK = 0.95  # a tick may come a hair early; never let that skip a whole second
+RATE_SLACK = 0.95
+MAX_RECOVERIES = 3  # a tick may come a hair early; never let that skip a whole second
 T = TypeVar("T")
 
 
@@ -57,6 +58,7 @@ class Bridge:
         self.watcher = watch.Watcher(settings.task_queue)
         self.pending_cancels: set[str] = set()
         self.orphans: dict[str, float] = {}  # job id -> since when it has had no lease
+        self.recoveries: dict[str, int] = {}  # job id -> how often it was run again
         self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
         self.redis_ok = True
@@ -262,6 +264,27 @@ class Bridge:
             self.orphans.pop(task.job_id, None)
             return 0.0
         return now - self.orphans.setdefault(task.job_id, now)
+
+    def _recover(self, task: Tracked, attempt: int, orphaned_for: float, now: float) -> None:
+        """Run again a job whose worker died; give up after MAX_RECOVERIES (a job that kills
+        its worker every time must not loop for ever)."""
+        self.orphans.pop(task.job_id, None)
+        count = self.recoveries[task.job_id] = self.recoveries.get(task.job_id, 0) + 1
+        if count > MAX_RECOVERIES:
+            error = STOPPED_ERROR.format(n=MAX_RECOVERIES + 1)
+            self.write(
+                task,
+                {states.STATE: states.FAILURE, states.FINISHED_AT: utc_now(), states.ERROR: error},
+                now,
+            )
+            return
+        log.warning(
+            "job %s of %s has had no live worker for %.0f s: running it again",
+            task.job_id,
+            task.path.name,
+            orphaned_for,
+        )
+        self._redis(now, lambda: self.publisher.recover(task, attempt))
 
     def publish_when_due(self, task: Tracked, info: Known, now: float) -> None:
         """Publish a job exactly once (and each retry once), when it is due."""

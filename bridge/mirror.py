@@ -11,7 +11,10 @@ from typing import Any
 
 from taskd import states
 
-REVOKED_ERROR = "cancelled by an operator (revoked); run `taskd retry` on this file to run it again"
+STOPPED_ERROR = (
+    "stopped {n} times before it could finish (its worker was killed, or it was revoked); "
+    "delete the file to cancel it, or run `taskd retry` on it to try once more"
+)
 
 
 def utc_now() -> str:
@@ -98,8 +101,8 @@ def updates_for(
             states.RETRY_AT: info.get("retry-at"),
             states.ERROR: info.get("error") or error_text(result),
         }
-    if status in (states.FAILURE, states.CELERY_REVOKED):
-        error = REVOKED_ERROR if status == states.CELERY_REVOKED else error_text(result)
+    if status == states.FAILURE:
+        error = error_text(result)
         return {
             states.STATE: states.FAILURE,
             states.FINISHED_AT: finished,

@@ -85,7 +85,9 @@ def orphaned(fields: Mapping[str, Any], known: Known) -> bool:
     if known.leased:
         return False
     status = (known.meta or {}).get("status")
-    if status in RUNNING:
+    # REVOKED with its file still there was no cancel (that deletes the file): a pool process
+    # killed under the job (Celery reports it as terminated) or a revoke from a tool. Run it again.
+    if status in RUNNING or status == states.CELERY_REVOKED:
         return True
     lost = known.meta is None and known.record is None
     return lost and fields.get(states.STATE) in RUNNING | {states.RETRY}

@@ -80,7 +80,7 @@ def test_bad_run_at_is_rejected_naming_the_field(bridge: BridgeProc, drop: Drop)
 
 def test_priority_orders_queued_tasks_of_one_type(bridge: BridgeProc, drop: Drop) -> None:
     for i in range(4):
-        drop.write(f"busy{i}.SLOW", {"type": "SLOW", "steps": 20, "step-seconds": 0.1})
+        drop.write(f"busy{i}.SLOW", {"type": "SLOW", "steps": 60, "step-seconds": 0.1})
     for i in range(4):
         drop.wait_state(f"busy{i}", "PROGRESS", timeout=15)
     for i in range(3):

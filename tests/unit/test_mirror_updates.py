@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bridge.contract import merge
-from bridge.mirror import REVOKED_ERROR, updates_for
+from bridge.mirror import updates_for
 from taskd import states
 
 NOW = "2024-05-01T10:00:00Z"
@@ -147,15 +147,15 @@ def test_unexpected_exception_is_prefixed_with_its_type() -> None:
     assert updates_for(meta, RUNNING_FILE, NOW)[states.ERROR] == "ValueError: boom"
 
 
-def test_revoked_becomes_failure_saying_it_was_cancelled() -> None:
+def test_revoked_changes_nothing_in_the_file_the_bridge_runs_it_again() -> None:
+    # A cancel deletes the file; REVOKED with the file present is a killed pool process or a
+    # tool's revoke, which the bridge answers by running the job again (bridge/schedule.py).
     meta = {
         "status": "REVOKED",
         "result": {"exc_type": "TaskRevokedError", "exc_message": ["revoked"]},
     }
-    updates = updates_for(meta, RUNNING_FILE, NOW)
-    assert updates[states.STATE] == "FAILURE"
-    assert updates[states.ERROR] == REVOKED_ERROR
-    assert "cancelled" in updates[states.ERROR]
+    assert updates_for(meta, RUNNING_FILE, NOW) == {}
+
 
 
 @pytest.mark.parametrize("status", ["PROGRESS", "SUCCESS"])

@@ -74,3 +74,9 @@ def test_parse_time_and_time_errors() -> None:
     assert schedule.time_error({"delay": -1}) is not None
     assert schedule.time_error({"delay": True}) is not None
     assert schedule.time_error({"delay": 5, "run-at": "2026-11-25T12:00:00Z"}) is None
+
+
+def test_a_revoked_job_whose_file_remains_is_run_again_after_the_grace() -> None:
+    info = Known(states.JOB_PUBLISHED, _meta("REVOKED"), leased=False)
+    assert decide(RUNNING, info, NOW, orphaned_for=1, grace=3).action == schedule.WAIT
+    assert decide(RUNNING, info, NOW, orphaned_for=3, grace=3).action == schedule.RECOVER
