@@ -24,7 +24,7 @@ from kombu.exceptions import OperationalError
 from bridge import contract, files, intake, schedule, watch
 from bridge.mirror import STOPPED_ERROR, updates_for, utc_now
 from bridge.model import Table, Tracked
-from bridge.notify import Notifier
+from bridge.notify import Notifier, is_sent_marker, sent_marker, stale_marker
 from bridge.publish import Publisher
 from bridge.schedule import Known
 from taskd import states
@@ -357,6 +357,9 @@ class Bridge:
         for path in watch.scan(self.settings.task_queue):
             if contract.is_notify_mail(path.name):
                 self.mails.setdefault(path, (now, True))
+            elif is_sent_marker(path.name):
+                if stale_marker(path):
+                    path.unlink(missing_ok=True)
             elif path not in self.table.by_path:
                 self.intake.note(path, now)
         for task in list(self.table.by_job.values()):
@@ -379,7 +382,10 @@ class Bridge:
     def notify_once(self, now: float, known: Mapping[str, Known]) -> None:
         """Write what became of each notify mail into its task file; publish retries when due."""
         for job_id, job in list(self.notifier.jobs.items()):
-            info = known.get(job_id, Known(None, None))
+            info = known.get(job_id)
+            if info is None:
+                continue  # created (and published) during this tick: Redis was asked before
+
             updates = self.notifier.outcome(job, info.meta)
             if updates and not self._note_outcome(job, updates):
                 del self.notifier.jobs[job_id]
@@ -400,6 +406,8 @@ class Bridge:
         merged = contract.merge(fields, updates)
         if merged != fields:
             files.atomic_write(job.path, contract.dump(merged), durable=True)
+        if states.NOTIFIED_AT in merged:
+            sent_marker(job.path, job.task_id).unlink(missing_ok=True)
         return True
 
     def cancel_orphans(self, now: float) -> None:

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 NOTIFY_NAMESPACE = uuid.UUID("9b7a8c55-d57f-4bd8-8a1b-6e0f0c6d3a11")
 ENDED = frozenset({states.SUCCESS, states.FAILURE})
 SUFFIX = ".notify.eml"
+SENT_SUFFIX = ".notify.sent"  # tasks/notify.py leaves it once the server took the mail
 
 
 def notify_job_id(task_job_id: str) -> str:
@@ -35,6 +36,21 @@ def notify_job_id(task_job_id: str) -> str:
 
 def task_id_of(mail: Path) -> str:
     return mail.name[: -len(SUFFIX)]
+
+
+def sent_marker(task_path: Path, task_id: str) -> Path:
+    return task_path.with_name(f".{task_id}{SENT_SUFFIX}")
+
+
+def is_sent_marker(name: str) -> bool:
+    return name.startswith(".") and name.endswith(SENT_SUFFIX)
+
+
+def stale_marker(marker: Path) -> bool:
+    """A sent-marker whose outcome is already in its task file (or whose task is gone)."""
+    task_id = marker.name[1 : -len(SENT_SUFFIX)]
+    found = list(task_files(marker.parent, task_id))
+    return not found or all(states.NOTIFIED_AT in fields for _path, fields in found)
 
 
 def wants_mail(fields: dict[str, Any]) -> bool:

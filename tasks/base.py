@@ -124,7 +124,7 @@ class TaskdTask(Task):  # type: ignore[misc]
         worker = f"{self.request.hostname}"
         owner = f"{worker}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         client = self.backend.client
-        verdict = self._enter(client, job_id, owner)
+        verdict = self._enter(client, job_id, owner, int(spec.get(states.RETRIES) or 0))
         if verdict is not None:
             self._replay(job_id, verdict)
         beat = _Heartbeat(client, job_id, owner)
@@ -135,7 +135,9 @@ class TaskdTask(Task):  # type: ignore[misc]
             beat.stop.set()
             _quietly(client.eval, RELEASE_CLAIM, 1, states.claim_key(job_id), owner)
 
-    def _enter(self, client: Any, job_id: str, worker: str) -> dict[str, Any] | None:
+    def _enter(
+        self, client: Any, job_id: str, worker: str, attempt: int
+    ) -> dict[str, Any] | None:
         """Claim the job, or say why not: cancelled, or already finished.
 
         While another delivery of the same job holds the claim this one waits: it takes over
@@ -148,7 +150,8 @@ class TaskdTask(Task):  # type: ignore[misc]
                     pipe.exists(states.cancel_key(job_id))
                     pipe.get(states.done_key(job_id))
                     pipe.set(states.claim_key(job_id), worker, nx=True, ex=CLAIM_TTL_S)
-                    cancelled, done, claimed = pipe.execute()
+                    pipe.get(states.meta_key(job_id))
+                    cancelled, done, claimed, meta = pipe.execute()
             except Exception as exc:  # noqa: BLE001 - a blink of Redis: try again shortly
                 errors += 1
                 if errors >= ENTER_TRIES:
@@ -162,6 +165,9 @@ class TaskdTask(Task):  # type: ignore[misc]
                 return {"cancelled": True}
             if done:
                 return dict(json.loads(done))
+            if claimed and _later_try_waits(meta, attempt):
+                _quietly(client.eval, RELEASE_CLAIM, 1, states.claim_key(job_id), worker)
+                return {"stale": True}
             if claimed:
                 return None
             time.sleep(1.0)
@@ -169,6 +175,8 @@ class TaskdTask(Task):  # type: ignore[misc]
     def _replay(self, job_id: str, verdict: dict[str, Any]) -> None:
         if verdict.get("cancelled"):
             log.info("job %s was cancelled before it ran; dropping it", job_id)
+        elif verdict.get("stale"):
+            log.info("job %s: a later try is already scheduled; dropping this copy", job_id)
         else:
             log.info("job %s already ended %s; not running it again", job_id, verdict["state"])
             result = verdict.get("result")
@@ -257,6 +265,22 @@ class TaskdTask(Task):  # type: ignore[misc]
         else:
             record["result"] = result
         _quietly(client.set, states.done_key(job_id), json.dumps(record), ex=states.DONE_TTL_S)
+
+
+def _later_try_waits(meta: bytes | None, attempt: int) -> bool:
+    """This delivery is a copy of an earlier try: the job already waits for a later one."""
+    if not meta:
+        return False
+    try:
+        stored = json.loads(meta)
+    except ValueError:
+        return False
+    result = stored.get("result") if isinstance(stored, dict) else None
+    return (
+        stored.get("status") == states.RETRY
+        and isinstance(result, dict)
+        and int(result.get(states.META_RETRIES) or 0) > attempt
+    )
 
 
 def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -7,6 +7,8 @@ twice (a server that took it just before a crash) carries the same id and can be
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import socket
 from email.parser import BytesHeaderParser
@@ -23,6 +25,7 @@ from tasks.results import USER_RE
 from tasks.smtp import SmtpTarget, SmtpUnavailable, send
 
 NOTIFY_SUFFIX = ".notify.eml"
+SENT_SUFFIX = ".notify.sent"
 _ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+")
 _LINE_END = re.compile(rb"\r?\n")
 
@@ -108,12 +111,36 @@ def _deliver(
     return list(outcome.sent), outcome.refused
 
 
+def sent_marker(mail: Path) -> Path:
+    """Written once the server took the mail, before the mail file is deleted: a run of the same
+    job after a crash (or after Redis forgot it) finds what was sent instead of failing."""
+    return mail.with_name(f".{mail.name[: -len(NOTIFY_SUFFIX)]}{SENT_SUFFIX}")
+
+
+def _remember_sent(marker: Path, result: dict[str, Any]) -> None:
+    tmp = marker.with_name(marker.name + ".tmp")
+    tmp.write_text(json.dumps(result), encoding="utf-8")
+    os.replace(tmp, marker)
+
+
+def _sent_before(marker: Path, task_job_id: object) -> dict[str, Any] | None:
+    try:
+        result = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return result if isinstance(result, dict) and result.get("job-id") == task_job_id else None
+
+
 @app.task(base=TaskdTask, name="tasks.notify.send")
 def run(job: Job) -> dict[str, Any]:
     path = mail_path(job)
+    task_job_id = dict(job.extra.get("task") or {}).get(states.JOB_ID)
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
+        earlier = _sent_before(sent_marker(path), task_job_id)
+        if earlier is not None:
+            return earlier
         raise TaskFailed(f"{path.name} is gone; nothing to send") from None
     pending = job.extra.get(states.META_RECIPIENTS)
     entries = list(job.fields.get(states.NOTIFY) or []) or own_recipients(raw)
@@ -128,12 +155,15 @@ def run(job: Job) -> dict[str, Any]:
         raise TaskFailed("; ".join(problems) or f"{path.name} names no recipient (To/Cc)")
     sent, refused = _deliver(job, raw, recipients, problems) if recipients else ([], {})
     problems += [f"{r} refused: {answer}" for r, answer in refused.items()]
-    path.unlink(missing_ok=True)
-    return {
+    result = {
         states.NOTIFIED_AT: utc_now(),
         states.NOTIFY_ERROR: "; ".join(problems) or None,
         "sent-to": sent,
+        "job-id": task_job_id,
     }
+    _remember_sent(sent_marker(path), result)
+    path.unlink(missing_ok=True)
+    return result
 
 
 __all__ = ["NOTIFY_TYPE", "run"]

@@ -1,0 +1,217 @@
+"""Chaos: hundreds of tasks with notify mails while processes are killed -9 and Redis restarts.
+
+A seeded random schedule kills the bridge, a worker (main process and pool children) or one pool
+process, restarts Redis with nothing kept, while a reader polls the queue directory every few
+milliseconds. Afterwards every task has succeeded once in effect: one output, one mail, nothing
+left behind, and the reader never saw a task missing, doubled or half-written.
+
+`make test` runs it small; `pytest tests/chaos --chaos-scale 10` runs it ten times larger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import Drop
+from tests.e2e.test_worker_death import _children
+from tests.support.procs import BridgeProc, RedisServer, Worker, wait_until
+from tests.support.smtp import SmtpServer
+
+pytestmark = pytest.mark.chaos
+
+
+@dataclass
+class Reader:
+    """Polls the directory like a UI would, and records anything the contract forbids."""
+
+    directory: Path
+    problems: list[str] = field(default_factory=list)
+    seen: set[str] = field(default_factory=set)
+    stop: threading.Event = field(default_factory=threading.Event)
+    looks: int = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.005):
+            self.look_once()
+
+    def look_once(self) -> None:
+        names = [n for n in os.listdir(self.directory) if not n.startswith(".")]
+        tasks: dict[str, list[str]] = {}
+        for name in names:
+            if name.endswith(".notify.eml"):
+                continue
+            tasks.setdefault(name.split(".")[0].split("-")[0], []).append(name)
+        self.looks += 1
+        for task_id, files in tasks.items():
+            if len(files) > 1:
+                self.problems.append(f"two files for task {task_id}: {files}")
+        for task_id in self.seen - set(tasks):
+            self.problems.append(f"task {task_id} missing from a listing")
+        self.seen |= set(tasks)
+        for name in random.sample(names, min(5, len(names))):
+            try:
+                data = (self.directory / name).read_bytes()
+            except FileNotFoundError:
+                continue  # renamed since the listing: fine
+            if not name.endswith(".notify.eml"):
+                try:
+                    json.loads(data)
+                except ValueError:
+                    self.problems.append(f"half-written {name}: {data[:80]!r}")
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.ui-tmp")
+    tmp.write_bytes(data)
+    tmp.rename(path)
+
+
+@dataclass
+class Cast:
+    bridge: BridgeProc
+    spare: Worker
+    redis: RedisServer
+    env: dict[str, str]
+    data_root: Path
+    log: list[str] = field(default_factory=list)
+
+    def kill_bridge(self) -> None:
+        self.bridge.kill()
+        time.sleep(0.3)
+        self.bridge = BridgeProc(self.env, self.data_root / "bridge-chaos.log")
+        self.bridge.start()
+
+    def kill_worker(self) -> None:
+        assert self.spare.proc is not None
+        for pid in [self.spare.proc.pid, *_children(self.spare.proc.pid)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.spare.proc.wait(10)
+        self.spare.start()
+
+    def kill_pool_process(self) -> None:
+        assert self.spare.proc is not None
+        children = _children(self.spare.proc.pid)
+        if children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(random.choice(children), signal.SIGKILL)
+
+    def restart_redis(self) -> None:
+        self.redis.kill()
+        time.sleep(0.2)
+        self.redis.start()
+
+
+def _tasks(drop: Drop, count: int, rng: random.Random, files: Path) -> dict[str, dict]:
+    tasks: dict[str, dict] = {}
+    for i in range(count):
+        task_id = f"c{i:04d}"
+        if i % 4 == 3:
+            src = files / f"chaos-{i}.bin"
+            src.write_bytes(rng.randbytes(rng.randint(1000, 200_000)))
+            tasks[task_id] = {
+                "type": "PACKMS",
+                "description": f"chaos {task_id}",
+                "files": [str(src)],
+            }
+        else:
+            tasks[task_id] = {
+                "type": "SLOW",
+                "steps": rng.randint(2, 12),
+                "step-seconds": rng.choice([0.05, 0.1, 0.2]),
+            }
+        tasks[task_id]["notify"] = [f"{task_id}.{drop.user}@chaos.example"]
+    return tasks
+
+
+def test_chaos(
+    request: pytest.FixtureRequest,
+    drop: Drop,
+    worker: Worker,
+    redis_server: RedisServer,
+    smtp_server: SmtpServer,
+    env: dict[str, str],
+    data_root: Path,
+) -> None:
+    scale = int(request.config.getoption("--chaos-scale"))
+    rng = random.Random(int(os.environ.get("TASKD_CHAOS_SEED", "20261125")))
+    tasks = _tasks(drop, 60 * scale, rng, data_root / "files")
+    spare = Worker(env, data_root / "worker-chaos.log", name="chaos", concurrency=2)
+    spare.start()
+    bridge = BridgeProc(env, data_root / "bridge-chaos.log")
+    bridge.start()
+    cast = Cast(bridge, spare, redis_server, env, data_root)
+    reader = Reader(drop.dir)
+    thread = threading.Thread(target=reader.run, daemon=True)
+    thread.start()
+    actions: list[Callable[[], None]] = [
+        cast.kill_bridge,
+        cast.kill_worker,
+        cast.kill_pool_process,
+        cast.restart_redis,
+    ]
+    try:
+        pending = list(tasks.items())
+        deadline = time.monotonic() + 25 * scale**0.5
+        while time.monotonic() < deadline:
+            for task_id, content in pending[: max(1, len(tasks) // 15)]:
+                (drop.dir / f"{task_id}.notify.eml").write_bytes(
+                    f"To: x@chaos.example\nSubject: {task_id} done\n\nbody\n".encode()
+                )
+                _write_atomically(
+                    drop.dir / f"{task_id}.{content['type']}", json.dumps(content).encode()
+                )
+            pending = pending[max(1, len(tasks) // 15) :]
+            action = rng.choice(actions)
+            cast.log.append(action.__name__)
+            action()
+            time.sleep(rng.uniform(1.0, 2.5))
+        for task_id, content in pending:
+            _write_atomically(
+                drop.dir / f"{task_id}.{content['type']}", json.dumps(content).encode()
+            )
+        if cast.bridge.proc is None or cast.bridge.proc.poll() is not None:
+            cast.kill_bridge()
+
+        def settled() -> bool:
+            states = [drop.fields(t) for t in tasks]
+            return all(
+                s.get("state") == "SUCCESS"
+                and (s.get("notified-at") or not (drop.dir / f"{t}.notify.eml").exists())
+                for t, s in zip(tasks, states, strict=True)
+            )
+
+        wait_until(settled, 240 * scale, interval=1.0, what=f"all tasks done after {cast.log}")
+    finally:
+        reader.stop.set()
+        thread.join(5)
+        cast.bridge.stop()
+        cast.spare.stop()
+    assert reader.problems == [], reader.problems[:10]
+    assert reader.looks > 100
+    for task_id, content in tasks.items():
+        fields = drop.fields(task_id)
+        assert fields["state"] == "SUCCESS", (task_id, fields)
+        to = content["notify"][0]
+        assert len(smtp_server.handler.to(to)) == 1, (task_id, fields)
+    outputs = sorted(p.name for p in (data_root / "download" / drop.user).glob("*.tar.gz"))
+    packs = [t for t, c in tasks.items() if c["type"] == "PACKMS"]
+    assert outputs == sorted(f"chaos {t}.tar.gz" for t in packs)
+    wait_until(
+        lambda: not any((data_root / "work_space" / drop.user).rglob("*")),
+        30,
+        what="every tmp-space removed",
+    )
+    leftovers = [p.name for p in drop.dir.iterdir() if p.name.startswith(".")]
+    assert leftovers == []
