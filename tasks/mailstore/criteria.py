@@ -242,14 +242,30 @@ def _has_label(criterion: Criterion, message: Message) -> bool:
     return not wanted or any(fold(label) == wanted for label in message.summary.labels)
 
 
+def _header(message: Message, field: str) -> str:
+    """A decoded header the cheap way when the store offers one (see StoredMessage)."""
+    quick = getattr(message, "header_text", None)
+    if quick is not None:
+        return str(quick(field))
+    return str(message.summary.to_json()[field])
+
+
+def _headers_match(criterion: Criterion, message: Message) -> bool:
+    for field, needle in (
+        ("subject", criterion.subject),
+        ("from", criterion.from_),
+        ("to", criterion.to),
+    ):
+        if fold(needle) and not _contains(needle, _header(message, field)):
+            return False
+    return True
+
+
 def matches(criterion: Criterion, message: Message) -> bool:
     """Whether a mail meets every filtering field; the body is read only if a field needs it."""
-    summary = message.summary
     if not (
-        _has_label(criterion, message)
-        and _contains(criterion.subject, summary.subject)
-        and _contains(criterion.from_, summary.from_)
-        and _contains(criterion.to, summary.to)
+        _headers_match(criterion, message)
+        and _has_label(criterion, message)
         and _in_period(criterion, message)
     ):
         return False

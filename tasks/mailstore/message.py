@@ -28,6 +28,10 @@ from tasks.mailstore.headers import MAX_HEADER_BYTES, Headers, parse_headers, re
 READ_BUFFER = 1 << 20
 """Buffer for reading message bytes: mail is read in large sequential reads."""
 
+HEADER_BUFFER = 16 * 1024
+"""Buffer for reading just the header block: most mails' headers fit, and a megabyte buffer
+per file would cost more to allocate than the read itself."""
+
 CHARSET_HINT_BYTES = 64 * 1024
 """How far past the headers to look for a part's charset when raw 8-bit headers need one."""
 
@@ -151,22 +155,39 @@ class StoredMessage:
     def raw_size(self) -> int:
         return self._base.size
 
-    def open(self) -> BinaryIO:
+    def open(self, buffer: int = READ_BUFFER) -> BinaryIO:
         if self.offset is None:
-            return open_whole(self.path)
-        return open_slice(self.path, self.offset, self._base.size)
+            return self.path.open("rb", buffering=buffer)
+        return io.BufferedReader(_Slice(self.path, self.offset, self._base.size), buffer)
 
     def read_raw(self) -> bytes:
         with self.open() as stream:
             return stream.read()
 
     @cached_property
-    def summary(self) -> MailSummary:
-        with self.open() as stream:
+    def _header_view(self) -> tuple[Headers, list[str]]:
+        with self.open(HEADER_BUFFER) as stream:
             block = read_header_block(stream, min(self._base.size, MAX_HEADER_BYTES))
             headers = parse_headers(block)
             hints = self._charset_hints(headers, stream, len(block))
+        return headers, hints
+
+    @cached_property
+    def summary(self) -> MailSummary:
+        headers, hints = self._header_view
         return build_summary(self._base, headers, hints)
+
+    def header_text(self, field: str) -> str:
+        """One decoded field of the summary (`subject`, `from`, `to`), without the rest: a
+        search on one header decodes only that header of the mails it does not return."""
+        if "summary" in self.__dict__:
+            return str(self.summary.to_json()[field])
+        headers, hints = self._header_view
+        if field == "subject":
+            return decode_header(headers.get("subject"), hints)
+        if field == "from":
+            return decode_address_header(headers.get("from"), hints)
+        return _joined(headers, ("to", "cc"), hints)
 
     @staticmethod
     def _charset_hints(headers: Headers, stream: BinaryIO, body_start: int) -> list[str]:

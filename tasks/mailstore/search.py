@@ -66,7 +66,8 @@ def _scan(
 
 def _matches(criterion: Criterion, message: Message, partition: Partition) -> bool:
     try:
-        return matches(criterion, message)
+        # The summary is built here, for the matches only, inside the same guard.
+        return matches(criterion, message) and message.summary is not None
     except FileNotFoundError:
         # Removed since the partition was listed (expired, moved): no longer in the archive.
         log.info(
