@@ -24,7 +24,14 @@ from kombu.exceptions import OperationalError
 from bridge import contract, files, intake, schedule, watch
 from bridge.mirror import STOPPED_ERROR, updates_for, utc_now
 from bridge.model import Table, Tracked
-from bridge.notify import Notifier, is_sent_marker, sent_marker, stale_marker
+from bridge.notify import (
+    Notifier,
+    is_sent_marker,
+    marker_task_id,
+    read_marker,
+    sent_marker,
+    task_files,
+)
 from bridge.publish import Publisher
 from bridge.schedule import Known
 from taskd import states
@@ -59,6 +66,7 @@ class Bridge:
         self.pending_cancels: set[str] = set()
         self.orphans: dict[str, float] = {}  # job id -> since when it has had no lease
         self.recoveries: dict[str, int] = {}  # job id -> how often it was run again
+        self.unstarted: dict[str, float] = {}  # job id -> since when it has waited unstarted
         self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
         self.redis_ok = True
@@ -249,7 +257,25 @@ class Bridge:
             info = known.get(task.job_id, Known(None, None))
             self.publish_when_due(task, info, now)
             self.write(task, updates_for(info.meta, task.fields, now_iso), now)
+        self.handed_out_once(now, tasks, known)
         self.notify_once(now, known)
+
+    def handed_out_once(self, now: float, tasks: list[Tracked], known: dict[str, Known]) -> None:
+        """Jobs a worker took but never started for a whole grace period: it died holding them."""
+        overdue = []
+        for task in tasks:
+            info = known.get(task.job_id)
+            if info is None or not schedule.waiting_unstarted(task.fields, info):
+                self.unstarted.pop(task.job_id, None)
+            elif now - self.unstarted.setdefault(task.job_id, now) >= self.settings.recovery_grace:
+                overdue.append(task)
+        if not overdue:
+            return
+        held = self._redis(now, lambda: self.publisher.handed_out(t.job_id for t in overdue))
+        for task in overdue:
+            self.unstarted[task.job_id] = now  # look again after another grace period
+            if held is not None and task.job_id in held:
+                self._recover(task, int(task.fields.get(states.RETRIES) or 0), now)
 
     def _check_run_id(self, run_id: str) -> None:
         """Logged for ops; the reconcile itself happens for every job on every tick."""
@@ -265,7 +291,7 @@ class Bridge:
             return 0.0
         return now - self.orphans.setdefault(task.job_id, now)
 
-    def _recover(self, task: Tracked, attempt: int, orphaned_for: float, now: float) -> None:
+    def _recover(self, task: Tracked, attempt: int, now: float) -> None:
         """Run again a job whose worker died; give up after MAX_RECOVERIES (a job that kills
         its worker every time must not loop for ever)."""
         self.orphans.pop(task.job_id, None)
@@ -279,10 +305,9 @@ class Bridge:
             )
             return
         log.warning(
-            "job %s of %s has had no live worker for %.0f s: running it again",
+            "job %s of %s has had no live worker for the recovery grace: running it again",
             task.job_id,
             task.path.name,
-            orphaned_for,
         )
         self._redis(now, lambda: self.publisher.recover(task, attempt))
 
@@ -293,14 +318,7 @@ class Bridge:
             task.fields, info, datetime.now(UTC), orphaned_for, self.settings.recovery_grace
         )
         if decision.action == schedule.RECOVER:
-            log.warning(
-                "job %s of %s has had no live worker for %.0f s: running it again",
-                task.job_id,
-                task.path.name,
-                orphaned_for,
-            )
-            self.orphans.pop(task.job_id, None)
-            self._redis(now, lambda: self.publisher.recover(task, decision.attempt))
+            self._recover(task, decision.attempt, now)
             return
         if decision.action == schedule.KNOWN:
             task.published = True
@@ -346,9 +364,8 @@ class Bridge:
             self.table.drop(task)
             self._redis(now, lambda: self.publisher.forget([task.job_id]))
             log.info("%s ended %s", new_path.name, fields[states.STATE])
-            mail = self.notifier.job_for(new_path, fields)
-            if mail is not None:
-                self.publish_when_due(mail, Known(None, None), now)
+            # A notify job, if its mail is there: published by the next tick, once Redis was asked.
+            self.notifier.job_for(new_path, fields)
 
     # --- rescans ----------------------------------------------------------------------------
 
@@ -358,8 +375,7 @@ class Bridge:
             if contract.is_notify_mail(path.name):
                 self.mails.setdefault(path, (now, True))
             elif is_sent_marker(path.name):
-                if stale_marker(path):
-                    path.unlink(missing_ok=True)
+                self._settle_marker(path)
             elif path not in self.table.by_path:
                 self.intake.note(path, now)
         for task in list(self.table.by_job.values()):
@@ -375,9 +391,8 @@ class Bridge:
                 continue
             del self.mails[path]
             job = self.notifier.for_mail(path)
-            if job is not None:
+            if job is not None:  # published by the next tick, once Redis has been asked
                 log.info("%s: its task has ended, sending it", path.name)
-                self.publish_when_due(job, Known(None, None), now)
 
     def notify_once(self, now: float, known: Mapping[str, Known]) -> None:
         """Write what became of each notify mail into its task file; publish retries when due."""
@@ -396,6 +411,20 @@ class Bridge:
                 self._redis(now, functools.partial(self.publisher.forget, [job_id]))
             else:
                 self.publish_when_due(job, info, now)
+
+    def _settle_marker(self, marker: Path) -> None:
+        """A mail was sent but its outcome never reached the task file (the bridge died, or
+        Redis forgot the job): record it from the worker's sent-marker, then drop the marker."""
+        outcome = read_marker(marker)
+        for path, fields in task_files(marker.parent, marker_task_id(marker)):
+            if outcome and fields.get(states.JOB_ID) == outcome.get("job-id"):
+                if states.NOTIFIED_AT not in fields:
+                    updates = {k: outcome.get(k) for k in (states.NOTIFIED_AT, states.NOTIFY_ERROR)}
+                    merged = contract.merge(fields, {**updates, states.NOTIFY_RETRY_AT: None})
+                    files.atomic_write(path, contract.dump(merged), durable=True)
+                    log.info("%s: notify outcome recorded from its sent-marker", path.name)
+                break
+        marker.unlink(missing_ok=True)
 
     def _note_outcome(self, job: Tracked, updates: Mapping[str, Any]) -> bool:
         """Merge a notify outcome into the ended task's file; False if the file is gone."""

@@ -9,6 +9,7 @@ the task's job id: it is published once, retried on the notify intervals (the ta
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -46,11 +47,16 @@ def is_sent_marker(name: str) -> bool:
     return name.startswith(".") and name.endswith(SENT_SUFFIX)
 
 
-def stale_marker(marker: Path) -> bool:
-    """A sent-marker whose outcome is already in its task file (or whose task is gone)."""
-    task_id = marker.name[1 : -len(SENT_SUFFIX)]
-    found = list(task_files(marker.parent, task_id))
-    return not found or all(states.NOTIFIED_AT in fields for _path, fields in found)
+def marker_task_id(marker: Path) -> str:
+    return marker.name[1 : -len(SENT_SUFFIX)]
+
+
+def read_marker(marker: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def wants_mail(fields: dict[str, Any]) -> bool:

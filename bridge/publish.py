@@ -111,6 +111,11 @@ class Publisher:
         self.client.delete(states.meta_key(task.job_id))
         self.publish(task, attempt)
 
+    def handed_out(self, job_ids: Iterable[str]) -> set[str]:
+        """Which of these jobs sit delivered-but-unacked (one read of kombu's unacked set)."""
+        blob = b"\n".join(self.client.hvals(UNACKED_KEY))
+        return {job_id for job_id in job_ids if job_id.encode() in blob}
+
     def mark_published(self, job_id: str) -> None:
         self.client.hset(states.job_key(job_id), "status", states.JOB_PUBLISHED)
 

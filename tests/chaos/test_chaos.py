@@ -28,7 +28,7 @@ from tests.e2e.test_worker_death import _children
 from tests.support.procs import BridgeProc, RedisServer, Worker, wait_until
 from tests.support.smtp import SmtpServer
 
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
 
 
 @dataclass
@@ -46,11 +46,12 @@ class Reader:
             self.look_once()
 
     def look_once(self) -> None:
-        names = [n for n in os.listdir(self.directory) if not n.startswith(".")]
+        try:
+            names = [n for n in os.listdir(self.directory) if not n.startswith(".")]
+        except FileNotFoundError:
+            return
         tasks: dict[str, list[str]] = {}
-        for name in names:
-            if name.endswith(".notify.eml"):
-                continue
+        for name in (n for n in names if not n.endswith(".notify.eml")):
             tasks.setdefault(name.split(".")[0].split("-")[0], []).append(name)
         self.looks += 1
         for task_id, files in tasks.items():
@@ -75,6 +76,13 @@ def _write_atomically(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.ui-tmp")
     tmp.write_bytes(data)
     tmp.rename(path)
+
+
+def _drop(directory: Path, task_id: str, content: dict) -> None:
+    """The UI's way: the notify mail, then the task file, each written whole."""
+    mail = f"To: x@chaos.example\nSubject: {task_id} done\n\nbody\n".encode()
+    _write_atomically(directory / f"{task_id}.notify.eml", mail)
+    _write_atomically(directory / f"{task_id}.{content['type']}", json.dumps(content).encode())
 
 
 @dataclass
@@ -166,21 +174,14 @@ def test_chaos(
         deadline = time.monotonic() + 25 * scale**0.5
         while time.monotonic() < deadline:
             for task_id, content in pending[: max(1, len(tasks) // 15)]:
-                (drop.dir / f"{task_id}.notify.eml").write_bytes(
-                    f"To: x@chaos.example\nSubject: {task_id} done\n\nbody\n".encode()
-                )
-                _write_atomically(
-                    drop.dir / f"{task_id}.{content['type']}", json.dumps(content).encode()
-                )
+                _drop(drop.dir, task_id, content)
             pending = pending[max(1, len(tasks) // 15) :]
             action = rng.choice(actions)
             cast.log.append(action.__name__)
             action()
             time.sleep(rng.uniform(1.0, 2.5))
         for task_id, content in pending:
-            _write_atomically(
-                drop.dir / f"{task_id}.{content['type']}", json.dumps(content).encode()
-            )
+            _drop(drop.dir, task_id, content)
         if cast.bridge.proc is None or cast.bridge.proc.poll() is not None:
             cast.kill_bridge()
 
