@@ -91,3 +91,33 @@ def test_a_symlink_inside_the_roots_is_followed(settings: Settings) -> None:
     assert allowed_file(str(files / "alias.doc"), settings.allowed_file_roots) == (
         files / "real.doc"
     )
+
+
+def test_a_second_delivery_of_a_finished_retrms_returns_its_result_without_searching(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks import retrms
+
+    job = Job(
+        job_id="job-r1",
+        type="RETRMS",
+        user_id="3",
+        task_id="0001",
+        fields={
+            "criterion": {"user": "yukoh", "subject": "haha"},
+            "pack": True,
+            "retrieve-id": "ABCXYZ",
+            "description": "seed",
+        },
+        settings=settings,
+        progress=lambda *a, **k: None,
+    )
+    first = retrms.run.run(job)
+    assert first["matched"] == 6 and first["output"].endswith("seed.tar.gz")
+
+    def no_search(*args: object, **kwargs: object) -> None:
+        raise AssertionError("searched again")
+
+    monkeypatch.setattr(retrms, "run_search", no_search)
+    assert retrms.run.run(job) == first
+    assert _outputs(settings) == [Path(first["output"])]
