@@ -67,6 +67,7 @@ class Bridge:
         self.orphans: dict[str, float] = {}  # job id -> since when it has had no lease
         self.recoveries: dict[str, int] = {}  # job id -> how often it was run again
         self.unstarted: dict[str, float] = {}  # job id -> since when it has waited unstarted
+        self.write_errors: set[str] = set()  # jobs whose file could not be written (logged once)
         self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
         self.redis_ok = True
@@ -350,15 +351,26 @@ class Bridge:
         new_path = task.path.with_name(
             contract.render_name(task.task_id, task.type.name, fields, task.type.runtime_info)
         )
+        # The name first, then the content (file-contract.md); each step is tracked on its own,
+        # so a rewrite that fails after the rename is retried under the new name.
         try:
-            files.rename_then_rewrite(task.path, new_path, contract.dump(fields), state_changed)
+            files.rename_noreplace(task.path, new_path)
         except FileNotFoundError:
             self.cancel(task, now)
             return
         except FileExistsError:
             log.error("cannot rename %s: %s exists", task.path.name, new_path.name)
             return
+        except OSError as exc:
+            self._write_failed(task, exc)
+            return
         self.table.move(task, new_path)
+        try:
+            files.atomic_write(new_path, contract.dump(fields), durable=state_changed)
+        except OSError as exc:
+            self._write_failed(task, exc)
+            return
+        self.write_errors.discard(task.job_id)
         task.fields, task.last_write = fields, now
         if terminal:
             self.table.drop(task)
@@ -366,6 +378,12 @@ class Bridge:
             log.info("%s ended %s", new_path.name, fields[states.STATE])
             # A notify job, if its mail is there: published by the next tick, once Redis was asked.
             self.notifier.job_for(new_path, fields)
+
+    def _write_failed(self, task: Tracked, exc: OSError) -> None:
+        """Permissions, a read-only or full file system: keep the task, try again next tick."""
+        if task.job_id not in self.write_errors:
+            self.write_errors.add(task.job_id)
+            log.error("cannot write %s (%s); trying again every tick", task.path, exc)
 
     # --- rescans ----------------------------------------------------------------------------
 

@@ -113,12 +113,6 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
-def rename_then_rewrite(old: Path, new: Path, data: bytes, durable: bool) -> None:
-    """A running task's update: the name first, then the content (file-contract.md)."""
-    rename_noreplace(old, new)
-    atomic_write(new, data, durable)
-
-
 def rewrite_then_rename(old: Path, new: Path, data: bytes) -> None:
     """Taking a new file: the content must carry the task-id before the name stops saying it.
 

@@ -191,36 +191,7 @@ def test_signature_refuses_a_fifo(tmp_path: Path) -> None:
         files.signature(fifo)
 
 
-# --- the two orders of rename and rewrite -------------------------------------------------
-
-
-@pytest.mark.parametrize("durable", [True, False])
-def test_rename_then_rewrite_ends_with_one_file_with_new_name_and_content(
-    tmp_path: Path, durable: bool
-) -> None:
-    old, new = tmp_path / "0001-5.PACKMS", tmp_path / "0001-87.PACKMS"
-    old.write_bytes(b'{"progress": 5}')
-    files.rename_then_rewrite(old, new, b'{"progress": 87}', durable=durable)
-    assert _names(tmp_path) == [new.name]
-    assert new.read_bytes() == b'{"progress": 87}'
-
-
-def test_rename_then_rewrite_keeping_the_name_rewrites_in_place(tmp_path: Path) -> None:
-    path = tmp_path / "0001-5.PACKMS"
-    path.write_bytes(b'{"progress": 5}')
-    files.rename_then_rewrite(path, path, b'{"progress": 5, "worker": "w1"}', durable=False)
-    assert _names(tmp_path) == [path.name]
-    assert path.read_bytes() == b'{"progress": 5, "worker": "w1"}'
-
-
-def test_rename_then_rewrite_onto_another_file_changes_neither(tmp_path: Path) -> None:
-    old, new = tmp_path / "0001-5.PACKMS", tmp_path / "0001-87.PACKMS"
-    old.write_bytes(b"mine")
-    new.write_bytes(b"theirs")
-    with pytest.raises(FileExistsError):
-        files.rename_then_rewrite(old, new, b"update", durable=True)
-    assert (old.read_bytes(), new.read_bytes()) == (b"mine", b"theirs")
-    assert _names(tmp_path) == sorted([old.name, new.name])
+# --- taking a new file: the content first, then the name ---------------------------------
 
 
 def test_rewrite_then_rename_ends_with_one_file_with_new_name_and_content(
