@@ -62,7 +62,7 @@ def env(data_root: Path, redis_server: RedisServer, smtp_server: SmtpServer) -> 
 
 @pytest.fixture(scope="session")
 def worker(env: dict[str, str], data_root: Path) -> Iterator[Worker]:
-    proc = Worker(env, data_root / "worker-w1.log")
+    proc = Worker(env, data_root / "worker-w1.log", supervise=True)
     proc.start()
     yield proc
     proc.stop()

@@ -54,8 +54,15 @@ def test_a_whole_worker_killed_mid_job_is_run_again_by_another_within_a_minute(
         for pid in [victim.proc.pid, *_children(victim.proc.pid)]:
             os.kill(pid, signal.SIGKILL)
         victim.proc.wait(10)
-        if victim is worker:
-            worker.start()  # the session's worker, back for the tests that follow
+        if victim is worker:  # the session's worker is supervised: wait for it to be back
+
+            def back() -> bool:
+                try:
+                    return worker.proc is not None and worker.ready()
+                except RuntimeError:
+                    return False
+
+            wait_until(back, 60, interval=0.5, what="the session worker restarted")
         done = drop.wait_state("d2", "SUCCESS", timeout=60)
         assert done["job-id"] == running["job-id"]
         assert _ends(drop, done["job-id"]) == 1

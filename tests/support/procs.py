@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -123,6 +124,10 @@ def taskd_env(
 
 
 class Worker:
+    """A `celery worker` process. With `supervise`, it is started again whenever it exits
+    without being told to, as a supervisor (taskd up, systemd, compose) does in production:
+    kombu can end a worker on a Redis reconnect ("Unrecoverable error")."""
+
     def __init__(
         self,
         env: dict[str, str],
@@ -130,12 +135,19 @@ class Worker:
         name: str = "w1",
         concurrency: int = 4,
         queues: str = "retrieve,pack,notify",
+        supervise: bool = False,
     ) -> None:
         self.env, self.log, self.name = env, log, name
         self.concurrency, self.queues = concurrency, queues
         self.proc: subprocess.Popen[bytes] | None = None
+        self._offset = 0
+        self._stopping = threading.Event()
+        self._watch: threading.Thread | None = None
+        if supervise:
+            self._watch = threading.Thread(target=self._supervise, daemon=True)
 
-    def start(self) -> None:
+    def _spawn(self) -> None:
+        self._offset = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
                 [
@@ -161,17 +173,29 @@ class Worker:
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
+
+    def start(self) -> None:
+        self._spawn()
         wait_until(self.ready, 60, interval=0.2, what=f"worker {self.name} to answer a ping")
+        if self._watch is not None and not self._watch.is_alive():
+            self._watch.start()
+
+    def _supervise(self) -> None:
+        while not self._stopping.wait(0.5):
+            if self.proc is not None and self.proc.poll() is not None:
+                self._spawn()
 
     def ready(self) -> bool:
         assert self.proc is not None
         if self.proc.poll() is not None:
             raise RuntimeError(f"worker exited; see {self.log}")
-        return f"{self.name}@" in self.log.read_text(errors="replace") and "ready." in (
-            self.log.read_text(errors="replace")
-        )
+        with open(self.log, "rb") as handle:
+            handle.seek(self._offset)
+            text = handle.read()
+        return f"{self.name}@".encode() in text and b" ready." in text
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.proc is not None:
             stop_process(self.proc, grace=20)
 
