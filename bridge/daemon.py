@@ -22,6 +22,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from bridge import contract, files, intake, schedule, watch
+from bridge.contract import BRIDGE_TEMP_SUFFIX
 from bridge.mirror import STOPPED_ERROR, updates_for, utc_now
 from bridge.model import Table, Tracked
 from bridge.notify import (
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
 BACKOFF_MAX_S = 5.0
 RATE_SLACK = 0.95
-MAX_RECOVERIES = 3  # a tick may come a hair early; never let that skip a whole second
+MAX_RECOVERIES = 3
+WORKER_TEMP_AGE_S = 60.0  # a tick may come a hair early; never let that skip a whole second
 T = TypeVar("T")
 
 
@@ -339,6 +341,10 @@ class Bridge:
                 task.path.name,
             )
         self._redis(now, lambda: self.publisher.publish(task, decision.attempt))
+        if task.published and task.type is self.notifier.kind:
+            # From now on a notify job counts as started: if Redis loses it, the bridge waits
+            # the recovery grace for a worker still sending it to take its lease back.
+            task.fields[states.STATE] = states.STARTED
 
     def write(self, task: Tracked, updates: Mapping[str, Any], now: float) -> None:
         fields = contract.merge(task.fields, updates)
@@ -399,8 +405,22 @@ class Bridge:
         for task in list(self.table.by_job.values()):
             if not task.path.exists():
                 self.cancel(task, now)
+        self._sweep_leftovers()
         self.intake_once(now)
         self.mails_once(now)
+
+    def _sweep_leftovers(self) -> None:
+        """Remove temp files of a process killed mid-write. This bridge writes only on this
+        thread, so none of its own is in flight; a worker's is spared for a minute."""
+        wall = time.time()
+        for path in watch.leftovers(self.settings.task_queue):
+            try:
+                own = path.name.endswith(BRIDGE_TEMP_SUFFIX)
+                if own or wall - path.stat().st_mtime > WORKER_TEMP_AGE_S:
+                    path.unlink()
+                    log.info("removed %s, left by a process that died mid-write", path.name)
+            except FileNotFoundError:
+                continue
 
     def mails_once(self, now: float) -> None:
         """Notify mails that settled: send those whose task has already ended."""

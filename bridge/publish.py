@@ -52,6 +52,10 @@ class Publisher:
             args=[{**task.spec(), states.RETRIES: attempt}],
             task_id=job_id,
             queue=task.type.queue,
+            # The default (anonymous) exchange routes by queue name alone. A named exchange
+            # needs its bindings, which a Redis that came back empty has lost until a worker
+            # declares them again: a message published in between would be dropped silently.
+            exchange="",
             routing_key=task.type.queue,
             priority=kombu_priority(priority if isinstance(priority, int) else 0),
             time_limit=task.type.time_limit,

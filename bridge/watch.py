@@ -38,6 +38,8 @@ DELETED = "deleted"
 MOVED = "moved"
 DIR = "dir"
 STOP_POLL_S = 0.2
+# The bridge's own rewrite temps, and a worker's sent-marker temp (tasks/notify.py).
+TEMP_SUFFIXES = (BRIDGE_TEMP_SUFFIX, ".notify.sent.tmp")
 
 
 @dataclass(frozen=True)
@@ -133,3 +135,19 @@ def scan(root: Path, top: Path | None = None) -> Iterator[Path]:
             yield from scan(root, Path(entry.path))
         else:
             yield Path(entry.path)
+
+
+def leftovers(root: Path) -> Iterator[Path]:
+    """Temp files a process killed mid-write left in the user directories."""
+    try:
+        users = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return
+    for user in users:
+        try:
+            entries = list(os.scandir(user.path))
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIXES):
+                yield Path(entry.path)

@@ -133,7 +133,8 @@ class Settings:
             "notify_retry_intervals": env.get("TASKD_NOTIFY_RETRY_INTERVALS")
             or DEFAULT_NOTIFY_RETRY_INTERVALS,
             "smtp_timeout": _float(env, "TASKD_SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, 0.1),
-            "recovery_grace": _float(env, "TASKD_RECOVERY_GRACE", DEFAULT_RECOVERY_GRACE_S, 1.0),
+            # Above a worker's 5 s lease heartbeat, so a job Redis forgot is not run twice.
+            "recovery_grace": _float(env, "TASKD_RECOVERY_GRACE", DEFAULT_RECOVERY_GRACE_S, 6.0),
         }
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

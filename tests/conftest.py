@@ -52,7 +52,7 @@ def env(data_root: Path, redis_server: RedisServer, smtp_server: SmtpServer) -> 
         redis_server.url,
         {
             "TASKD_RESCAN_INTERVAL": "2",
-            "TASKD_RECOVERY_GRACE": "3",
+            "TASKD_RECOVERY_GRACE": "6",
             "TASKD_SMTP_URL": smtp_server.url,
             "TASKD_MAIL_FROM": "taskd@test.example",
             "TASKD_NOTIFY_RETRY_INTERVALS": " ".join(["1"] * 30),
