@@ -22,25 +22,14 @@ from typing import IO, Any
 
 import redis
 
+from taskd.leases import RELEASE, TAKE_OR_KEEP
+
 log = logging.getLogger(__name__)
 
 LEASE_TTL_S = 3
 RENEW_EVERY_S = 1.0
 POLL_S = 0.5
 LOCK_NAME = ".taskd-bridge.lock"
-# Take the lease if it is free, or keep it if it is ours: never take another bridge's.
-ACQUIRE = """
-local held = redis.call('GET', KEYS[1])
-if held == false or held == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
-end
-return 0
-"""
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 
 def lease_key(data_root: Path) -> str:
@@ -69,7 +58,7 @@ class Leadership:
 
     def _try_lease(self) -> bool:
         try:
-            return bool(self.client.eval(ACQUIRE, 1, self.key, self.token, LEASE_TTL_S))
+            return bool(self.client.eval(TAKE_OR_KEEP, 1, self.key, self.token, LEASE_TTL_S))
         except redis.exceptions.RedisError as exc:
             log.debug("lease not taken: %s", exc)
             return False
@@ -94,7 +83,7 @@ class Leadership:
         def renew() -> None:
             while not stop.wait(RENEW_EVERY_S):
                 try:
-                    held = self.client.eval(ACQUIRE, 1, self.key, self.token, LEASE_TTL_S)
+                    held = self.client.eval(TAKE_OR_KEEP, 1, self.key, self.token, LEASE_TTL_S)
                 except redis.exceptions.RedisError:
                     continue  # Redis away: nobody else can take the lease either
                 if not held:

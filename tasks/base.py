@@ -26,18 +26,15 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
 from taskd import states
+from taskd.leases import RELEASE, TAKE_OR_KEEP
 from taskd.settings import Settings
 from taskd.tasktypes import NOTIFY, RetryPolicy, load_types
 from tasks.errors import Cancelled, Retryable, TaskFailed, as_retryable
-from tasks.progress import CLAIM_TTL_S, RENEW_CLAIM, Progress, store_meta
+from tasks.progress import CLAIM_TTL_S, Progress, store_meta
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 5.0
-RELEASE_CLAIM = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 NOTIFY_TYPE = NOTIFY
 ENTER_TRIES = 5
 
@@ -99,7 +96,7 @@ class _Heartbeat(threading.Thread):
         while not self.stop.wait(HEARTBEAT_S):
             try:
                 kept = self.client.eval(
-                    RENEW_CLAIM, 1, states.claim_key(self.job_id), self.owner, CLAIM_TTL_S
+                    TAKE_OR_KEEP, 1, states.claim_key(self.job_id), self.owner, CLAIM_TTL_S
                 )
                 if not kept:
                     log.warning("job %s: another delivery holds its lease now", self.job_id)
@@ -133,7 +130,7 @@ class TaskdTask(Task):  # type: ignore[misc]
             return self._run_body(spec, job_id, worker, owner, client)
         finally:
             beat.stop.set()
-            _quietly(client.eval, RELEASE_CLAIM, 1, states.claim_key(job_id), owner)
+            _quietly(client.eval, RELEASE, 1, states.claim_key(job_id), owner)
 
     def _enter(
         self, client: Any, job_id: str, worker: str, attempt: int
@@ -166,7 +163,7 @@ class TaskdTask(Task):  # type: ignore[misc]
             if done:
                 return dict(json.loads(done))
             if claimed and _later_try_waits(meta, attempt):
-                _quietly(client.eval, RELEASE_CLAIM, 1, states.claim_key(job_id), worker)
+                _quietly(client.eval, RELEASE, 1, states.claim_key(job_id), worker)
                 return {"stale": True}
             if claimed:
                 return None

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from taskd import states
+from taskd.leases import TAKE_OR_KEEP
 from tasks.errors import Cancelled
 
 log = logging.getLogger(__name__)
@@ -21,15 +22,6 @@ log = logging.getLogger(__name__)
 MIN_INTERVAL_S = 1.0
 CLAIM_TTL_S = 15
 """A job's lease lives this long unless renewed (by each report, and a heartbeat every 5 s)."""
-RENEW_CLAIM = """
-local held = redis.call('GET', KEYS[1])
-if held == false or held == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-  return 1
-end
-return 0
-"""
-"""Renew the lease if this owner holds it, or take it back if Redis lost it; never steal it."""
 
 
 def utc_now() -> str:
@@ -127,6 +119,6 @@ def store_meta(task: Any, job_id: str, state: str, result: dict[str, Any], owner
     meta["task_id"] = job_id
     with backend.client.pipeline(transaction=False) as pipe:
         pipe.set(states.meta_key(job_id), json.dumps(meta), ex=backend.expires)
-        pipe.eval(RENEW_CLAIM, 1, states.claim_key(job_id), owner, CLAIM_TTL_S)
+        pipe.eval(TAKE_OR_KEEP, 1, states.claim_key(job_id), owner, CLAIM_TTL_S)
         pipe.exists(states.cancel_key(job_id))
         return bool(pipe.execute()[-1])
