@@ -45,31 +45,44 @@ class Reader:
         while not self.stop.wait(0.005):
             self.look_once()
 
+    def _listing(self) -> dict[str, list[str]]:
+        tasks: dict[str, list[str]] = {}
+        for name in os.listdir(self.directory):
+            if not name.startswith(".") and not name.endswith(".notify.eml"):
+                tasks.setdefault(name.split(".")[0].split("-")[0], []).append(name)
+        return tasks
+
     def look_once(self) -> None:
+        # readdir is no snapshot: a large directory is read in several chunks, and a file
+        # renamed meanwhile can show under both names or under none. So what one listing
+        # suggests is checked before it counts: both names present at once, or the task absent
+        # from a second listing too.
         try:
-            names = [n for n in os.listdir(self.directory) if not n.startswith(".")]
+            tasks = self._listing()
         except FileNotFoundError:
             return
-        tasks: dict[str, list[str]] = {}
-        for name in (n for n in names if not n.endswith(".notify.eml")):
-            tasks.setdefault(name.split(".")[0].split("-")[0], []).append(name)
         self.looks += 1
-        for task_id, files in tasks.items():
-            if len(files) > 1:
-                self.problems.append(f"two files for task {task_id}: {files}")
-        for task_id in self.seen - set(tasks):
-            self.problems.append(f"task {task_id} missing from a listing")
+        for task_id, names in tasks.items():
+            present = [n for n in names if (self.directory / n).exists()]
+            if len(present) > 1:
+                self.problems.append(f"two files for task {task_id}: {present}")
+        missing = self.seen - set(tasks)
+        if missing:
+            missing -= set(self._listing())
+            self.problems += [f"task {task_id} missing from a listing" for task_id in missing]
         self.seen |= set(tasks)
+        self._read_some([n for names in tasks.values() for n in names])
+
+    def _read_some(self, names: list[str]) -> None:
         for name in random.sample(names, min(5, len(names))):
             try:
                 data = (self.directory / name).read_bytes()
             except FileNotFoundError:
                 continue  # renamed since the listing: fine
-            if not name.endswith(".notify.eml"):
-                try:
-                    json.loads(data)
-                except ValueError:
-                    self.problems.append(f"half-written {name}: {data[:80]!r}")
+            try:
+                json.loads(data)
+            except ValueError:
+                self.problems.append(f"half-written {name}: {data[:80]!r}")
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
