@@ -62,6 +62,3 @@ class Table:
         self.by_job.pop(task.job_id, None)
         if self.by_path.get(task.path) is task:
             del self.by_path[task.path]
-
-    def __len__(self) -> int:
-        return len(self.by_job)

@@ -79,13 +79,13 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
-def open_slice(path: Path, offset: int, length: int) -> BinaryIO:
+def open_slice(path: Path, offset: int, length: int, buffer: int = READ_BUFFER) -> BinaryIO:
     """Buffered reader over `length` bytes of `path` from `offset`."""
-    return io.BufferedReader(_Slice(path, offset, length), buffer_size=READ_BUFFER)
+    return io.BufferedReader(_Slice(path, offset, length), buffer_size=buffer)
 
 
-def open_whole(path: Path) -> BinaryIO:
-    return path.open("rb", buffering=READ_BUFFER)
+def open_whole(path: Path, buffer: int = READ_BUFFER) -> BinaryIO:
+    return path.open("rb", buffering=buffer)
 
 
 def split_labels(value: str) -> list[str]:
@@ -157,8 +157,8 @@ class StoredMessage:
 
     def open(self, buffer: int = READ_BUFFER) -> BinaryIO:
         if self.offset is None:
-            return self.path.open("rb", buffering=buffer)
-        return io.BufferedReader(_Slice(self.path, self.offset, self._base.size), buffer)
+            return open_whole(self.path, buffer)
+        return open_slice(self.path, self.offset, self._base.size, buffer)
 
     def read_raw(self) -> bytes:
         with self.open() as stream:

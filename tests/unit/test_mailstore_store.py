@@ -331,12 +331,13 @@ def test_summary_reads_only_the_header_block(
     readers: list[_CountingReader] = []
     real_open = message_module.open_whole
 
-    def counting_open(path: Path) -> _CountingReader:
-        readers.append(_CountingReader(real_open(path)))
+    def counting_open(path: Path, buffer: int = message_module.READ_BUFFER) -> _CountingReader:
+        readers.append(_CountingReader(real_open(path, buffer)))
         return readers[-1]
 
     monkeypatch.setattr(message_module, "open_whole", counting_open)
     assert FileMailStore(tmp_path).summary("u", "big").subject == "big"
+    assert readers, "the summary was read without opening the file through open_whole"
     assert sum(reader.consumed for reader in readers) <= 64 * 1024
 
 
