@@ -37,6 +37,8 @@ DEFAULT_SMTP_TIMEOUT_S = 30.0
 """Connect and command timeout towards the SMTP server."""
 DEFAULT_VISIBILITY_TIMEOUT_S = 4 * 3600
 """Redis redelivers an unacknowledged job after this long; keep it above every time limit."""
+DEFAULT_HTTP_HOST = "127.0.0.1"
+"""The bridge's status page, /metrics and /healthz answer on this address only (when on)."""
 
 
 class SettingsError(ValueError):
@@ -87,6 +89,8 @@ class Settings:
     mirror_interval: float = DEFAULT_MIRROR_INTERVAL_S
     visibility_timeout: float = DEFAULT_VISIBILITY_TIMEOUT_S
     metrics_port: int | None = None
+    http_port: int | None = None
+    http_host: str = DEFAULT_HTTP_HOST
     log_format: str = "text"
     schema_dirs: tuple[Path, ...] = field(default_factory=tuple)
     notify_retry_intervals: str = DEFAULT_NOTIFY_RETRY_INTERVALS
@@ -104,6 +108,10 @@ class Settings:
             raise SettingsError("TASKD_MAX_TASK_BYTES must be positive")
         if self.mirror_interval <= 0:
             raise SettingsError("TASKD_MIRROR_INTERVAL must be positive")
+        ports = (("TASKD_HTTP_PORT", self.http_port), ("TASKD_METRICS_PORT", self.metrics_port))
+        for name, port in ports:
+            if port is not None and not 0 < port < 65536:
+                raise SettingsError(f"{name}={port} is not a TCP port; write one from 1 to 65535")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -128,6 +136,8 @@ class Settings:
                 env, "TASKD_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S, 1.0
             ),
             "metrics_port": _int(env, "TASKD_METRICS_PORT", None),
+            "http_port": _int(env, "TASKD_HTTP_PORT", None),
+            "http_host": env.get("TASKD_HTTP_HOST") or DEFAULT_HTTP_HOST,
             "log_format": env.get("TASKD_LOG_FORMAT") or "text",
             "schema_dirs": _paths(env.get("TASKD_SCHEMA_PATH", "")),
             "notify_retry_intervals": env.get("TASKD_NOTIFY_RETRY_INTERVALS")
@@ -167,6 +177,11 @@ class Settings:
     @property
     def mail_db_path(self) -> Path:
         return self.mail_db if self.mail_db is not None else self.data_root / "mail_db"
+
+    @property
+    def serve_port(self) -> int | None:
+        """The bridge's HTTP port; TASKD_METRICS_PORT is the older name of TASKD_HTTP_PORT."""
+        return self.http_port if self.http_port is not None else self.metrics_port
 
     @property
     def envelope_sender(self) -> str:
