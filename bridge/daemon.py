@@ -1,7 +1,8 @@
 """The bridge: one loop that takes new task files, publishes jobs and mirrors their state back.
 
 Everything that touches files or Redis happens on this one thread, in passes that each take
-`now`: `intake_once`, `mirror_once`, `rescan_once`. The watchdog thread only enqueues paths.
+`now`: `intake_once`, `mirror_once`, `rescan_once`. The watchdog thread only enqueues paths;
+the HTTP thread (bridge/web.py) only reads the snapshot this loop leaves in `metrics`.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from bridge import contract, files, intake, schedule, watch
+from bridge import contract, files, intake, metrics, schedule, watch, web
 from bridge.contract import BRIDGE_TEMP_SUFFIX
+from bridge.logs import ids
 from bridge.mirror import STOPPED_ERROR, updates_for, utc_now
 from bridge.model import Table, Tracked
 from bridge.notify import (
@@ -49,6 +51,23 @@ WORKER_TEMP_AGE_S = 60.0  # a tick may come a hair early; never let that skip a 
 T = TypeVar("T")
 
 
+def _ids(task: Tracked) -> dict[str, str]:
+    """`extra=` for a log line about a tracked task."""
+    return ids(task.task_id, task.user, task.job_id)
+
+
+def _path_ids(path: Path) -> dict[str, str]:
+    """`extra=` for a log line about a file that is, or may become, a task."""
+    name = contract.parse_name((path.parent.name, path.name))
+    return ids(name.stem, name.user) if name else ids(user_id=path.parent.name)
+
+
+def _row(task: Tracked) -> metrics.TaskRow:
+    progress = task.fields.get(states.PROGRESS_FIELD)
+    percent = int(progress) if isinstance(progress, int | float) else 0
+    return metrics.TaskRow(task.task_id, task.user, task.type.name, task.state, percent)
+
+
 class Bridge:
     def __init__(
         self,
@@ -73,6 +92,7 @@ class Bridge:
         self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
         self.redis_ok = True
+        self.metrics = metrics.Metrics(settings.mirror_interval)
         self._retry_redis_at = 0.0
         self._backoff = 0.5
         self._run_id: str | None = None
@@ -92,11 +112,13 @@ class Bridge:
                     exc,
                 )
             self.redis_ok = False
+            self.metrics.redis_seen(False)
             self._retry_redis_at = now + self._backoff
             self._backoff = min(BACKOFF_MAX_S, self._backoff * 2)
             return None
         if not self.redis_ok:
             log.warning("Redis is back; catching up")
+            self.metrics.redis_seen(True)
         self.redis_ok, self._backoff = True, 0.5
         return value
 
@@ -134,10 +156,12 @@ class Bridge:
                 decision = self.intake.consider(path, now)
                 self._carry_out(path, decision, now)
             except OSError as exc:
-                log.error("cannot take %s now (%s); trying again", path, exc)
+                log.error("cannot take %s now (%s); trying again", path, exc, extra=_path_ids(path))
                 continue
             except Exception:  # one bad file never stops the others
-                log.exception("unexpected error taking %s; leaving it as it is", path)
+                log.exception(
+                    "unexpected error taking %s; leaving it as it is", path, extra=_path_ids(path)
+                )
                 self.intake.forget(path)
                 continue
             if decision.action != intake.WAIT:
@@ -175,7 +199,8 @@ class Bridge:
         files.rewrite_then_rename(path, new_path, contract.dump(fields))
         task = Tracked(name.user, name.stem, task_type, new_path, fields, last_write=now)
         self.table.add(task)
-        log.info("took %s as job %s", new_path.name, task.job_id)
+        self.metrics.count(metrics.TAKEN)
+        log.info("took %s as job %s", new_path.name, task.job_id, extra=_ids(task))
         self.publish_when_due(task, Known(None, None), now)
 
     def reject(self, path: Path, decision: intake.Decision, error: str | None = None) -> None:
@@ -197,7 +222,8 @@ class Bridge:
         if new_path.exists():
             new_path = path  # keep the name rather than replace another file
         files.rewrite_then_rename(path, new_path, contract.dump(fields))
-        log.warning("rejected %s: %s", new_path.name, message)
+        self.metrics.count(metrics.REJECTED)
+        log.warning("rejected %s: %s", new_path.name, message, extra=ids(name.stem, name.user))
 
     def adopt(self, path: Path, fields: dict[str, Any]) -> None:
         """A file the bridge took before (it restarted): mirror it again if still active."""
@@ -206,12 +232,18 @@ class Bridge:
         task_type = self.types.get(path.suffix[1:])
         user = path.parent.name
         if task_type is None or not isinstance(fields.get(states.JOB_ID), str):
-            log.error("cannot resume %s: unknown type or no job-id", path)
+            log.error("cannot resume %s: unknown type or no job-id", path, extra=ids(user_id=user))
             return
         task = Tracked(user, str(fields[states.TASK_ID]), task_type, path, fields)
         known = self.table.by_job.get(task.job_id)
         if known is not None and known.path != path and known.path.exists():
-            log.error("%s repeats job %s of %s; leaving it alone", path, task.job_id, known.path)
+            log.error(
+                "%s repeats job %s of %s; leaving it alone",
+                path,
+                task.job_id,
+                known.path,
+                extra=_ids(task),
+            )
             return
         self.table.add(task)
 
@@ -223,7 +255,7 @@ class Bridge:
         self.pending_cancels.add(task.job_id)
         notify = task.path.with_name(contract.notify_mail_name(task.task_id))
         notify.unlink(missing_ok=True)
-        log.info("%s deleted: cancelling job %s", task.path.name, task.job_id)
+        log.info("%s deleted: cancelling job %s", task.path.name, task.job_id, extra=_ids(task))
         self.flush_cancels(now)
 
     def flush_cancels(self, now: float) -> None:
@@ -262,6 +294,7 @@ class Bridge:
             self.write(task, updates_for(info.meta, task.fields, now_iso), now)
         self.handed_out_once(now, tasks, known)
         self.notify_once(now, known)
+        self.metrics.mirrored(now, time.monotonic())
 
     def handed_out_once(self, now: float, tasks: list[Tracked], known: dict[str, Known]) -> None:
         """Jobs a worker took but never started for a whole grace period: it died holding them."""
@@ -311,7 +344,9 @@ class Bridge:
             "job %s of %s has had no live worker for the recovery grace: running it again",
             task.job_id,
             task.path.name,
+            extra=_ids(task),
         )
+        self.metrics.count(metrics.REPUBLISHED, metrics.WORKER_LOST)
         self._redis(now, lambda: self.publisher.recover(task, attempt))
 
     def publish_when_due(self, task: Tracked, info: Known, now: float) -> None:
@@ -339,7 +374,9 @@ class Bridge:
                 "job %s of %s is unknown to Redis: publishing it again",
                 task.job_id,
                 task.path.name,
+                extra=_ids(task),
             )
+            self.metrics.count(metrics.REPUBLISHED, metrics.REDIS_LOST)
         self._redis(now, lambda: self.publisher.publish(task, decision.attempt))
         if task.published and task.type is self.notifier.kind:
             # From now on a notify job counts as started: if Redis loses it, the bridge waits
@@ -365,7 +402,9 @@ class Bridge:
             self.cancel(task, now)
             return
         except FileExistsError:
-            log.error("cannot rename %s: %s exists", task.path.name, new_path.name)
+            log.error(
+                "cannot rename %s: %s exists", task.path.name, new_path.name, extra=_ids(task)
+            )
             return
         except OSError as exc:
             self._write_failed(task, exc)
@@ -381,7 +420,8 @@ class Bridge:
         if terminal:
             self.table.drop(task)
             self._redis(now, lambda: self.publisher.forget([task.job_id]))
-            log.info("%s ended %s", new_path.name, fields[states.STATE])
+            self.metrics.count(metrics.ENDED, fields[states.STATE])
+            log.info("%s ended %s", new_path.name, fields[states.STATE], extra=_ids(task))
             # A notify job, if its mail is there: published by the next tick, once Redis was asked.
             self.notifier.job_for(new_path, fields)
 
@@ -389,12 +429,15 @@ class Bridge:
         """Permissions, a read-only or full file system: keep the task, try again next tick."""
         if task.job_id not in self.write_errors:
             self.write_errors.add(task.job_id)
-            log.error("cannot write %s (%s); trying again every tick", task.path, exc)
+            log.error(
+                "cannot write %s (%s); trying again every tick", task.path, exc, extra=_ids(task)
+            )
 
     # --- rescans ----------------------------------------------------------------------------
 
     def rescan_once(self, now: float) -> None:
         """Catch what events missed: new files, deleted tasks, jobs whose files are gone."""
+        self.metrics.count(metrics.RESCANS)
         for path in watch.scan(self.settings.task_queue):
             if contract.is_notify_mail(path.name):
                 self.mails.setdefault(path, (now, True))
@@ -418,7 +461,11 @@ class Bridge:
                 own = path.name.endswith(BRIDGE_TEMP_SUFFIX)
                 if own or wall - path.stat().st_mtime > WORKER_TEMP_AGE_S:
                     path.unlink()
-                    log.info("removed %s, left by a process that died mid-write", path.name)
+                    log.info(
+                        "removed %s, left by a process that died mid-write",
+                        path.name,
+                        extra=ids(user_id=path.parent.name),
+                    )
             except FileNotFoundError:
                 continue
 
@@ -430,7 +477,7 @@ class Bridge:
             del self.mails[path]
             job = self.notifier.for_mail(path)
             if job is not None:  # published by the next tick, once Redis has been asked
-                log.info("%s: its task has ended, sending it", path.name)
+                log.info("%s: its task has ended, sending it", path.name, extra=_ids(job))
 
     def notify_once(self, now: float, known: Mapping[str, Known]) -> None:
         """Write what became of each notify mail into its task file; publish retries when due."""
@@ -460,7 +507,11 @@ class Bridge:
                     updates = {k: outcome.get(k) for k in (states.NOTIFIED_AT, states.NOTIFY_ERROR)}
                     merged = contract.merge(fields, {**updates, states.NOTIFY_RETRY_AT: None})
                     files.atomic_write(path, contract.dump(merged), durable=True)
-                    log.info("%s: notify outcome recorded from its sent-marker", path.name)
+                    log.info(
+                        "%s: notify outcome recorded from its sent-marker",
+                        path.name,
+                        extra=ids(marker_task_id(marker), path.parent.name, fields[states.JOB_ID]),
+                    )
                 break
         marker.unlink(missing_ok=True)
 
@@ -485,7 +536,9 @@ class Bridge:
         for job_id in active - set(self.table.by_job):
             if self._job_file_exists(now, job_id):
                 continue
-            log.info("job %s has no task file any more: cancelling it", job_id)
+            log.info(
+                "job %s has no task file any more: cancelling it", job_id, extra=ids(job_id=job_id)
+            )
             self.pending_cancels.add(job_id)
         self.flush_cancels(now)
 
@@ -525,6 +578,13 @@ class Bridge:
         # wait to settle), so what Redis still lists beyond them lost its file.
         self.cancel_orphans(now)
         self.mirror_once(now)
+        self.observe()
+
+    def observe(self) -> None:
+        """Leave a snapshot of the active tasks for the HTTP thread (once a mirror tick)."""
+        # watch.Watcher has no liveness accessor; its observer thread is what can die.
+        alive = self.watcher._observer.is_alive()
+        self.metrics.observe((_row(t) for t in self.table.by_job.values()), alive)
 
     def tick(self, now: float, next_mirror: float, next_rescan: float) -> tuple[float, float]:
         for seen in self.watcher.drain():
@@ -533,6 +593,7 @@ class Bridge:
         self.mails_once(now)
         if now >= next_mirror:
             self.mirror_once(now)
+            self.observe()
             next_mirror += self.settings.mirror_interval
             if next_mirror <= now:
                 next_mirror = now + self.settings.mirror_interval
@@ -543,6 +604,15 @@ class Bridge:
         return next_mirror, next_rescan
 
     def run(self, stop: threading.Event) -> None:
+        # Served from the start, so /healthz reports a long first scan as mirror lag.
+        server = web.serve(self.settings.http_host, self.settings.serve_port, self.metrics)
+        try:
+            self._loop(stop)
+        finally:
+            if server is not None:
+                server.stop()
+
+    def _loop(self, stop: threading.Event) -> None:
         self.start()
         now = time.monotonic()
         next_mirror = now + self.settings.mirror_interval

@@ -1,10 +1,35 @@
-"""Logging for taskd processes: readable text for people, one JSON object a line for machines."""
+"""Logging for taskd processes: readable text for people, one JSON object a line for machines.
+
+A line about one task carries its ids (`task_id`, `user_id`, `job_id`, those known) as separate
+fields: pass `extra=ids(...)` to the log call. JSON lines have them as keys of their own; text
+lines end with them as `key=value`, so both can be searched for one task.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+
+ID_KEYS = ("task_id", "user_id", "job_id")
+
+
+def ids(
+    task_id: str | None = None, user_id: str | None = None, job_id: str | None = None
+) -> dict[str, str]:
+    """`extra=` for a log call about one task: the ids that are known."""
+    known = {"task_id": task_id, "user_id": user_id, "job_id": job_id}
+    return {key: value for key, value in known.items() if value}
+
+
+def ids_of(record: logging.LogRecord) -> dict[str, str]:
+    """The task ids a record was logged with, in ID_KEYS order."""
+    out = {}
+    for key in ID_KEYS:
+        value = getattr(record, key, None)
+        if value:
+            out[key] = str(value)
+    return out
 
 
 class JsonFormatter(logging.Formatter):
@@ -14,18 +39,28 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "message": record.getMessage(),
+            **ids_of(record),
         }
         if record.exc_info:
             out["traceback"] = self.formatException(record.exc_info)
         return json.dumps(out, ensure_ascii=False)
 
 
+class TextFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: N802 - logging's name
+        line = super().formatMessage(record)
+        known = ids_of(record)
+        if not known:
+            return line
+        return line + " " + " ".join(f"{key}={value}" for key, value in known.items())
+
+
 def setup(fmt: str = "text", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    if fmt == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -1,0 +1,255 @@
+"""The bridge's counters, health and HTTP answers, on a fake clock and without the loop."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge import metrics, web
+from bridge.metrics import Metrics, TaskRow
+from bridge.page import API_PATH, PAGE
+from taskd.settings import Settings, SettingsError
+from tests.support.procs import free_port
+
+
+class Clock:
+    def __init__(self, now: float = 100.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def _row(task_id: str, state: str = "PROGRESS", progress: int = 10, user: str = "3") -> TaskRow:
+    return TaskRow(task_id, user, "SLOW", state, progress)
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_the_endpoint_is_off_by_default_and_listens_on_localhost() -> None:
+    s = Settings.from_env({})
+    assert (s.serve_port, s.http_host) == (None, "127.0.0.1")
+
+
+def test_http_port_and_host_come_from_the_environment() -> None:
+    s = Settings.from_env({"TASKD_HTTP_PORT": "9108", "TASKD_HTTP_HOST": "0.0.0.0"})
+    assert (s.http_port, s.serve_port, s.http_host) == (9108, 9108, "0.0.0.0")
+
+
+def test_the_older_metrics_port_is_used_when_http_port_is_not_set() -> None:
+    assert Settings.from_env({"TASKD_METRICS_PORT": "9100"}).serve_port == 9100
+    both = {"TASKD_METRICS_PORT": "9100", "TASKD_HTTP_PORT": "9108"}
+    assert Settings.from_env(both).serve_port == 9108
+
+
+@pytest.mark.parametrize("raw", ["0", "65536", "-1", "http"])
+def test_a_port_that_is_not_a_tcp_port_is_refused_with_the_variable_named(raw: str) -> None:
+    with pytest.raises(SettingsError, match="TASKD_HTTP_PORT"):
+        Settings.from_env({"TASKD_HTTP_PORT": raw})
+
+
+# --- counters and the Prometheus text ---------------------------------------------------------
+
+
+def test_every_metric_is_there_from_the_start_with_help_and_the_taskd_prefix() -> None:
+    text = metrics.exposition(Metrics(1.0).snapshot())
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for metric in metrics.ALL:
+        family = families[metric.name.removesuffix("_total")]
+        assert family.type == metric.kind
+        assert family.documentation == metric.help
+        assert family.name.startswith("taskd_")
+    values = _samples(text)
+    assert values[("taskd_files_taken_total", ())] == 0
+    assert values[("taskd_tasks_ended_total", (("state", "FAILURE"),))] == 0
+    assert values[("taskd_jobs_republished_total", (("reason", "redis_lost"),))] == 0
+
+
+def test_counts_reach_the_text_under_their_labels() -> None:
+    m = Metrics(1.0)
+    for _ in range(3):
+        m.count(metrics.TAKEN)
+    m.count(metrics.REJECTED)
+    m.count(metrics.ENDED, "SUCCESS")
+    m.count(metrics.REPUBLISHED, metrics.WORKER_LOST)
+    m.count(metrics.RESCANS, n=2)
+    m.observe([_row("a"), _row("b", "QUEUED", 0)], watcher_ok=True)
+    values = _samples(metrics.exposition(m.snapshot()))
+    assert values[("taskd_files_taken_total", ())] == 3
+    assert values[("taskd_files_rejected_total", ())] == 1
+    assert values[("taskd_tasks_ended_total", (("state", "SUCCESS"),))] == 1
+    assert values[("taskd_jobs_republished_total", (("reason", "worker_lost"),))] == 1
+    assert values[("taskd_rescans_total", ())] == 2
+    assert values[("taskd_jobs_active", ())] == 2
+
+
+def test_label_values_are_escaped() -> None:
+    m = Metrics(1.0)
+    m.count(metrics.ENDED, 'odd "state"\\\nx')
+    values = _samples(metrics.exposition(m.snapshot()))
+    assert values[("taskd_tasks_ended_total", (("state", 'odd "state"\\\nx'),))] == 1
+
+
+def test_a_reconnect_is_redis_answering_again_after_an_outage() -> None:
+    m = Metrics(1.0)
+    m.redis_seen(True)
+    assert m.snapshot().count(metrics.RECONNECTS) == 0
+    m.redis_seen(False)
+    m.redis_seen(False)
+    assert not m.snapshot().redis_ok
+    m.redis_seen(True)
+    m.redis_seen(True)
+    snap = m.snapshot()
+    assert snap.redis_ok and snap.count(metrics.RECONNECTS) == 1
+
+
+def test_mirror_lag_is_the_time_since_the_last_tick_beyond_one_interval() -> None:
+    clock = Clock(100.0)
+    m = Metrics(1.0, clock)
+    clock.now = 100.5
+    assert m.snapshot().mirror_lag == 0.0  # within the interval
+    m.mirrored(started=100.5, ended=100.75)
+    clock.now = 104.75
+    snap = m.snapshot()
+    assert snap.mirror_lag == pytest.approx(3.0)
+    assert snap.mirror_tick == pytest.approx(0.25)
+    values = _samples(metrics.exposition(snap))
+    assert values[("taskd_mirror_lag_seconds", ())] == pytest.approx(3.0)
+
+
+# --- health -----------------------------------------------------------------------------------
+
+
+def test_healthy_when_redis_answers_the_watcher_lives_and_the_mirror_keeps_up() -> None:
+    ok, body = metrics.health(Metrics(1.0).snapshot())
+    assert ok
+    assert body == {"redis": True, "watcher": True, "mirror_lag_s": 0.0}
+
+
+def test_each_problem_is_named() -> None:
+    clock = Clock()
+    m = Metrics(1.0, clock)
+    m.redis_seen(False)
+    m.observe([], watcher_ok=False)
+    clock.now += 1.0 + metrics.HEALTHY_LAG_S
+    ok, body = metrics.health(m.snapshot())
+    assert not ok
+    assert (body["redis"], body["watcher"], body["mirror_lag_s"]) == (False, False, 5.0)
+    problems = body["problems"]
+    assert isinstance(problems, list) and len(problems) == 3
+    assert any("redis" in p for p in problems)
+    assert any("watcher" in p for p in problems)
+    assert any("mirror" in p for p in problems)
+
+
+def test_a_lag_just_under_the_limit_is_still_healthy() -> None:
+    clock = Clock()
+    m = Metrics(1.0, clock)
+    clock.now += 1.0 + metrics.HEALTHY_LAG_S - 0.01
+    assert metrics.health(m.snapshot())[0]
+
+
+# --- routes -----------------------------------------------------------------------------------
+
+
+def test_healthz_answers_503_with_the_same_keys_when_unhealthy() -> None:
+    m = Metrics(1.0)
+    assert web.route("/healthz", m.snapshot())[0] == 200
+    m.redis_seen(False)
+    status, kind, body = web.route("/healthz", m.snapshot())
+    assert (status, kind) == (503, "application/json")
+    assert json.loads(body)["redis"] is False
+
+
+def test_the_tasks_view_counts_by_state_and_lists_running_tasks_first() -> None:
+    m = Metrics(1.0)
+    m.count(metrics.ENDED, "SUCCESS")
+    m.count(metrics.REJECTED)
+    m.observe([_row("q", "QUEUED", 0), _row("p", "PROGRESS", 40), _row("s", "STARTED", 0)], True)
+    view = web.tasks_view(m.snapshot())
+    assert view["active"] == {"PROGRESS": 1, "STARTED": 1, "RETRY": 0, "QUEUED": 1}
+    assert view["ended"] == {"SUCCESS": 1, "FAILURE": 0, "REJECTED": 1}
+    assert [t["task_id"] for t in view["tasks"]] == ["p", "s", "q"]
+    assert view["tasks"][0] == {
+        "task_id": "p",
+        "user_id": "3",
+        "type": "SLOW",
+        "state": "PROGRESS",
+        "progress": 40,
+    }
+    assert view["more"] == 0
+
+
+def test_the_tasks_view_is_capped_and_says_how_many_it_left_out() -> None:
+    m = Metrics(1.0)
+    m.observe([_row(f"t{i:04d}") for i in range(web.MAX_ROWS + 7)], True)
+    view = web.tasks_view(m.snapshot())
+    assert len(view["tasks"]) == web.MAX_ROWS
+    assert view["more"] == 7
+
+
+def test_the_page_builds_its_content_with_text_nodes_only() -> None:
+    status, kind, body = web.route("/", Metrics(1.0).snapshot())
+    assert (status, kind) == (200, "text/html; charset=utf-8")
+    page = body.decode()
+    assert page == PAGE
+    assert API_PATH in page and "fetch(" in page
+    assert "innerHTML" not in page and "outerHTML" not in page
+    assert "src=" not in page and "href=" not in page  # no external assets
+
+
+def test_an_unknown_path_is_404() -> None:
+    assert web.route("/etc/passwd", Metrics(1.0).snapshot())[0] == 404
+
+
+# --- the server on a real socket --------------------------------------------------------------
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Metrics, str]]:
+    m = Metrics(1.0)
+    server = web.serve("127.0.0.1", free_port(), m)
+    assert server is not None
+    yield m, f"http://127.0.0.1:{server.port}"
+    server.stop()
+
+
+def test_the_server_answers_from_the_latest_snapshot(served: tuple[Metrics, str]) -> None:
+    m, base = served
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as answer:
+        assert answer.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        assert _samples(answer.read().decode())[("taskd_files_taken_total", ())] == 0
+    m.count(metrics.TAKEN)
+    with urllib.request.urlopen(base + "/metrics", timeout=5) as answer:
+        assert _samples(answer.read().decode())[("taskd_files_taken_total", ())] == 1
+    with urllib.request.urlopen(base + "/", timeout=5) as answer:
+        assert "default-src 'none'" in answer.headers["Content-Security-Policy"]
+    m.redis_seen(False)
+    with pytest.raises(urllib.error.HTTPError) as failed:
+        urllib.request.urlopen(base + "/healthz", timeout=5)
+    assert failed.value.code == 503
+    assert json.loads(failed.value.read())["redis"] is False
+
+
+def test_a_port_in_use_is_logged_and_the_bridge_goes_on_without_it(
+    served: tuple[Metrics, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    _, base = served
+    port = int(base.rsplit(":", 1)[1])
+    assert web.serve("127.0.0.1", port, Metrics(1.0)) is None
+    assert "TASKD_HTTP_PORT" in caplog.text
+    assert web.serve("127.0.0.1", None, Metrics(1.0)) is None
