@@ -2,6 +2,10 @@
 
 At most about once a second (a final report can be forced); a Redis blink never fails the task.
 Each report also renews the job's claim and notices a cancel, in the same round trip.
+
+The event carries `result`, a line such as `87% (3/5 files)`: Celery's event state (and so
+Flower) copies an event's fields onto the task, and `result` is the one it shows in its task list
+and task page. The `task-` prefix makes it a task event, so the task's state reads PROGRESS.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from celery.events.state import Task as EventTask
+
 from taskd import states
 from taskd.leases import TAKE_OR_KEEP
 from tasks.errors import Cancelled
@@ -23,15 +29,45 @@ MIN_INTERVAL_S = 1.0
 CLAIM_TTL_S = 15
 """A job's lease lives this long unless renewed (by each report, and a heartbeat every 5 s)."""
 
+# Event fields Celery's event state reads as the task's own: a mirrored field of the same name
+# (a type's `name`, say) must not overwrite them in Flower.
+EVENT_RESERVED = frozenset(EventTask._fields) | {
+    "type",
+    "uuid",
+    "hostname",
+    "timestamp",
+    "utcoffset",
+    "pid",
+    "local_received",
+    "progress",
+}
+
+
+def progress_text(percent: int, detail: str | None = None) -> str:
+    """What Flower shows for a running job: `87%`, or `87% (3/5 files)` with a detail."""
+    return f"{percent}% ({detail})" if detail else f"{percent}%"
+
+
+def counted(done: int, total: int, unit: str) -> str:
+    """A detail for `progress_text`: `3/5 files`."""
+    return f"{done}/{total} {unit}"
+
+
+def event_fields(percent: int, detail: str | None, fields: dict[str, Any]) -> dict[str, Any]:
+    """The `task-progress` event's fields: percent, the line Flower shows, the mirrored fields."""
+    own = {k: v for k, v in fields.items() if k not in EVENT_RESERVED}
+    return {"progress": percent, "result": progress_text(percent, detail), **own}
+
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class Progress:
-    """Callable handed to a task body: `progress(percent, **fields)`.
+    """Callable handed to a task body: `progress(percent, detail=None, **fields)`.
 
-    `fields` are task-specific file fields to mirror (`output`, `matched`, `tmp-space`...).
+    `fields` are task-specific file fields to mirror (`output`, `matched`, `tmp-space`...);
+    `detail` says how far in words (`counted(3, 5, "files")`), for Flower.
     """
 
     def __init__(
@@ -49,6 +85,7 @@ class Progress:
         self.clock = clock
         self.fields: dict[str, Any] = {}
         self.percent = 0
+        self.detail: str | None = None
         self.started_at = utc_now()
         self._last = float("-inf")
         self._warned = False
@@ -61,9 +98,13 @@ class Progress:
             states.META_STARTED_AT: self.started_at,
         }
 
-    def __call__(self, percent: float, force: bool = False, **fields: Any) -> None:
+    def __call__(
+        self, percent: float, force: bool = False, detail: str | None = None, **fields: Any
+    ) -> None:
         self.percent = max(self.percent, min(99, int(percent)))
         self.fields.update(fields)
+        if detail is not None:
+            self.detail = detail
         now = self.clock()
         if not force and now - self._last < MIN_INTERVAL_S:
             return
@@ -101,7 +142,9 @@ class Progress:
 
     def _send_event(self) -> None:
         try:
-            self.task.send_event(states.EVENT_PROGRESS, progress=self.percent, **self.fields)
+            self.task.send_event(
+                states.EVENT_PROGRESS, **event_fields(self.percent, self.detail, self.fields)
+            )
         except Exception as exc:  # noqa: BLE001 - events are for watchers, never fatal
             log.debug("job %s: progress event not sent: %s", self.job_id, exc)
 

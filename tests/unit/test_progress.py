@@ -98,7 +98,12 @@ def test_reports_are_stored_at_most_once_a_second_and_sent_as_events() -> None:
     meta = _stored(task)
     assert meta["status"] == states.PROGRESS
     assert meta["result"]["progress"] == 40 and meta["result"]["fields"] == {"output": "/x"}
-    assert task.events[-1] == {"type": states.EVENT_PROGRESS, "progress": 40, "output": "/x"}
+    assert task.events[-1] == {
+        "type": states.EVENT_PROGRESS,
+        "progress": 40,
+        "result": "40%",
+        "output": "/x",
+    }
 
 
 def test_a_forced_report_is_stored_at_once_and_progress_never_goes_back_or_reaches_100() -> None:

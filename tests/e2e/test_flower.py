@@ -1,0 +1,124 @@
+"""Flower, started by `taskd flower`, shows a running job's progress and whose task it is."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import Drop
+from tests.support.procs import REPO, BridgeProc, Worker, free_port, stop_process, wait_until
+
+AUTH = "ops:s3cret"
+
+
+class Flower:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+
+    def get(self, path: str, auth: str | None = AUTH) -> tuple[int, Any]:
+        request = urllib.request.Request(self.base + path)
+        if auth:
+            token = base64.b64encode(auth.encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code, None
+        except OSError:
+            return 0, None
+        try:
+            return status, json.loads(body)
+        except ValueError:
+            return status, body.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def flower(env: dict[str, str], data_root: Path, worker: Worker) -> Iterator[Flower]:
+    port = free_port()
+    with open(data_root / "flower.log", "ab") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bridge.cli",
+                "flower",
+                f"--port={port}",
+                "--address=127.0.0.1",
+                f"--basic-auth={AUTH}",
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    client = Flower(port)
+    try:
+        wait_until(
+            lambda: client.get("/api/workers?refresh=1")[0] == 200,
+            60,
+            interval=0.3,
+            what="Flower to answer",
+        )
+        yield client
+    finally:
+        stop_process(proc)
+
+
+def test_flower_asks_for_its_basic_auth(flower: Flower) -> None:
+    assert flower.get("/api/tasks", auth=None)[0] == 401
+    assert flower.get("/api/tasks", auth="ops:wrong")[0] == 401
+    assert flower.get("/api/tasks")[0] == 200
+
+
+def test_flower_shows_a_running_jobs_progress_and_its_user_and_task(
+    flower: Flower, bridge: BridgeProc, drop: Drop
+) -> None:
+    drop.write("f1.SLOW", {"type": "SLOW", "steps": 40, "step-seconds": 0.2})
+    running = drop.wait_state("f1", "PROGRESS", timeout=30)
+    job_id = running["job-id"]
+
+    def progressing() -> dict[str, Any] | None:
+        status, info = flower.get(f"/api/task/info/{job_id}")
+        if status != 200 or not isinstance(info, dict) or info.get("state") != "PROGRESS":
+            return None
+        return info if re.fullmatch(r"[1-9][0-9]?%", str(info.get("result"))) else None
+
+    info = wait_until(progressing, 30, interval=0.2, what="Flower to show the job's progress")
+    assert info["name"] == "tests.support.slowtask.run"
+    assert info["worker"].startswith("w1@")
+    assert ast.literal_eval(info["kwargs"]) == {
+        "user-id": drop.user,
+        "task-id": "f1",
+        "type": "SLOW",
+    }
+    [spec] = ast.literal_eval(info["args"])
+    assert (spec["user-id"], spec["task-id"]) == (drop.user, "f1")
+
+    # Ops find the job in the task list by user and task-id.
+    query = urllib.parse.quote(f"kwargs:user-id={drop.user} kwargs:task-id=f1")
+    status, listed = flower.get(f"/api/tasks?search={query}")
+    assert status == 200 and list(listed) == [job_id]
+    assert re.fullmatch(r"[0-9]+%", listed[job_id]["result"])
+
+    # Once it ends, Flower shows the outcome instead of the progress line.
+    drop.wait_state("f1", "SUCCESS", timeout=60)
+
+    def succeeded() -> bool:
+        status, info = flower.get(f"/api/task/info/{job_id}")
+        return status == 200 and info.get("state") == "SUCCESS"
+
+    wait_until(succeeded, 30, interval=0.2, what="Flower to show SUCCESS")
