@@ -251,8 +251,39 @@ HANDLERS = {
 }
 
 
+PASSTHROUGH = ("worker", "flower")
+OWN_OPTIONS = ("--data-root", "--redis-url")
+
+
+def split_passthrough(rest: Sequence[str]) -> tuple[list[str], list[str]]:
+    """taskd's own options, and the rest verbatim for Celery or Flower (argparse's REMAINDER
+    would refuse a rest that starts with an option, like `taskd flower --port=5555`)."""
+    ours: list[str] = []
+    theirs: list[str] = []
+    items = iter(rest)
+    for item in items:
+        if item in OWN_OPTIONS:
+            ours += [item, next(items, "")]
+        elif item.startswith(tuple(f"{o}=" for o in OWN_OPTIONS)):
+            ours.append(item)
+        else:
+            theirs.append(item)
+    return ours, theirs
+
+
+def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in PASSTHROUGH:
+        ours, theirs = split_passthrough(argv[1:])
+        args = parser.parse_args([argv[0], *ours])
+        args.extra = theirs
+        return args
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     try:
         return HANDLERS[args.command](args)
     except ValueError as exc:  # settings errors say what to fix
