@@ -1,0 +1,222 @@
+"""Mirror cost: `n` running jobs each reporting progress every second, simulated.
+
+No worker runs: the bridge takes and publishes `n` NOOP files, then this process plays the
+workers, writing each job's PROGRESS meta and renewing its claim in Redis exactly as
+`tasks.progress.store_meta` does, every job once a second, spread over the second in 20 batches.
+A poller lists the directory every 20 ms and notes when each file's name shows a new progress.
+The lag of a report is from the moment Redis held it to the first listing that shows it (or a
+later value). The bridge's CPU comes from /proc over the steady part of the run.
+
+Baseline: the least a mirror tick can do in Python, timed here in the same run: one MGET of every
+meta, decode each, and rename and rewrite (temp file, rename; no fsync, as the bridge's progress
+writes) every file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench.common import (
+    NOOP,
+    CpuMeter,
+    Outcome,
+    Row,
+    Stack,
+    describe,
+    drop,
+    median,
+    percentile,
+    pid_of,
+    queued_messages,
+    rss_mb,
+    task_dir,
+    verdict,
+)
+from taskd import states
+from taskd.leases import TAKE_OR_KEEP
+from tests.support.procs import wait_until
+
+LAG_GOAL_MS = 1200.0
+CPU_GOAL = 0.3
+BATCHES = 20
+POLL_S = 0.02
+CLAIM_TTL_S = 15
+
+
+def meta(job_id: str, percent: int) -> str:
+    """What `store_meta` writes for a running job (Celery's result meta, state PROGRESS)."""
+    return json.dumps(
+        {
+            "status": states.PROGRESS,
+            "result": {
+                states.META_PROGRESS: percent,
+                states.META_FIELDS: {},
+                states.META_WORKER: "bench@sim",
+                states.META_STARTED_AT: "2026-01-01T00:00:00Z",
+            },
+            "traceback": None,
+            "children": [],
+            "date_done": None,
+            "task_id": job_id,
+        }
+    )
+
+
+class Workers(threading.Thread):
+    """Every job reports once a second; `reports[(stem, percent)]` is when Redis held it."""
+
+    def __init__(self, system: Stack, jobs: dict[str, str], seconds: int) -> None:
+        super().__init__(daemon=True)
+        self.system, self.jobs, self.seconds = system, jobs, seconds
+        self.reports: dict[tuple[str, int], float] = {}
+
+    def run(self) -> None:
+        stems = sorted(self.jobs)
+        batches = [stems[i::BATCHES] for i in range(BATCHES)]
+        start = time.perf_counter()
+        for second in range(self.seconds):
+            for k, batch in enumerate(batches):
+                due = start + second + k / BATCHES
+                time.sleep(max(0.0, due - time.perf_counter()))
+                self._report(batch, second + 1)
+
+    def _report(self, stems: list[str], percent: int) -> None:
+        with self.system.r.pipeline(transaction=False) as pipe:
+            for stem in stems:
+                job_id = self.jobs[stem]
+                pipe.set(states.meta_key(job_id), meta(job_id, percent), ex=86400)
+                pipe.eval(TAKE_OR_KEEP, 1, states.claim_key(job_id), "bench", CLAIM_TTL_S)
+                pipe.exists(states.cancel_key(job_id))
+            pipe.execute()
+        now = time.perf_counter()
+        for stem in stems:
+            self.reports[(stem, percent)] = now
+
+
+class Poller(threading.Thread):
+    """Lists the directory every POLL_S; `seen[stem]` is [(when, percent in the name)]."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(daemon=True)
+        self.directory = directory
+        self.stop = threading.Event()
+        self.seen: dict[str, list[tuple[float, int]]] = defaultdict(list)
+
+    def run(self) -> None:
+        last: dict[str, int] = {}
+        while not self.stop.wait(POLL_S):
+            now = time.perf_counter()
+            for name in os.listdir(self.directory):
+                stem, _, rest = name.partition("-")
+                info = rest.removesuffix(f".{NOOP}")
+                if not info.isdigit() or last.get(stem) == int(info):
+                    continue
+                last[stem] = int(info)
+                self.seen[stem].append((now, int(info)))
+
+
+def lags(reports: dict[tuple[str, int], float], seen: dict, end: float) -> tuple[list, int]:
+    """Milliseconds from each report to the first listing showing it; and how many never did
+    (counted only if reported more than the goal before the end)."""
+    out: list[float] = []
+    missed = 0
+    for (stem, percent), when in reports.items():
+        shown = next((t for t, p in seen.get(stem, []) if p >= percent and t >= when), None)
+        if shown is not None:
+            out.append((shown - when) * 1000)
+        elif end - when > LAG_GOAL_MS / 1000:
+            missed += 1
+    return out, missed
+
+
+def floor_tick(system: Stack, directory: Path, jobs: dict[str, str], percent: int) -> float:
+    """CPU seconds of the least mirror tick: read every meta, rename and rewrite every file."""
+    names = {name.partition("-")[0]: name for name in os.listdir(directory)}
+    stems = sorted(jobs)
+    cpu = time.process_time()
+    raw = system.r.mget([states.meta_key(jobs[s]) for s in stems])
+    for stem, blob in zip(stems, raw, strict=True):
+        decoded = json.loads(blob) if blob else {}
+        path = directory / names[stem]
+        new = directory / f"{stem}-{percent}.{NOOP}"
+        os.rename(path, new)
+        tmp = directory / f".{new.name}.{secrets.token_hex(4)}.tmp"
+        tmp.write_text(json.dumps({"state": decoded.get("status"), "progress": percent}))
+        os.replace(tmp, new)
+    return time.process_time() - cpu
+
+
+def settle_jobs(system: Stack, directory: Path, n: int) -> dict[str, str]:
+    def ready() -> bool:
+        done = sum(1 for name in os.listdir(directory) if "-" in name)
+        return done >= n and queued_messages(system.r) >= n
+
+    wait_until(ready, 300, interval=0.05, what=f"{n} files to be QUEUED")
+    jobs = {}
+    for path in directory.iterdir():
+        jobs[path.name.partition("-")[0]] = json.loads(path.read_text())[states.JOB_ID]
+    return jobs
+
+
+def run(system: Stack, quick: bool, repeat: int) -> Outcome:
+    n, seconds = (200, 5) if quick else (2000, 20)
+    root = system.new_root()
+    bridge = system.bridge(root)
+    directory = task_dir(root, "7")
+    for i in range(n):
+        drop(directory, f"m{i:05d}.{NOOP}")
+    jobs = settle_jobs(system, directory, n)
+    poller, workers = Poller(directory), Workers(system, jobs, seconds)
+    poller.start()
+    workers.start()
+    time.sleep(2.0)  # past the first reports, which also change each file's state
+    meter = CpuMeter(pid_of(bridge)).start()
+    workers.join()
+    cores = meter.stop()
+    time.sleep(LAG_GOAL_MS / 1000 + 0.5)
+    poller.stop.set()
+    poller.join()
+    end = time.perf_counter()
+    rss = rss_mb(pid_of(bridge))
+    system.stop(bridge)
+    measured, missed = lags(workers.reports, poller.seen, end)
+    floors = [floor_tick(system, directory, jobs, 100 + i) for i in range(3)]
+    p99 = percentile(measured, 99)
+    tick = f"1 tick ({1000:,} ms) + the least tick's {median(floors) * 1000:.0f} ms"
+    rows = [
+        Row("mirror cost", f"lag p50, {n:,} jobs", [percentile(measured, 50)], "ms"),
+        Row(
+            "mirror cost",
+            f"lag p99, {n:,} jobs reporting every second",
+            [p99],
+            "ms",
+            [1000 + median(floors) * 1000],
+            tick,
+            f"<= {LAG_GOAL_MS:,.0f} ms, none missed",
+            verdict(p99 <= LAG_GOAL_MS and missed == 0),
+        ),
+        Row(
+            "mirror cost",
+            "bridge CPU while mirroring",
+            [cores],
+            "cores",
+            [median(floors)],
+            "the least tick in Python, once a second",
+            f"<= {CPU_GOAL:g} core",
+            verdict(cores <= CPU_GOAL),
+        ),
+    ]
+    for row in rows:
+        print(describe(row), flush=True)
+    notes = [
+        f"mirror: {len(measured):,} reports shown, {missed} never shown; "
+        f"max lag {max(measured, default=float('nan')):.0f} ms; bridge RSS {rss:.0f} MB; "
+        f"simulated workers, files listed every {POLL_S * 1000:g} ms"
+    ]
+    return Outcome(rows=rows, series={"mirror_lag_ms": measured}, notes=notes)
