@@ -79,6 +79,8 @@ class Settings:
     data_root: Path = Path(DEFAULT_DATA_ROOT)
     redis_url: str = DEFAULT_REDIS_URL
     mail_db: Path | None = None
+    mail_index: str = ""
+    """Raw TASKD_MAIL_INDEX: where workers cache mail headers; "" the default, "off" none."""
     smtp_url: str | None = None
     mail_from: str = ""
     allowed_file_roots: tuple[Path, ...] = (Path(DEFAULT_ALLOWED_FILE_ROOTS),)
@@ -120,6 +122,7 @@ class Settings:
             "data_root": Path(env.get("TASKD_DATA_ROOT") or DEFAULT_DATA_ROOT),
             "redis_url": env.get("TASKD_REDIS_URL") or DEFAULT_REDIS_URL,
             "mail_db": Path(env["TASKD_MAIL_DB"]) if env.get("TASKD_MAIL_DB") else None,
+            "mail_index": env.get("TASKD_MAIL_INDEX") or "",
             "smtp_url": env.get("TASKD_SMTP_URL") or None,
             "mail_from": env.get("TASKD_MAIL_FROM") or "",
             "allowed_file_roots": _paths(
@@ -177,6 +180,13 @@ class Settings:
     @property
     def mail_db_path(self) -> Path:
         return self.mail_db if self.mail_db is not None else self.data_root / "mail_db"
+
+    @property
+    def mail_index_path(self) -> Path | None:
+        """The header cache of the mail archive (see tasks/mailstore/cache.py), or None."""
+        if self.mail_index.strip().lower() in ("off", "none", "no", "0", "false"):
+            return None
+        return Path(self.mail_index) if self.mail_index else self.work_space / ".mail-index"
 
     @property
     def serve_port(self) -> int | None:

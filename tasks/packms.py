@@ -87,7 +87,7 @@ def pack_to_download(
     done = published_before(settings, job)
     if done is not None:
         return done
-    store = FileMailStore(settings.mail_db_path)
+    store = FileMailStore(settings.mail_db_path, settings.mail_index_path)
     try:
         members = [_mail_member(store, m) for m in mails]
         paths = [allowed_file(f, settings.allowed_file_roots) for f in files]

@@ -36,7 +36,7 @@ def run_search(job: Job, criterion: Criterion, share: float) -> tuple[int, Any]:
     settings = job.settings
     retrieve_id = str(job.fields["retrieve-id"])
     target = results.result_path(settings, job.user_id, retrieve_id)
-    store = FileMailStore(settings.mail_db_path)
+    store = FileMailStore(settings.mail_db_path, settings.mail_index_path)
 
     def report(done: int, total: int) -> None:
         job.progress(share * done / total if total else share)

@@ -21,8 +21,10 @@ import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 
 from tasks.mailstore.base import MailStore, Message, Partition, UnknownGroup
+from tasks.mailstore.cache import FOLDED_POSITION, RawFilter
 from tasks.mailstore.names import is_day, is_valid_name
 
 _WHITESPACE = re.compile(r"\s+")
@@ -184,6 +186,22 @@ class Criterion:
                 out[key] = value
         return out
 
+    @cached_property
+    def folded_headers(self) -> tuple[tuple[str, str], ...]:
+        """(field, folded needle) of each header field that filters, folded once."""
+        needles = (("subject", self.subject), ("from", self.from_), ("to", self.to))
+        return tuple((field, fold(needle)) for field, needle in needles if fold(needle))
+
+    def raw_filter(self) -> RawFilter | None:
+        """The header fields' test on a cached entry (see `cache.py`); None if none filters."""
+        tests = tuple((FOLDED_POSITION[field], wanted) for field, wanted in self.folded_headers)
+        if not tests:
+            return None
+        if len(tests) == 1:
+            ((position, needle),) = tests
+            return lambda raw: needle in raw[position]
+        return lambda raw: all(needle in raw[position] for position, needle in tests)
+
     @property
     def reads_body(self) -> bool:
         """Whether matching needs more than the headers."""
@@ -223,8 +241,8 @@ def _contains(needle: str, haystack: str) -> bool:
 
 
 def _mail_day(message: Message) -> date | None:
-    summary = message.summary
-    return _calendar_day(summary.date[:10]) if summary.date else _calendar_day(summary.day)
+    text = _header(message, "date")
+    return _calendar_day(text[:10]) if text else _calendar_day(message.summary.day)
 
 
 def _in_period(criterion: Criterion, message: Message) -> bool:
@@ -250,13 +268,16 @@ def _header(message: Message, field: str) -> str:
     return str(message.summary.to_json()[field])
 
 
+def _folded_header(message: Message, field: str) -> str:
+    quick = getattr(message, "folded_header", None)
+    if quick is not None:
+        return str(quick(field))
+    return fold(_header(message, field))
+
+
 def _headers_match(criterion: Criterion, message: Message) -> bool:
-    for field, needle in (
-        ("subject", criterion.subject),
-        ("from", criterion.from_),
-        ("to", criterion.to),
-    ):
-        if fold(needle) and not _contains(needle, _header(message, field)):
+    for field, wanted in criterion.folded_headers:
+        if wanted not in _folded_header(message, field):
             return False
     return True
 

@@ -7,15 +7,18 @@ only when a criterion asks about it.
 from __future__ import annotations
 
 import io
+import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from email.message import Message as EmailMessage
 from functools import cached_property
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
-from tasks.mailstore import mime
+from tasks.mailstore import mime, stream
 from tasks.mailstore.base import MailSummary
+from tasks.mailstore.cache import Entry
+from tasks.mailstore.criteria import fold
 from tasks.mailstore.decode import (
     charsets_in,
     content_charset,
@@ -24,6 +27,8 @@ from tasks.mailstore.decode import (
     parse_date,
 )
 from tasks.mailstore.headers import MAX_HEADER_BYTES, Headers, parse_headers, read_header_block
+
+log = logging.getLogger(__name__)
 
 READ_BUFFER = 1 << 20
 """Buffer for reading message bytes: mail is read in large sequential reads."""
@@ -42,9 +47,9 @@ _LABEL_SEPARATORS = re.compile(r"[,\s]+")
 class _Slice(io.RawIOBase):
     """A read-only window on part of a file, so an mbox message reads like a file of its own."""
 
-    def __init__(self, path: Path, offset: int, length: int) -> None:
+    def __init__(self, path: str | Path, offset: int, length: int) -> None:
         super().__init__()
-        self._file = path.open("rb", buffering=0)
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
         self._offset = offset
         self._length = length
         self._position = 0
@@ -79,13 +84,13 @@ class _Slice(io.RawIOBase):
         super().close()
 
 
-def open_slice(path: Path, offset: int, length: int, buffer: int = READ_BUFFER) -> BinaryIO:
+def open_slice(path: str | Path, offset: int, length: int, buffer: int = READ_BUFFER) -> BinaryIO:
     """Buffered reader over `length` bytes of `path` from `offset`."""
     return io.BufferedReader(_Slice(path, offset, length), buffer_size=buffer)
 
 
-def open_whole(path: Path, buffer: int = READ_BUFFER) -> BinaryIO:
-    return path.open("rb", buffering=buffer)
+def open_whole(path: str | Path, buffer: int = READ_BUFFER) -> BinaryIO:
+    return open(path, "rb", buffering=buffer)  # noqa: SIM115 - the caller closes it
 
 
 def split_labels(value: str) -> list[str]:
@@ -108,27 +113,68 @@ def _joined(headers: Headers, names: Sequence[str], hints: Sequence[str]) -> str
     return ", ".join(value for value in values if value)
 
 
-def build_summary(base: MailSummary, headers: Headers, hints: Sequence[str] = ()) -> MailSummary:
-    """`base` (id, place, size, stored labels) completed from the mail's headers."""
-    header_labels = [
+def read_entry(headers: Headers, hints: Sequence[str] = ()) -> Entry:
+    """Every header field a summary or a header search needs, decoded once."""
+    header_labels = tuple(
         label
         for name in LABEL_HEADERS
         for value in headers.get_all(name)
         for label in split_labels(decode_header(value, hints))
-    ]
+    )
+    from_ = decode_address_header(headers.get("from"), hints)
+    to = _joined(headers, ("to", "cc"), hints)
+    subject = decode_header(headers.get("subject"), hints)
+    return Entry(
+        date=parse_date(headers.get("date")),
+        from_=from_,
+        to=to,
+        subject=subject,
+        message_id=decode_header(headers.get("message-id")),
+        labels=header_labels,
+        subject_f=fold(subject),
+        from_f=fold(from_),
+        to_f=fold(to),
+        has_attachment=None,
+    )
+
+
+class Place(NamedTuple):
+    """What the store knows of a mail without reading it; cheaper to make than a summary."""
+
+    id: str
+    user: str
+    folder: str
+    day: str
+    size: int
+    labels: tuple[str, ...]
+
+
+def summary_of(base: MailSummary | Place, entry: Entry) -> MailSummary:
+    """`base` (id, place, size, stored labels) completed from the mail's header fields."""
     return MailSummary(
         id=base.id,
         user=base.user,
         folder=base.folder,
         day=base.day,
-        date=parse_date(headers.get("date")),
-        from_=decode_address_header(headers.get("from"), hints),
-        to=_joined(headers, ("to", "cc"), hints),
-        subject=decode_header(headers.get("subject"), hints),
+        date=entry.date,
+        from_=entry.from_,
+        to=entry.to,
+        subject=entry.subject,
         size=base.size,
-        labels=merge_labels(base.labels, header_labels),
-        message_id=decode_header(headers.get("message-id")),
+        labels=merge_labels(base.labels, entry.labels),
+        message_id=entry.message_id,
     )
+
+
+def build_summary(
+    base: MailSummary | Place, headers: Headers, hints: Sequence[str] = ()
+) -> MailSummary:
+    """`base` completed from the mail's headers."""
+    return summary_of(base, read_entry(headers, hints))
+
+
+_FOLDED = {"subject": "subject_f", "from": "from_f", "to": "to_f"}
+_PLAIN = {"subject": "subject", "from": "from_", "to": "to", "date": "date"}
 
 
 def _needs_hints(headers: Headers) -> bool:
@@ -142,12 +188,26 @@ def _needs_hints(headers: Headers) -> bool:
 
 
 class StoredMessage:
-    """A `Message` of the reference store: the whole file, or `base.size` bytes from `offset`."""
+    """A `Message` of the reference store: the whole file, or `base.size` bytes from `offset`.
 
-    def __init__(self, base: MailSummary, path: Path, offset: int | None = None) -> None:
+    `entry` is its header fields when a cache knew them; `keep` is called with them (and again
+    when `has_attachment` learns more) when they are read, so the cache can store them.
+    """
+
+    def __init__(
+        self,
+        base: MailSummary | Place,
+        path: str | Path,
+        offset: int | None = None,
+        *,
+        entry: Entry | None = None,
+        keep: Callable[[Entry], None] | None = None,
+    ) -> None:
         self._base = base
-        self.path = path
+        self._path = path
         self.offset = offset
+        self._entry = entry
+        self._keep = keep
         self._tree: EmailMessage | None = None
         self._parsed = False
 
@@ -155,10 +215,15 @@ class StoredMessage:
     def raw_size(self) -> int:
         return self._base.size
 
+    @property
+    def path(self) -> Path:
+        """The file the mail is in (the whole file, or the mbox holding it)."""
+        return Path(self._path)
+
     def open(self, buffer: int = READ_BUFFER) -> BinaryIO:
         if self.offset is None:
-            return open_whole(self.path, buffer)
-        return open_slice(self.path, self.offset, self._base.size, buffer)
+            return open_whole(self._path, buffer)
+        return open_slice(self._path, self.offset, self._base.size, buffer)
 
     def read_raw(self) -> bytes:
         with self.open() as stream:
@@ -172,22 +237,37 @@ class StoredMessage:
             hints = self._charset_hints(headers, stream, len(block))
         return headers, hints
 
+    @property
+    def entry(self) -> Entry:
+        """The header fields, read (and handed to `keep`) on first use."""
+        if self._entry is None:
+            self._entry = read_entry(*self._header_view)
+            if self._keep is not None:
+                self._keep(self._entry)
+        return self._entry
+
     @cached_property
     def summary(self) -> MailSummary:
-        headers, hints = self._header_view
-        return build_summary(self._base, headers, hints)
+        return summary_of(self._base, self.entry)
 
     def header_text(self, field: str) -> str:
-        """One decoded field of the summary (`subject`, `from`, `to`), without the rest: a
-        search on one header decodes only that header of the mails it does not return."""
-        if "summary" in self.__dict__:
-            return str(self.summary.to_json()[field])
+        """One decoded field (`subject`, `from`, `to`, `date`).  Without a cache to fill, only
+        that header is decoded: a search on one header decodes nothing else of the mails it
+        does not return."""
+        if self._entry is not None or self._keep is not None or field == "date":
+            return str(getattr(self.entry, _PLAIN[field]))
         headers, hints = self._header_view
         if field == "subject":
             return decode_header(headers.get("subject"), hints)
         if field == "from":
             return decode_address_header(headers.get("from"), hints)
         return _joined(headers, ("to", "cc"), hints)
+
+    def folded_header(self, field: str) -> str:
+        """`header_text(field)` as criteria compare it (see `criteria.fold`)."""
+        if self._entry is not None or self._keep is not None:
+            return str(getattr(self.entry, _FOLDED[field]))
+        return fold(self.header_text(field))
 
     @staticmethod
     def _charset_hints(headers: Headers, stream: BinaryIO, body_start: int) -> list[str]:
@@ -206,8 +286,32 @@ class StoredMessage:
             self._parsed = True
         return self._tree
 
+    def _streamed(self, want_text: bool) -> tuple[list[str], bool] | None:
+        """A big mail's texts and attachment flag without holding it whole (see `stream`)."""
+        if self.raw_size <= stream.STREAM_FROM:
+            return None
+        try:
+            with self.open() as source:
+                return stream.walk(source, want_text)
+        except OSError:
+            raise
+        except Exception:  # a structure the walk cannot follow: parse it whole, as a small one
+            log.debug("cannot stream %s; parsing it whole", self._path, exc_info=True)
+            return None
+
     def body_text(self) -> str:
+        streamed = self._streamed(want_text=True)
+        if streamed is not None:
+            return "\n".join(streamed[0])
         return mime.body_text(self._mime())
 
     def has_attachment(self) -> bool:
-        return mime.has_attachment(self._mime())
+        known = self._entry.has_attachment if self._entry is not None else None
+        if known is not None:
+            return known
+        streamed = self._streamed(want_text=False)
+        found = streamed[1] if streamed is not None else mime.has_attachment(self._mime())
+        if self._keep is not None:
+            self._entry = self.entry._replace(has_attachment=found)
+            self._keep(self._entry)
+        return found

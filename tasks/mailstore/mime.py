@@ -56,7 +56,8 @@ def _leaves(tree: EmailMessage) -> list[EmailMessage]:
     return [part for part in tree.walk() if not part.is_multipart()]
 
 
-def _part_text(part: EmailMessage) -> str:
+def part_text(part: EmailMessage) -> str:
+    """The readable text of a leaf part; "" for an attachment or a part that is not text."""
     try:
         if part.get_content_maintype() != "text" or is_attachment(part):
             return ""
@@ -79,7 +80,7 @@ def body_text(tree: EmailMessage | None) -> str:
     except Exception:  # a tree too broken to walk has no text to offer
         log.debug("cannot walk MIME tree", exc_info=True)
         return ""
-    return "\n".join(text for text in map(_part_text, leaves) if text)
+    return "\n".join(text for text in map(part_text, leaves) if text)
 
 
 def has_attachment(tree: EmailMessage | None) -> bool:

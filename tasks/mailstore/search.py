@@ -54,7 +54,10 @@ def _scan(
     store: MailStore, criterion: Criterion, partition: Partition, report: Callable[[int], None]
 ) -> Iterator[MailSummary]:
     scanned = reported = 0
-    for message in store.messages(partition):
+    where = getattr(store, "messages_where", None)
+    keep = criterion.raw_filter() if where is not None else None
+    messages = where(partition, keep) if where is not None else store.messages(partition)
+    for message in messages:
         if _matches(criterion, message, partition):
             yield message.summary
         # A partition can change while it is read; never report beyond its listed size.

@@ -35,9 +35,10 @@ import json
 import logging
 import os
 import re
+from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -49,8 +50,16 @@ from tasks.mailstore.base import (
     UnknownGroup,
     UnknownMail,
 )
+from tasks.mailstore.cache import (
+    MailIndex,
+    PartitionCache,
+    RawFilter,
+    as_entry,
+    no_cache,
+    stamp_of,
+)
 from tasks.mailstore.mbox import split_mbox
-from tasks.mailstore.message import StoredMessage
+from tasks.mailstore.message import Place, StoredMessage
 from tasks.mailstore.names import check_day, check_name, is_day, is_id_shaped, is_valid_name
 
 log = logging.getLogger(__name__)
@@ -64,22 +73,29 @@ _MBOX_FILE = re.compile(r"(\d{8})" + re.escape(MBOX_SUFFIX))
 _MBOX_ID = re.compile(r"(?:(?P<folder>.+)\.)?(?P<day>\d{8})\.(?P<n>[1-9]\d*)")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 _STEM_LIMIT = 64
+_SPLITS_KEY = "splits"
 
 
 @dataclass
 class _Day:
-    """The mail of one (folder, day): `.eml` files as (id, path), and the day's mbox if any."""
+    """The mail of one (folder, day): `.eml` files as (id, file name) in `directory`, and the
+    day's mbox if any.  Plain strings: an index holds one entry per mail of the user."""
 
+    directory: str = ""
     eml_names: list[str] = field(default_factory=list)
-    eml: list[tuple[str, Path]] = field(default_factory=list)
-    mbox: Path | None = None
+    eml: list[tuple[str, str]] = field(default_factory=list)
+    mbox: str | None = None
     mbox_prefix: str = ""
+    stamps: array[int] | None = None
+    """(size, mtime_ns) of each `.eml` file, flat, from sizing the partition until it is
+    read: each file is stat'ed once a search."""
 
 
 @dataclass
 class _UserIndex:
     days: dict[tuple[str, str], _Day] = field(default_factory=dict)
-    eml_ids: dict[str, Path] = field(default_factory=dict)
+    eml_ids: dict[str, tuple[_Day, str]] = field(default_factory=dict)
+    """id -> (its day, its file name)."""
     mbox_owner: dict[str, str] = field(default_factory=dict)
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
@@ -91,13 +107,13 @@ def _cached_splits(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, int]
         return tuple(split_mbox(stream))
 
 
-def mbox_splits(path: Path) -> tuple[tuple[int, int], ...]:
+def mbox_splits(path: str | Path) -> tuple[tuple[int, int], ...]:
     """(offset, length) of each message of an mbox file, cached while the file is unchanged."""
-    status = path.stat()
-    return _cached_splits(str(path), status.st_mtime_ns, status.st_size)
+    status = os.stat(path)
+    return _cached_splits(os.fspath(path), status.st_mtime_ns, status.st_size)
 
 
-def _sorted_entries(directory: Path) -> list[os.DirEntry[str]]:
+def _sorted_entries(directory: str | Path) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(directory) as entries:
             return sorted(
@@ -108,18 +124,20 @@ def _sorted_entries(directory: Path) -> list[os.DirEntry[str]]:
         return []
 
 
-def _scan_folder(index: _UserIndex, folder: str, directory: Path) -> None:
+def _scan_folder(index: _UserIndex, folder: str, directory: str) -> None:
     for entry in _sorted_entries(directory):
         mbox = _MBOX_FILE.fullmatch(entry.name)
         if mbox and entry.is_file():
-            index.days.setdefault((folder, mbox.group(1)), _Day()).mbox = Path(entry.path)
+            index.days.setdefault((folder, mbox.group(1)), _Day()).mbox = entry.path
         elif is_day(entry.name) and entry.is_dir():
             names = [
                 child.name
-                for child in _sorted_entries(Path(entry.path))
+                for child in _sorted_entries(entry.path)
                 if child.name.lower().endswith(EML_SUFFIX) and child.is_file()
             ]
-            index.days.setdefault((folder, entry.name), _Day()).eml_names = names
+            day = index.days.setdefault((folder, entry.name), _Day())
+            day.directory = entry.path
+            day.eml_names = names
 
 
 def _could_be_mbox_id(candidate: str, index: _UserIndex) -> bool:
@@ -147,21 +165,26 @@ def _eml_candidates(folder: str, day: str, name: str) -> Iterator[str]:
         yield f"{day}.{clean}.{digest}.{number}"
 
 
-def _assign_ids(index: _UserIndex, user_dir: Path) -> None:
+def _assign_ids(index: _UserIndex) -> None:
     for (folder, day), entry in sorted(index.days.items()):
         if entry.mbox is not None:
             owner = index.mbox_owner.setdefault(day, folder)
             entry.mbox_prefix = "" if owner == folder else f"{folder}."
+    ids = index.eml_ids
     for (folder, day), entry in sorted(index.days.items()):
         for name in entry.eml_names:
-            mail_id = next(
-                candidate
-                for candidate in _eml_candidates(folder, day, name)
-                if candidate not in index.eml_ids and not _could_be_mbox_id(candidate, index)
-            )
-            path = user_dir / folder / day / name
-            index.eml_ids[mail_id] = path
-            entry.eml.append((mail_id, path))
+            stem = name[: -len(EML_SUFFIX)]
+            if stem not in ids and is_valid_name(stem) and not _could_be_mbox_id(stem, index):
+                mail_id = stem  # the common case, without making the other candidates
+            else:
+                mail_id = next(
+                    candidate
+                    for candidate in _eml_candidates(folder, day, name)
+                    if candidate not in ids and not _could_be_mbox_id(candidate, index)
+                )
+            ids[mail_id] = (entry, name)
+            entry.eml.append((mail_id, name))
+        entry.eml_names = []
 
 
 def _load_labels(path: Path) -> dict[str, tuple[str, ...]]:
@@ -188,8 +211,8 @@ def _build_index(user_dir: Path) -> _UserIndex:
     index = _UserIndex()
     for entry in _sorted_entries(user_dir):
         if is_valid_name(entry.name) and entry.is_dir():
-            _scan_folder(index, entry.name, Path(entry.path))
-    _assign_ids(index, user_dir)
+            _scan_folder(index, entry.name, entry.path)
+    _assign_ids(index)
     index.labels = _load_labels(user_dir / LABELS_FILE)
     return index
 
@@ -197,9 +220,11 @@ def _build_index(user_dir: Path) -> _UserIndex:
 class FileMailStore:
     """The reference `MailStore` over a directory of `.eml` day folders and `.mbox` day files."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, index_dir: Path | str | None = None) -> None:
+        """`index_dir`: where to keep the header cache (see `cache.py`); None keeps none."""
         self.root = Path(root)
         self._indexes: dict[str, _UserIndex] = {}
+        self._mail_index = None if index_dir is None else MailIndex(index_dir, self.root)
 
     def refresh(self) -> None:
         """Forget what was read of the archive, to see changes made since."""
@@ -272,37 +297,97 @@ class FileMailStore:
             for (folder_name, day), entry in sorted(index.days.items()):
                 if folder not in (None, folder_name) or (wanted is not None and day not in wanted):
                     continue
-                yield Partition(user, folder_name, day, _partition_size(entry))
+                yield Partition(user, folder_name, day, _size_up(entry))
 
     def messages(self, partition: Partition) -> Iterator[StoredMessage]:
+        return self.messages_where(partition, None)
+
+    def messages_where(
+        self, partition: Partition, keep: RawFilter | None
+    ) -> Iterator[StoredMessage]:
+        """`messages`, less mails whose cached header fields `keep` turns down: a search
+        passes what its header criteria ask, and skips what the cache says cannot match."""
         index = self._index(partition.user)
         entry = index.days.get((partition.folder, partition.day))
         if entry is None:
             return
-        for mail_id, path in entry.eml:
-            size = _file_size(path)
-            if size is not None:
-                yield StoredMessage(self._base(partition, mail_id, size, index), path)
-        if entry.mbox is None:
+        yield from self._eml_messages(partition, index, entry, keep)
+        if entry.mbox is not None:
+            yield from self._mbox_messages(partition, index, entry, keep)
+
+    def _cache(self, partition: Partition, kind: str) -> PartitionCache:
+        if self._mail_index is None:
+            return no_cache()
+        return self._mail_index.partition(partition.user, partition.folder, partition.day, kind)
+
+    def _eml_messages(
+        self, partition: Partition, index: _UserIndex, entry: _Day, keep: RawFilter | None
+    ) -> Iterator[StoredMessage]:
+        cache = self._cache(partition, "eml")
+        complete = False
+        try:
+            directory = entry.directory
+            stamps, entry.stamps = entry.stamps or _stamps(entry), None
+            for position, (mail_id, name) in enumerate(entry.eml):
+                stamp = (stamps[2 * position], stamps[2 * position + 1])
+                if stamp[0] < 0:
+                    continue
+                raw = cache.get_fields(name, stamp)
+                if raw is not None and keep is not None and not keep(raw):
+                    continue
+                base = self._base(partition, mail_id, stamp[0], index)
+                yield StoredMessage(
+                    base,
+                    f"{directory}/{name}",
+                    entry=as_entry(raw),
+                    keep=None if cache.path is None else partial(cache.put, name, stamp),
+                )
+            complete = True
+        finally:
+            cache.save(complete)
+
+    def _mbox_messages(
+        self, partition: Partition, index: _UserIndex, entry: _Day, keep: RawFilter | None
+    ) -> Iterator[StoredMessage]:
+        path, prefix = str(entry.mbox), entry.mbox_prefix
+        try:
+            stamp = stamp_of(os.stat(path))
+        except FileNotFoundError:
             return
-        for number, (offset, length) in enumerate(self._splits(entry.mbox), start=1):
-            mail_id = f"{entry.mbox_prefix}{partition.day}.{number}"
-            base = self._base(partition, mail_id, length, index)
-            yield StoredMessage(base, entry.mbox, offset)
+        except OSError as error:
+            raise MailStoreUnavailable(f"cannot read {path}: {error}") from error
+        cache = self._cache(partition, "mbox")
+        splits = cache.get_raw(_SPLITS_KEY, stamp)
+        if splits is None:
+            splits = self._splits(path)
+            cache.put(_SPLITS_KEY, stamp, splits)
+        complete = False
+        try:
+            for number, (offset, length) in enumerate(splits, start=1):
+                mail_id = f"{prefix}{partition.day}.{number}"
+                base = self._base(partition, mail_id, length, index)
+                key = str(number)
+                raw = cache.get_fields(key, stamp)
+                if raw is not None and keep is not None and not keep(raw):
+                    continue
+                yield StoredMessage(
+                    base,
+                    path,
+                    offset,
+                    entry=as_entry(raw),
+                    keep=None if cache.path is None else partial(cache.put, key, stamp),
+                )
+            complete = True
+        finally:
+            cache.save(complete)
 
     @staticmethod
-    def _base(partition: Partition, mail_id: str, size: int, index: _UserIndex) -> MailSummary:
-        return MailSummary(
-            id=mail_id,
-            user=partition.user,
-            folder=partition.folder,
-            day=partition.day,
-            size=size,
-            labels=index.labels.get(mail_id, ()),
-        )
+    def _base(partition: Partition, mail_id: str, size: int, index: _UserIndex) -> Place:
+        labels = index.labels.get(mail_id, ()) if index.labels else ()
+        return Place(mail_id, partition.user, partition.folder, partition.day, size, labels)
 
     @staticmethod
-    def _splits(path: Path) -> tuple[tuple[int, int], ...]:
+    def _splits(path: str) -> tuple[tuple[int, int], ...]:
         try:
             return mbox_splits(path)
         except FileNotFoundError:
@@ -315,12 +400,14 @@ class FileMailStore:
         index = self._index(user)
         if not isinstance(mail_id, str) or not is_id_shaped(mail_id):
             raise UnknownMail(str(mail_id), user)
-        path = index.eml_ids.get(mail_id)
-        if path is not None:
-            folder, day = path.parent.parent.name, path.parent.name
+        found = index.eml_ids.get(mail_id)
+        if found is not None:
+            day_entry, name = found
+            path = f"{day_entry.directory}/{name}"
             size = _file_size(path)
             if size is None:
                 raise UnknownMail(mail_id, user)
+            folder, day = _place_of(day_entry)
             partition = Partition(user, folder, day, 0)
             return StoredMessage(self._base(partition, mail_id, size, index), path)
         return self._mbox_message(index, user, mail_id)
@@ -359,15 +446,36 @@ class FileMailStore:
             raise MailStoreUnavailable(f"cannot read mail {mail_id!r}: {error}") from error
 
 
-def _file_size(path: Path) -> int | None:
+def _place_of(wanted: _Day) -> tuple[str, str]:
+    """(folder, day) of a day folder."""
+    directory = Path(wanted.directory)
+    return directory.parent.name, directory.name
+
+
+def _file_size(path: str) -> int | None:
     try:
-        return path.stat().st_size
+        return os.stat(path).st_size
     except FileNotFoundError:
         return None
 
 
-def _partition_size(entry: _Day) -> int:
-    sizes = [_file_size(path) for _, path in entry.eml]
+def _stamps(entry: _Day) -> array[int]:
+    """(size, mtime_ns) of each `.eml` file of a day, flat; (-1, -1) for one gone since."""
+    stamps = array("q")
+    directory = entry.directory
+    for _, name in entry.eml:
+        try:
+            status = os.stat(f"{directory}/{name}")
+            stamps.extend((status.st_size, status.st_mtime_ns))
+        except FileNotFoundError:
+            stamps.extend((-1, -1))
+    return stamps
+
+
+def _size_up(entry: _Day) -> int:
+    """Bytes of mail in a day, keeping the stamps for reading it."""
+    entry.stamps = _stamps(entry)
+    size = sum(max(size, 0) for size in entry.stamps[::2])
     if entry.mbox is not None:
-        sizes.append(_file_size(entry.mbox))
-    return sum(size for size in sizes if size is not None)
+        size += _file_size(entry.mbox) or 0
+    return size

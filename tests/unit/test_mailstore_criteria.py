@@ -58,8 +58,23 @@ JVBERi0xLjQK
 """.encode()
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> FileMailStore:
+@pytest.fixture(params=["no index", "cold index", "warm index"])
+def store(tmp_path: Path, request: pytest.FixtureRequest) -> FileMailStore:
+    """The archive below, read without a header cache, filling one, and from a full one."""
+    root = tmp_path / "archive"
+    _write_archive(root)
+    if request.param == "no index":
+        return FileMailStore(root)
+    index = tmp_path / "index"
+    if request.param == "warm index":
+        filler = FileMailStore(root, index)
+        everything = Criterion.from_json({"has-attachment": True})
+        list(search(filler, everything, lambda done, total: None))
+        assert any(index.rglob("*.eml")), "the first search left no cache behind"
+    return FileMailStore(root, index)
+
+
+def _write_archive(tmp_path: Path) -> None:
     put(
         tmp_path,
         "yukoh/_ARCHIVE_/20171025/A1.eml",
@@ -117,7 +132,6 @@ Content-Type: multipart/mixed; boundary="b"
     )
     put(tmp_path, "groups.json", json.dumps({"sales": ["yukoh", "hank"], "empty": []}))
     put(tmp_path, "yukoh/labels.json", json.dumps({"A1": ["Important"]}))
-    return FileMailStore(tmp_path)
 
 
 def found(store: FileMailStore, /, **fields: object) -> list[str]:

@@ -1,0 +1,183 @@
+"""A cache of what searches read from each mail's headers, one small file per partition.
+
+Decoding a mail's headers costs a hundred times more than checking that the mail is unchanged,
+and archived mail does not change.  So the store keeps, for every mail it has read, the decoded
+fields a summary and a header search need (and whether it has an attachment, once a search has
+looked), keyed by the mail's file name or mbox position and trusted only while the file's size
+and modification time are what they were.  A later search of the same partition stats each
+file instead of reading it, and compares needles against text folded once.
+
+The cache is only ever a copy: a missing, stale, corrupt or foreign file is read as empty and
+rebuilt, every file is replaced whole by rename, and two processes filling the same partition at
+once both write a correct file (the last rename wins).  It belongs on a local disk, one per
+host; deleting it costs one slow search per partition.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+log = logging.getLogger(__name__)
+
+FORMAT = ("taskd-mail-index", 1)
+"""Written first in every file; anything else is read as an empty cache."""
+
+
+class Entry(NamedTuple):
+    """One mail's header fields as a search needs them (`*_f`: folded for comparison)."""
+
+    date: str
+    from_: str
+    to: str
+    subject: str
+    message_id: str
+    labels: tuple[str, ...]
+    """From the mail's own X-Label / X-Keywords headers (labels.json is read per search)."""
+    subject_f: str
+    from_f: str
+    to_f: str
+    has_attachment: bool | None
+    """None until a search has parsed the mail's body."""
+
+
+FOLDED_POSITION = {
+    "subject": Entry._fields.index("subject_f"),
+    "from": Entry._fields.index("from_f"),
+    "to": Entry._fields.index("to_f"),
+}
+"""Where a header's folded text sits in an entry's stored tuple, for filters on raw tuples."""
+
+RawFilter = Callable[[tuple[Any, ...]], bool]
+"""A test on an entry's stored tuple (see `FOLDED_POSITION`)."""
+
+Stamp = tuple[int, int]
+"""(size, mtime_ns) of the file an entry was read from."""
+
+
+_warned: set[bool] = set()
+"""Non-empty once a process has warned that it cannot write the cache."""
+
+
+class _Loader(pickle.Unpickler):
+    """Plain data only: a cache file can never name a class to build."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a cache file")
+
+
+def _check(data: object) -> dict[str, tuple[Stamp, tuple[Any, ...]]]:
+    if not (isinstance(data, tuple) and len(data) == 2 and data[0] == FORMAT):
+        raise ValueError("not a cache file of this version")
+    entries = data[1]
+    if not isinstance(entries, dict):
+        raise ValueError("entries are not a mapping")
+    return entries
+
+
+class PartitionCache:
+    """The entries of one partition's `.eml` files or of its mbox file, loaded and saved whole."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._entries: dict[str, tuple[Stamp, tuple[Any, ...]]] = {}
+        self._seen: set[str] = set()
+        self._dirty = False
+        if path is not None:
+            self._load(path)
+
+    def _load(self, path: Path) -> None:
+        try:
+            with path.open("rb") as stream:
+                self._entries = _check(_Loader(stream).load())
+        except FileNotFoundError:
+            pass
+        except Exception as error:  # noqa: BLE001 - any unreadable cache is simply rebuilt
+            log.info("rebuilding the mail index file %s: %s", path, error)
+            self._dirty = True
+
+    def get_raw(self, key: str, stamp: Stamp) -> tuple[Any, ...] | None:
+        """What was stored under `key` for a file with this stamp."""
+        self._seen.add(key)
+        found = self._entries.get(key)
+        if found is None or found[0] != stamp:
+            return None
+        return found[1]
+
+    def get_fields(self, key: str, stamp: Stamp) -> tuple[Any, ...] | None:
+        """`get_raw`, for a tuple shaped like an `Entry` only."""
+        found = self.get_raw(key, stamp)
+        return found if found is not None and len(found) == len(Entry._fields) else None
+
+    def get(self, key: str, stamp: Stamp) -> Entry | None:
+        """The entry of `key` if it was read from a file with this stamp."""
+        return as_entry(self.get_raw(key, stamp))
+
+    def put(self, key: str, stamp: Stamp, value: tuple[Any, ...]) -> None:
+        self._seen.add(key)
+        self._entries[key] = (stamp, tuple(value))
+        self._dirty = True
+
+    def save(self, complete: bool) -> None:
+        """Write what changed; `complete`: every key of the partition was looked at, so the
+        entries of mails no longer there can go."""
+        if complete and self._entries.keys() - self._seen:
+            self._entries = {key: self._entries[key] for key in self._seen if key in self._entries}
+            self._dirty = True
+        if not self._dirty or self.path is None:
+            return
+        try:
+            _write(self.path, pickle.dumps((FORMAT, self._entries), protocol=5))
+            self._dirty = False
+        except OSError as error:
+            # A cache that cannot be written only makes the next search slower: say so once.
+            level = logging.DEBUG if _warned else logging.WARNING
+            log.log(level, "cannot write the mail index file %s: %s", self.path, error)
+            _warned.add(True)
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as stream:
+            stream.write(data)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class MailIndex:
+    """Where the partition caches of one archive live: `<directory>/<archive hash>/…`."""
+
+    def __init__(self, directory: Path | str, archive_root: Path | str) -> None:
+        root = os.path.realpath(archive_root).encode("utf-8", "surrogateescape")
+        digest = hashlib.sha1(root, usedforsecurity=False).hexdigest()[:16]
+        self.directory = Path(directory) / digest
+
+    def partition(self, user: str, folder: str, day: str, kind: str) -> PartitionCache:
+        """The cache of a partition's `kind` ("eml" or "mbox"); names are checked by the store."""
+        return PartitionCache(self.directory / user / folder / f"{day}.{kind}")
+
+
+def as_entry(raw: tuple[Any, ...] | None) -> Entry | None:
+    """A stored tuple as an `Entry`; None for nothing, or for a tuple of another shape."""
+    if raw is None or len(raw) != len(Entry._fields):
+        return None
+    return Entry._make(raw)
+
+
+def no_cache() -> PartitionCache:
+    """A cache that keeps nothing, for a store without an index directory."""
+    return PartitionCache(None)
+
+
+def stamp_of(status: os.stat_result) -> Stamp:
+    return (status.st_size, status.st_mtime_ns)

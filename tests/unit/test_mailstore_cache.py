@@ -1,0 +1,203 @@
+"""The header cache: a second search reads no mail it has read, and never trusts a changed one."""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+
+from tasks.mailstore import Criterion, FileMailStore, search
+from tasks.mailstore import cache as cache_module
+from tasks.mailstore import message as message_module
+from tasks.mailstore import mime as mime_module
+
+
+def mail(subject: str, body: bytes = b"Hello.\n", headers: str = "") -> bytes:
+    return (
+        f"From: Ann <ann@example.com>\nTo: bob@example.com\n"
+        f"Date: Wed, 25 Oct 2017 10:30:00 +0000\n{headers}Subject: {subject}\n\n"
+    ).encode() + body
+
+
+def put(path: Path, data: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+ATTACHED = (
+    b"--b\nContent-Type: text/plain\n\nsee attached\n"
+    b"--b\nContent-Type: application/pdf\nContent-Disposition: attachment; filename=a.pdf\n\n"
+    b"JVBERi0xLjQK\n--b--\n"
+)
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Path:
+    root = tmp_path / "archive"
+    day = root / "yukoh" / "_ARCHIVE_" / "20171025"
+    put(day / "A1.eml", mail("haha first"))
+    put(day / "A2.eml", mail("=?utf-8?B?6KiI5YqD?= plan"))
+    put(
+        day / "A3.eml",
+        mail(
+            "with a file",
+            ATTACHED,
+            'MIME-Version: 1.0\nContent-Type: multipart/mixed; boundary="b"\n',
+        ),
+    )
+    put(
+        root / "yukoh" / "_ARCHIVE_" / "20171026.mbox",
+        b"From a@b Wed Oct 25 10:30:00 2017\n" + mail("mbox haha") + b"\n"
+        b"From a@b Wed Oct 25 10:30:00 2017\n" + mail("mbox other") + b"\n",
+    )
+    return root
+
+
+def found(store: FileMailStore, **fields: object) -> list[tuple[str, str]]:
+    criterion = Criterion.from_json(fields)
+    return [(s.id, s.subject) for s in search(store, criterion, lambda done, total: None, "yukoh")]
+
+
+def no_header_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("a mail's headers were read although the cache knew them")
+
+    monkeypatch.setattr(message_module, "read_header_block", refuse)
+
+
+def test_second_search_reads_no_headers_and_finds_the_same(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = tmp_path / "index"
+    first = {needle: found(FileMailStore(archive, index), subject=needle) for needle in NEEDLES}
+    assert first["haha"] == [("A1", "haha first"), ("20171026.1", "mbox haha")]
+    assert first["計劃"] == [("A2", "計劃 plan")]
+    no_header_reads(monkeypatch)
+    for needle in NEEDLES:
+        assert found(FileMailStore(archive, index), subject=needle) == first[needle]
+    everything = found(FileMailStore(archive, index))
+    assert [mail_id for mail_id, _ in everything] == ["A1", "A2", "A3", "20171026.1", "20171026.2"]
+
+
+NEEDLES = ("haha", "計劃", "PLAN")
+
+
+def test_results_with_and_without_the_cache_agree(archive: Path, tmp_path: Path) -> None:
+    plain = FileMailStore(archive)
+    for fields in ({"subject": "haha"}, {"from": "ann", "subject": "plan"}, {"to": "nobody"}, {}):
+        expected = found(plain, **fields)
+        assert found(FileMailStore(archive, tmp_path / "index"), **fields) == expected  # cold
+        assert found(FileMailStore(archive, tmp_path / "index"), **fields) == expected  # warm
+
+
+def test_a_mail_rewritten_in_place_is_read_again(archive: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    assert found(FileMailStore(archive, index), subject="haha")[0] == ("A1", "haha first")
+    target = archive / "yukoh" / "_ARCHIVE_" / "20171025" / "A1.eml"
+    stat = target.stat()
+    # Same size, new content, same second: only the nanoseconds of the mtime tell them apart.
+    target.write_bytes(mail("hoho first"))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    assert found(FileMailStore(archive, index), subject="haha") == [("20171026.1", "mbox haha")]
+    assert found(FileMailStore(archive, index), subject="hoho") == [("A1", "hoho first")]
+
+
+def test_an_appended_mbox_is_split_again(archive: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    assert len(found(FileMailStore(archive, index), file=["20171026"])) == 2
+    with (archive / "yukoh" / "_ARCHIVE_" / "20171026.mbox").open("ab") as stream:
+        stream.write(b"From a@b Thu Oct 26 10:30:00 2017\n" + mail("third haha") + b"\n")
+    assert found(FileMailStore(archive, index), subject="third") == [("20171026.3", "third haha")]
+
+
+def test_entries_of_removed_mails_go_with_the_next_full_scan(archive: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    found(FileMailStore(archive, index))
+    (archive / "yukoh" / "_ARCHIVE_" / "20171025" / "A2.eml").unlink()
+    assert [i for i, _ in found(FileMailStore(archive, index))] == [
+        "A1",
+        "A3",
+        "20171026.1",
+        "20171026.2",
+    ]
+    (cache_file,) = index.rglob("20171025.eml")
+    entries = pickle.loads(cache_file.read_bytes())[1]
+    assert sorted(entries) == ["A1.eml", "A3.eml"]
+
+
+def test_a_search_stopped_early_keeps_what_it_did_not_reach(archive: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    found(FileMailStore(archive, index))
+    store = FileMailStore(archive, index)
+    results = search(store, Criterion.from_json({}), lambda done, total: None, "yukoh")
+    next(results)
+    results.close()  # the consumer went away after one result
+    (cache_file,) = index.rglob("20171025.eml")
+    assert len(pickle.loads(cache_file.read_bytes())[1]) == 3
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"not a pickle at all",
+        pickle.dumps(("taskd-mail-index", 0, {})),
+        b"cos\nsystem\n(S'touch /tmp/owned-by-cache'\ntR.",  # names a callable: refused
+        pickle.dumps(cache_module.FORMAT)[:-3],  # cut short
+    ],
+)
+def test_a_corrupt_cache_file_is_rebuilt(archive: Path, tmp_path: Path, garbage: bytes) -> None:
+    index = tmp_path / "index"
+    expected = found(FileMailStore(archive, index), subject="haha")
+    for cache_file in index.rglob("*.eml"):
+        cache_file.write_bytes(garbage)
+    assert found(FileMailStore(archive, index), subject="haha") == expected
+    assert not Path("/tmp/owned-by-cache").exists()
+    (cache_file,) = index.rglob("20171025.eml")
+    assert pickle.loads(cache_file.read_bytes())[0] == cache_module.FORMAT
+
+
+def test_an_unwritable_cache_only_costs_speed(
+    archive: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger=cache_module.__name__)
+    blocked = tmp_path / "index"
+    blocked.write_text("a file where the cache directory should be")
+    assert found(FileMailStore(archive, blocked), subject="haha") == found(
+        FileMailStore(archive), subject="haha"
+    )
+    assert "cannot write the mail index" in caplog.text
+
+
+def test_attachment_answers_are_kept(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = tmp_path / "index"
+    assert [i for i, _ in found(FileMailStore(archive, index), **{"has-attachment": True})] == [
+        "A3"
+    ]
+
+    def refuse(raw: bytes) -> None:
+        raise AssertionError("a body was parsed although the cache knew the answer")
+
+    monkeypatch.setattr(mime_module, "parse", refuse)
+    no_header_reads(monkeypatch)
+    with_file = found(FileMailStore(archive, index), **{"has-attachment": True})
+    without = found(FileMailStore(archive, index), **{"has-attachment": False})
+    assert [i for i, _ in with_file] == ["A3"]
+    assert [i for i, _ in without] == ["A1", "A2", "20171026.1", "20171026.2"]
+
+
+def test_two_archives_do_not_share_entries(archive: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    mine = archive / "yukoh" / "_ARCHIVE_" / "20171025" / "A1.eml"
+    # The same name, size and mtime in another archive: only the archive tells them apart.
+    theirs = put(tmp_path / "other" / "yukoh" / "_ARCHIVE_" / "20171025" / "A1.eml", b"")
+    theirs.write_bytes(mail("hoho first"))
+    os.utime(theirs, ns=(mine.stat().st_atime_ns, mine.stat().st_mtime_ns))
+    found(FileMailStore(archive, index))
+    assert found(FileMailStore(tmp_path / "other", index), subject="hoho") == [("A1", "hoho first")]
+    assert len(list(index.iterdir())) == 2
