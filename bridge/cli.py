@@ -40,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         "check": "validate task files as the bridge would; exit 1 if any is bad",
         "submit": "write a task file into the queue atomically, as the UI would",
         "show": "a task's file state and its Celery state",
+        "status": "counts by state (today, total), queues, live workers, running tasks",
         "up": "bridge, workers and Flower on one machine (a private Redis if none answers)",
         "retry": "run FAILURE tasks again, same task-id, new job id",
     }
@@ -54,6 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["submit"].add_argument("user_id")
     parsers["submit"].add_argument("file", type=Path)
     parsers["show"].add_argument("target", help="a task file or a job id")
+    parsers["status"].add_argument("--json", action="store_true", help="one JSON object")
+    parsers["status"].add_argument(
+        "--watch", action="store_true", help="again every --interval seconds, until Ctrl-C"
+    )
+    parsers["status"].add_argument(
+        "--interval", type=float, default=2.0, help="seconds between --watch updates"
+    )
+    parsers["status"].add_argument(
+        "--user", metavar="USER-ID", help="count this user's tasks only (queues stay global)"
+    )
     parsers["up"].add_argument("--workers", type=int, default=1, help="worker processes")
     parsers["up"].add_argument(
         "--flower-port", type=int, default=5555, help="Flower's port on 127.0.0.1 (0: none)"
@@ -172,46 +183,159 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from bridge import contract, files
+    from bridge import contract
 
     settings = _settings(args)
     if not contract.USER_RE.fullmatch(args.user_id):
         print(f"user-id {args.user_id!r} must be [A-Za-z0-9_]+", file=sys.stderr)
         return EXIT_USAGE
+    if contract.parse_name((args.user_id, args.file.name)) is None:
+        print(f"{args.file.name}: name it <task-id>.<TYPE>, TYPE upper case", file=sys.stderr)
+        return EXIT_USAGE
     target_dir = settings.task_queue / args.user_id
     target_dir.mkdir(parents=True, exist_ok=True)
     target = target_dir / args.file.name
-    if contract.parse_name((args.user_id, target.name)) is None:
-        print(f"{args.file.name}: name it <task-id>.<TYPE>, TYPE upper case", file=sys.stderr)
-        return EXIT_USAGE
-    if target.exists():
+    holder = _holder_of(target)
+    if holder is not None:
+        print(f"task-id in use by {holder}; use another task-id", file=sys.stderr)
+        return EXIT_BAD
+    try:
+        _write_in(args.file.read_bytes(), target)
+    except FileExistsError:
         print(f"{target} exists already", file=sys.stderr)
         return EXIT_BAD
-    # Written aside under a hidden name, then renamed in: the bridge never sees it half-done.
-    hidden = target.with_name(f".{target.name}.submit")
-    hidden.write_bytes(args.file.read_bytes())
-    files.rename_noreplace(hidden, target)
     print(target)
     return EXIT_OK
 
 
-def cmd_show(args: argparse.Namespace) -> int:
+def _holder_of(target: Path) -> Path | None:
+    """The file that already holds the task-id of `target`, under whatever name it has now
+    (the bridge would reject a second file of the same task-id)."""
+    from bridge.status import read_task_files
+
+    task_id, task_type = target.name.rsplit(".", 1)
+    user = target.parent.name
+    for task in read_task_files(target.parent.parent, 2**31, user):
+        if task.name.endswith(f".{task_type}") and task.task_id == task_id:
+            return target.parent / task.name
+    return None
+
+
+def _write_in(data: bytes, target: Path) -> None:
+    """Written aside under a hidden name, made durable, then renamed in without replacing
+    anything: the bridge never sees the file half-written, and never loses an earlier one."""
+    from bridge import files
+
+    hidden = target.with_name(f".{target.name}.{os.getpid()}.submit")
+    try:
+        with open(hidden, "xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        files.rename_noreplace(hidden, target)
+    finally:
+        hidden.unlink(missing_ok=True)
+    files.fsync_dir(target.parent)
+
+
+def _find_job_file(settings: Any, job_id: str) -> Path | None:
+    """The task file that carries this job id, wherever its name has got to."""
+    from bridge.status import read_task_files
+    from taskd import states
+
+    for task in read_task_files(settings.task_queue, settings.max_task_bytes):
+        if task.fields.get(states.JOB_ID) == job_id:
+            return settings.task_queue / task.user / task.name
+    return None
+
+
+def _celery_state(settings: Any, job_id: str) -> Any:
     import redis as redis_lib
 
+    from taskd import states
+
+    client = redis_lib.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=3, socket_timeout=3
+    )
+    try:
+        meta: Any = client.get(states.meta_key(job_id))
+    except redis_lib.RedisError as exc:
+        return {"error": f"Redis cannot be asked: {exc}"}
+    return json.loads(meta) if meta else None
+
+
+def cmd_show(args: argparse.Namespace) -> int:
     from bridge import contract, files
     from taskd import states
 
     settings = _settings(args)
+    path: Path | None = Path(args.target)
+    job_id = ""
+    if not Path(args.target).is_file():
+        job_id, path = args.target, _find_job_file(settings, args.target)
     fields: dict[str, Any] = {}
-    job_id = args.target
-    path = Path(args.target)
-    if path.exists():
-        fields = contract.parse_content(contract.decode_utf8(files.read_all(path)))
-        job_id = str(fields.get(states.JOB_ID, ""))
-    client = redis_lib.Redis.from_url(settings.redis_url, socket_connect_timeout=3)
-    meta: Any = client.get(states.meta_key(job_id)) if job_id else None
-    out = {"file": fields or None, "celery": json.loads(meta) if meta else None}
+    if path is not None:
+        try:
+            fields = contract.parse_content(contract.decode_utf8(files.read_all(path)))
+        except (OSError, ValueError) as exc:
+            print(f"{path}: cannot read: {exc}", file=sys.stderr)
+            return EXIT_BAD
+        job_id = str(fields.get(states.JOB_ID, "")) or job_id
+    celery = _celery_state(settings, job_id) if job_id else None
+    if not fields and celery is None:
+        print(f"{args.target}: neither a task file nor a job id taskd knows", file=sys.stderr)
+        return EXIT_BAD
+    out = {"path": str(path) if path else None, "file": fields or None, "celery": celery}
     print(json.dumps(out, ensure_ascii=False, indent=2))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import redis as redis_lib
+
+    from bridge import status, statusview
+    from taskd.celeryconf import QUEUES, make_app
+    from taskd.tasktypes import load_types
+
+    settings = _settings(args)
+    queues = set(QUEUES) | {t.queue for t in load_types(settings.schema_dirs).values()}
+    client = redis_lib.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=3, socket_timeout=3
+    )
+    app = make_app(settings)
+
+    def snapshot() -> status.Status:
+        return status.gather(
+            settings.task_queue, settings.max_task_bytes, client, app, queues, args.user
+        )
+
+    if args.watch:
+        return _watch(snapshot, statusview.render, args)
+    now = snapshot()
+    if args.json:
+        print(json.dumps(now.to_json(), ensure_ascii=False, indent=2))
+    else:
+        from rich.console import Console
+
+        Console().print(statusview.render(now))
+    return EXIT_BAD if now.redis_error else EXIT_OK
+
+
+def _watch(snapshot: Any, render: Any, args: argparse.Namespace) -> int:
+    """Again and again until Ctrl-C or SIGTERM: JSON lines, or a live terminal view."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.json:
+        while True:
+            print(json.dumps(snapshot().to_json(), ensure_ascii=False), flush=True)
+            if stop.wait(args.interval):
+                return EXIT_OK
+    from rich.live import Live
+
+    with Live(render(snapshot()), auto_refresh=False) as live:
+        while not stop.wait(args.interval):
+            live.update(render(snapshot()), refresh=True)
     return EXIT_OK
 
 
@@ -246,6 +370,7 @@ HANDLERS = {
     "check": cmd_check,
     "submit": cmd_submit,
     "show": cmd_show,
+    "status": cmd_status,
     "up": cmd_up,
     "retry": cmd_retry,
 }
