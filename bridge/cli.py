@@ -121,10 +121,13 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    _export(_settings(args))
+    from bridge.up import worker_queues
+
+    settings = _settings(args)
+    _export(settings)
     extra = list(args.extra)
-    if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in extra):
-        extra += ["-Q", "retrieve,pack,notify"]
+    if not any(a in ("-Q", "--queues") or a.startswith(("--queues=", "-Q")) for a in extra):
+        extra += ["-Q", worker_queues(settings)]
     argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", *extra]
     os.execv(sys.executable, argv)
     return EXIT_OK  # pragma: no cover - execv does not return
@@ -348,16 +351,18 @@ def cmd_up(args: argparse.Namespace) -> int:
     for sub in ("task_queue", "download", "retrieve", "work_space"):
         (settings.data_root / sub).mkdir(parents=True, exist_ok=True)
     if args.sample and write_sample(settings.mail_db_path):
-        print(f"sample archive written to {settings.mail_db_path}")
+        print(f"sample archive written to {settings.mail_db_path}", flush=True)
     kids = children(settings, args.workers, args.flower_port or None)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     print(
-        f"taskd is up on {settings.data_root}: drop task files into "
-        f"{settings.task_queue}/<user-id>/ (try: taskd submit 3 examples/0001.RETRMS "
-        f"--data-root {settings.data_root})"
-        + (f"; Flower on http://127.0.0.1:{args.flower_port}" if args.flower_port else "")
+        f"taskd is up on {settings.data_root}\n"
+        f"  drop task files into {settings.task_queue}/<user-id>/\n"
+        f"  try:   taskd submit 3 examples/0001.RETRMS --data-root {settings.data_root}\n"
+        f"  watch: taskd status --watch --data-root {settings.data_root}"
+        + (f"\n  Flower: http://127.0.0.1:{args.flower_port}" if args.flower_port else ""),
+        flush=True,
     )
     supervise(kids, stop)
     return EXIT_OK

@@ -1,11 +1,18 @@
 """`taskd up`: bridge, workers and Flower on one machine, and a private Redis when none answers.
 
 A small supervisor: each child is restarted with a back-off if it dies, and all are stopped
-(SIGTERM, then SIGKILL) when `up` is told to stop.
+(SIGTERM, then SIGKILL) when `up` is told to stop. SIGTERM is a Celery worker's warm shutdown:
+it finishes the jobs it runs within its grace, and a job it cannot finish goes back to the queue
+(late acks). The private Redis stops last, once nothing talks to it any more.
+
+Children run in their own process group, so a Ctrl-C in the terminal reaches `up` alone and each
+child gets exactly one SIGTERM from it; and they are told to stop should `up` itself die.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -19,12 +26,24 @@ from urllib.parse import urlparse
 
 import redis
 
+from taskd.celeryconf import QUEUES
 from taskd.settings import Settings
+from taskd.tasktypes import load_types
 
 log = logging.getLogger(__name__)
 
 RESTART_BACKOFF_MAX_S = 30.0
 STOP_GRACE_S = 15.0
+"""Bridge, Flower and Redis: time to stop after SIGTERM before they are killed."""
+WORKER_STOP_GRACE_S = 60.0
+"""A worker's warm shutdown: time for its running jobs to finish (others are run again)."""
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when `up` dies, however it dies (Linux)."""
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: up's own stop still works
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -33,13 +52,16 @@ class Child:
     argv: list[str]
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    grace: float = STOP_GRACE_S
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
 
     def start(self, now: float) -> None:
         log.info("starting %s", self.name)
-        self.proc = subprocess.Popen(self.argv, env=self.env)
+        self.proc = subprocess.Popen(
+            self.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent
+        )
         self.started_at = now
 
     def poll_once(self, now: float) -> None:
@@ -60,12 +82,14 @@ class Child:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
 
-    def wait(self, deadline: float) -> None:
+    def wait(self, started: float) -> None:
+        """Wait out the child's grace from `started`, then kill it."""
         if self.proc is None:
             return
         try:
-            self.proc.wait(max(0.1, deadline - time.monotonic()))
+            self.proc.wait(max(0.1, started + self.grace - time.monotonic()))
         except subprocess.TimeoutExpired:
+            log.warning("%s did not stop within %.0f s; killing it", self.name, self.grace)
             self.proc.kill()
             self.proc.wait(5)
 
@@ -107,6 +131,12 @@ def private_redis(settings: Settings, env: dict[str, str]) -> Child | None:
     return Child("redis-server", argv, env)
 
 
+def worker_queues(settings: Settings) -> str:
+    """Every queue a task type names, the built-in ones included (site types may add more)."""
+    types = load_types(settings.schema_dirs)
+    return ",".join(sorted(set(QUEUES) | {t.queue for t in types.values()}))
+
+
 def children(settings: Settings, workers: int, flower_port: int | None) -> list[Child]:
     env = dict(os.environ)
     env.update(TASKD_DATA_ROOT=str(settings.data_root), TASKD_REDIS_URL=settings.redis_url)
@@ -130,13 +160,14 @@ def children(settings: Settings, workers: int, flower_port: int | None) -> list[
                     "tasks",
                     "worker",
                     "-Q",
-                    "retrieve,pack,notify",
+                    worker_queues(settings),
                     "-n",
                     f"worker{n}@%h",
                     "--loglevel",
                     "INFO",
                 ],
                 env,
+                grace=WORKER_STOP_GRACE_S,
             )
         )
     if flower_port:
@@ -175,9 +206,9 @@ def stop_all(kids: list[Child]) -> None:
     for group in (others, last):
         for kid in group:
             kid.stop()
-        deadline = time.monotonic() + STOP_GRACE_S
+        started = time.monotonic()
         for kid in group:
-            kid.wait(deadline)
+            kid.wait(started)
 
 
 def supervise(kids: list[Child], stop: threading.Event) -> None:
@@ -189,5 +220,3 @@ def supervise(kids: list[Child], stop: threading.Event) -> None:
                 kid.poll_once(now)
     finally:
         stop_all(kids)
-
-
