@@ -33,8 +33,10 @@ chromium:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# `make run WORKERS=2 FLOWER_PORT=5556`; up prints where to drop task files and where Flower is.
 run: install redis-server
-	$(BIN)/taskd up --data-root $(DATA_ROOT) --sample
+	$(BIN)/taskd up --data-root $(DATA_ROOT) --sample \
+	  --workers $(or $(WORKERS),1) --flower-port $(or $(FLOWER_PORT),5555)
 
 test: install redis-server chromium
 	$(BIN)/ruff check .
