@@ -82,6 +82,10 @@ def test_flower_asks_for_its_basic_auth(flower: Flower) -> None:
     assert flower.get("/api/tasks", auth=None)[0] == 401
     assert flower.get("/api/tasks", auth="ops:wrong")[0] == 401
     assert flower.get("/api/tasks")[0] == 200
+    # Flower serves /metrics and /healthcheck without asking: why operations.md puts them
+    # behind the proxy's auth.
+    assert flower.get("/metrics", auth=None)[0] == 200
+    assert flower.get("/healthcheck", auth=None)[0] == 200
 
 
 def test_flower_shows_a_running_jobs_progress_and_its_user_and_task(

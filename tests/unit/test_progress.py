@@ -9,7 +9,7 @@ import pytest
 
 from taskd import states
 from tasks.errors import Cancelled
-from tasks.progress import Progress
+from tasks.progress import Progress, counted
 
 
 class FakePipe:
@@ -137,3 +137,16 @@ def test_a_cancelled_job_stops_at_its_next_report() -> None:
     clock.now += 1
     with pytest.raises(Cancelled):
         progress(20)
+
+
+def test_the_event_reads_as_a_progress_line_and_never_shadows_the_tasks_own_fields() -> None:
+    task, clock = FakeTask(), Clock()
+    progress = Progress(task, "j1", "w1@h", clock=clock)
+    progress(87, detail=counted(3, 5, "files"), name="x", matched=4)
+    event = task.events[-1]
+    assert event["result"] == "87% (3/5 files)" and event["matched"] == 4
+    assert "name" not in event  # Flower's task name stays the Celery task's
+    assert _stored(task)["result"]["fields"] == {"name": "x", "matched": 4}
+    clock.now += 1
+    progress(90)
+    assert task.events[-1]["result"] == "90% (3/5 files)"
