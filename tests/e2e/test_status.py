@@ -69,7 +69,7 @@ def test_status_counts_every_state_and_shows_workers_and_running_tasks(
     assert own(status["total"]) == expected
     assert own(status["today"]) == expected
     assert status["redis_error"] is None
-    assert [w.split("@")[0] for w in status["workers"]] == ["w1"]
+    assert "w1" in [w.split("@")[0] for w in status["workers"]]
     assert set(status["queues"]) >= {"retrieve", "pack", "notify"}
     assert all(isinstance(n, int) and n >= 0 for n in status["queues"].values())
     [running] = status["running"]
