@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from bridge.cli import main
+from bridge.status import queue_depths
 from tests.conftest import Drop
 from tests.support.procs import REPO, SUPPORT_SCHEMAS, BridgeProc, RedisServer, wait_until
 
@@ -166,3 +168,19 @@ def test_submit_refuses_a_bad_user_or_name(
     lower.write_text("{}")
     assert main(["submit", "u_bad_name", str(lower), *cli_env]) == 2
     assert not (data_root / "task_queue" / "u_bad_name" / "t1.slow").exists()
+
+
+def test_queue_depths_sum_the_priority_sub_queues(redis_server: RedisServer) -> None:
+    # A database of its own: the session's workers consume database 0.
+    client = redis.Redis(port=redis_server.port, db=15)
+    try:
+        client.rpush("retrieve", "a", "b")
+        client.rpush("retrieve:3", "c")
+        client.rpush("pack:9", "d")
+        client.hset("unacked", "tag1", "e")
+        depths, unacked = queue_depths(client, ["retrieve", "pack", "notify"])
+        assert depths == {"notify": 0, "pack": 1, "retrieve": 3}
+        assert unacked == 1
+    finally:
+        client.flushdb()
+        client.close()
