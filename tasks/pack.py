@@ -15,6 +15,7 @@ import io
 import os
 import re
 import shutil
+import sqlite3
 import stat
 import struct
 import tarfile
@@ -41,8 +42,10 @@ SUMS_NAME = "SHA256SUMS"
 INDEX_COLUMNS = ("id", "date", "from", "to", "subject", "folder", "day", "size", "sha256")
 INDEX_LINK_KEY = "arcname"
 """Index-row key (not written) naming the member whose sha256 and size fill that row."""
-SPOOL_BYTES = 8 << 20
+SPOOL_BYTES = 1 << 20
 """index.csv and SHA256SUMS stay in memory up to this size, then spill to a temp file."""
+NAMES_IN_MEMORY = 50_000
+"""Member names are checked for clashes in memory up to this many, then in a temp file."""
 FALLBACK_STEM = "archive"
 """Name used when both the description and the fallback clean up to nothing."""
 UNNAMED_MEMBER = "unnamed"
@@ -106,6 +109,9 @@ class Member:
     size: int
     open: Callable[[], BinaryIO]
     mtime: float = 0
+    row: Mapping[str, Any] | None = None
+    """Its line of index.csv (`INDEX_COLUMNS`; sha256 and size are filled in as it is packed),
+    for `build_targz(..., with_index=True)`."""
 
 
 @dataclass(frozen=True)
@@ -212,10 +218,51 @@ def _numbered_name(name: str, n: int) -> str:
     return _numbered(stem, n, ext)
 
 
-def _key(path: str) -> str:
+def _key(path: str) -> int:
     # Paths are NFC already (clean_arcname); folding case as well keeps names distinct where
-    # they are extracted onto a case-insensitive file system (macOS, Windows).
-    return path.casefold()
+    # they are extracted onto a case-insensitive file system (macOS, Windows). A 64-bit digest
+    # stands for the name: a pack of a million members keeps ints, not a million strings.
+    folded = path.casefold().encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(folded, digest_size=8).digest(), "little", signed=True)
+
+
+class _NameSet:
+    """The name digests taken so far: a set while small, then a table in a temporary SQLite
+    file, so that a pack of any number of members keeps its memory."""
+
+    def __init__(self, stack: contextlib.ExitStack, spill_at: int) -> None:
+        self._stack = stack
+        self._spill_at = spill_at
+        self._memory: set[int] | None = set()
+        self._db: sqlite3.Connection | None = None
+
+    def __contains__(self, key: int) -> bool:
+        if self._memory is not None:
+            return key in self._memory
+        assert self._db is not None
+        return self._db.execute("SELECT 1 FROM names WHERE key = ?", (key,)).fetchone() is not None
+
+    def add(self, key: int) -> None:
+        if self._memory is None:
+            assert self._db is not None
+            self._db.execute("INSERT OR IGNORE INTO names VALUES (?)", (key,))
+            return
+        self._memory.add(key)
+        if len(self._memory) >= self._spill_at:
+            self._spill(self._memory)
+            self._memory = None
+
+    def _spill(self, keys: set[int]) -> None:
+        folder = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="taskd-names-"))
+        db = sqlite3.connect(os.path.join(folder, "names.db"), isolation_level=None)
+        self._stack.callback(db.close)
+        # A scratch table: nothing to recover after a crash, so no journal and no syncs.
+        db.execute("PRAGMA journal_mode = OFF")
+        db.execute("PRAGMA synchronous = OFF")
+        db.execute("CREATE TABLE names (key INTEGER PRIMARY KEY)")
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO names VALUES (?)", ((key,) for key in keys))
+        self._db = db
 
 
 def _join(parent: str, name: str) -> str:
@@ -225,9 +272,11 @@ def _join(parent: str, name: str) -> str:
 class _Namer:
     """Gives every member a distinct cleaned path, deterministically, in the order given."""
 
-    def __init__(self, reserved: Iterable[str]) -> None:
-        self._files = {_key(name) for name in reserved}
-        self._dirs: dict[str, str] = {}
+    def __init__(self, reserved: Iterable[str], stack: contextlib.ExitStack) -> None:
+        self._files = _NameSet(stack, NAMES_IN_MEMORY)
+        for name in reserved:
+            self._files.add(_key(name))
+        self._dirs: dict[int, str] = {}
 
     def place(self, arcname: str) -> tuple[list[str], str]:
         """The directories first seen here (to write as entries) and the member's final path."""
@@ -374,30 +423,55 @@ class _Progress:
 
 
 class _Packer:
-    """Writes tar records for one top folder into an (uncompressed-side) binary stream."""
+    """Writes tar records for one top folder into an (uncompressed-side) binary stream.
 
-    def __init__(self, out: IO[bytes], top: str, mtime: int, progress: _Progress) -> None:
+    What the trailer files need is written aside as each member goes by (SHA256SUMS lines,
+    index.csv rows), so memory does not grow with the number of members beyond their names.
+    """
+
+    def __init__(
+        self,
+        out: IO[bytes],
+        top: str,
+        mtime: int,
+        progress: _Progress,
+        stack: contextlib.ExitStack,
+        keep: bool,
+    ) -> None:
         self._out = out
         self._top = top
         self._mtime = mtime
         self._progress = progress
-        self._namer = _Namer([INDEX_NAME, SUMS_NAME])
-        self.sums: list[tuple[str, str]] = []
-        self.written: dict[str, tuple[str, int]] = {}
-        self.arcnames: list[str] = []
+        self._namer = _Namer([INDEX_NAME, SUMS_NAME], stack)
+        self.sums = _Lines(stack)
+        self.index = _Lines(stack)
+        self.index.add_row(INDEX_COLUMNS)
+        self.written: dict[str, tuple[str, int]] | None = {} if keep else None
+        self.arcnames: list[str] | None = [] if keep else None
+        self.members = 0
         self.bytes_in = 0
         self._header(tarfile.DIRTYPE, top, 0, mtime)
 
     def add_member(self, member: Member) -> None:
+        if member.size < 0:
+            raise PackError(f"{member.arcname}: negative size {member.size}")
         new_dirs, path = self._namer.place(member.arcname)
         for directory in new_dirs:
             self._header(tarfile.DIRTYPE, f"{self._top}/{directory}", 0, self._mtime)
         self._header(tarfile.REGTYPE, f"{self._top}/{path}", member.size, _tar_mtime(member.mtime))
         with member.open() as src:
             digest = self._copy(src, member.size, member.arcname, count=True)
-        self.sums.append((path, digest))
-        self.written.setdefault(member.arcname, (digest, member.size))
-        self.arcnames.append(path)
+        # Two spaces: sha256sum's text-mode separator. Paths hold no newline or backslash
+        # (clean_arcname), so no line needs sha256sum's escaping.
+        self.sums.add(f"{digest}  {path}\n")
+        if member.row is not None:
+            values = {**member.row, "sha256": digest, "size": member.size}
+            self.index.add_row([_cell(values.get(column)) for column in INDEX_COLUMNS])
+        if self.written is not None:
+            self.written.setdefault(member.arcname, (digest, member.size))
+        if self.arcnames is not None:
+            self.arcnames.append(path)
+        self.members += 1
         self.bytes_in += member.size
 
     def add_generated(self, name: str, src: IO[bytes], size: int) -> str:
@@ -474,7 +548,6 @@ def _cell(value: object) -> str:
 def _index_rows(
     rows: Iterable[Mapping[str, Any]], written: Mapping[str, tuple[str, int]]
 ) -> Iterator[list[str]]:
-    yield list(INDEX_COLUMNS)
     for row in rows:
         values = dict(row)
         link = values.get(INDEX_LINK_KEY)
@@ -483,25 +556,29 @@ def _index_rows(
         yield [_cell(values.get(column)) for column in INDEX_COLUMNS]
 
 
-@contextlib.contextmanager
-def _spooled(lines: Iterable[str]) -> Iterator[tuple[IO[bytes], int]]:
-    """The UTF-8 text of `lines` in a rewound temp file that is memory-backed while small."""
-    with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
-        for line in lines:
-            spool.write(line.encode("utf-8", "replace"))
-        size = spool.tell()
-        spool.seek(0)
-        yield spool, size
+class _Lines:
+    """UTF-8 text gathered in a temp file that is memory-backed while small."""
 
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - stack closes it
+        self._spool = stack.enter_context(spool)
+        self._csv = io.StringIO()
+        self._writer = csv.writer(self._csv)
 
-def _csv_lines(rows: Iterable[list[str]]) -> Iterator[str]:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    for row in rows:
-        writer.writerow(row)
-        yield buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
+    def add(self, line: str) -> None:
+        self._spool.write(line.encode("utf-8", "replace"))
+
+    def add_row(self, row: Iterable[str]) -> None:
+        self._writer.writerow(row)
+        self.add(self._csv.getvalue())
+        self._csv.seek(0)
+        self._csv.truncate()
+
+    def rewound(self) -> tuple[IO[bytes], int]:
+        """The text so far, from its start, and its size in bytes."""
+        size = self._spool.tell()
+        self._spool.seek(0)
+        return self._spool, size
 
 
 @contextlib.contextmanager
@@ -546,47 +623,54 @@ def build_targz(
     *,
     threads: int = DEFAULT_THREADS,
     mtime: float | None = None,
+    with_index: bool = False,
+    keep_names: bool = True,
 ) -> PackResult:
     """Stream `members` as `<top>/<arcname>` into a gzip'd PAX tar at `dest`.
 
-    After the members come `<top>/index.csv` (only when `index_rows` is given; `INDEX_COLUMNS`,
-    a row's `sha256` and `size` filled from the member its `arcname` key names) and
-    `<top>/SHA256SUMS` covering every member and index.csv, so `sha256sum -c` checks the unpacked
-    folder. Arcnames are cleaned (`clean_arcname`) and clashes numbered `name (2).ext`.
+    After the members come `<top>/index.csv` and `<top>/SHA256SUMS` covering every member and
+    index.csv, so `sha256sum -c` checks the unpacked folder. index.csv (`INDEX_COLUMNS`) is
+    written when `with_index` (a row from each member's `row`, as it is packed) or when
+    `index_rows` is given (a row's `sha256` and `size` filled from the member its `arcname`
+    key names). Arcnames are cleaned (`clean_arcname`) and clashes numbered `name (2).ext`.
     Each source is read once, in `BLOCK_SIZE` blocks, hashed as it is copied; a source whose
     length differs from `Member.size` raises `MemberSizeError`. `progress(done, total)` counts
-    member bytes; `total` defaults to the sum of declared sizes. `mtime` dates the folders and
-    generated files (default now). A `Path` dest is created or truncated, and removed again if the
-    pack fails; a stream is left open.
+    member bytes; `total` defaults to the sum of declared sizes (give it, and `members` is read
+    once, as it comes: a generator of any length packs in flat memory, with `keep_names=False`
+    leaving `PackResult.arcnames` empty). `mtime` dates the folders and generated files
+    (default now). A `Path` dest is created or truncated, and removed again if the pack fails;
+    a stream is left open.
     """
     if not 0 <= level <= 3:
         raise ValueError(f"level must be 0-3 (ISA-L), not {level}")
-    items = list(members)
-    for item in items:
-        if item.size < 0:
-            raise PackError(f"{item.arcname}: negative size {item.size}")
-    meter = _Progress(progress, sum(m.size for m in items) if total is None else total)
+    if total is None:
+        members = list(members)
+        total = sum(max(0, m.size) for m in members)
+    meter = _Progress(progress, total)
     stamp = _tar_mtime(time.time() if mtime is None else mtime)
-    with _destination(dest) as raw:
+    keep = keep_names or index_rows is not None
+    with contextlib.ExitStack() as stack, _destination(dest) as raw:
         sink = _HashingSink(raw)
         with _gzip_writer(sink, level, threads) as gz:
-            packer = _Packer(gz, safe_name(top, FALLBACK_STEM), stamp, meter)
-            for item in items:
+            packer = _Packer(gz, safe_name(top, FALLBACK_STEM), stamp, meter, stack, keep)
+            for item in members:
                 packer.add_member(item)
-            _add_trailer_files(packer, index_rows)
+            _add_trailer_files(packer, index_rows, with_index)
             packer.finish()
     meter.finish()
-    return PackResult(
-        packer.bytes_in, sink.size, len(items), sink.sha.hexdigest(), tuple(packer.arcnames)
-    )
+    arcnames = tuple(packer.arcnames) if keep_names and packer.arcnames is not None else ()
+    return PackResult(packer.bytes_in, sink.size, packer.members, sink.sha.hexdigest(), arcnames)
 
 
-def _add_trailer_files(packer: _Packer, index_rows: Iterable[Mapping[str, Any]] | None) -> None:
-    sums = list(packer.sums)
+def _add_trailer_files(
+    packer: _Packer, index_rows: Iterable[Mapping[str, Any]] | None, with_index: bool
+) -> None:
     if index_rows is not None:
-        with _spooled(_csv_lines(_index_rows(index_rows, packer.written))) as (src, size):
-            sums.append((INDEX_NAME, packer.add_generated(INDEX_NAME, src, size)))
-    # Two spaces: sha256sum's text-mode separator. Paths hold no newline or backslash
-    # (clean_arcname), so no line needs sha256sum's escaping.
-    with _spooled(f"{digest}  {path}\n" for path, digest in sums) as (src, size):
-        packer.add_generated(SUMS_NAME, src, size)
+        for row in _index_rows(index_rows, packer.written or {}):
+            packer.index.add_row(row)
+    if index_rows is not None or with_index:
+        src, size = packer.index.rewound()
+        digest = packer.add_generated(INDEX_NAME, src, size)
+        packer.sums.add(f"{digest}  {INDEX_NAME}\n")
+    src, size = packer.sums.rewound()
+    packer.add_generated(SUMS_NAME, src, size)

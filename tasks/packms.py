@@ -6,6 +6,8 @@ built in the task's tmp-space and published by link, so a reader sees it whole o
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,6 +19,7 @@ from tasks.app import app
 from tasks.base import Job, TaskdTask
 from tasks.errors import Retryable, TaskFailed
 from tasks.mailstore import FileMailStore, MailStoreUnavailable, UnknownMail
+from tasks.progress import megabytes
 
 MARKER_PREFIX = ".taskd-output-"
 """`download/<user-id>/.taskd-output-<job-id>` names what a job published, so a second delivery
@@ -43,20 +46,25 @@ def allowed_file(raw: str, roots: Iterable[Path]) -> Path:
     return real
 
 
-def _mail_member(store: FileMailStore, mail: dict[str, Any]) -> pack.Member:
+def _mail_size(store: FileMailStore, mail: dict[str, Any]) -> int:
     user, mail_id = str(mail.get("user", "")), str(mail.get("id", ""))
     try:
-        size = store.summary(user, mail_id).size
+        return store.message(user, mail_id).raw_size
     except UnknownMail:
         raise TaskFailed(
             f"mail {mail_id!r} of the result set is no longer in the archive; run the RETRMS again"
         ) from None
-    return pack.Member(f"mails/{mail_id}.eml", size, lambda: store.open(user, mail_id))
 
 
-def _index_row(mail: dict[str, Any]) -> dict[str, Any]:
+def _mail_member(store: FileMailStore, mail: dict[str, Any]) -> pack.Member:
+    user, mail_id = str(mail.get("user", "")), str(mail.get("id", ""))
     row = {k: mail.get(k, "") for k in ("id", "date", "from", "to", "subject", "folder", "day")}
-    return {**row, pack.INDEX_LINK_KEY: f"mails/{mail.get('id')}.eml"}
+    return pack.Member(
+        f"mails/{mail_id}.eml",
+        _mail_size(store, mail),
+        lambda: store.open(user, mail_id),
+        row=row,
+    )
 
 
 def published_before(settings: Settings, job: Job) -> Path | None:
@@ -76,32 +84,44 @@ def _remember(settings: Settings, job: Job, output: Path) -> None:
     os.replace(tmp, marker)
 
 
+Mails = Callable[[], Iterable[dict[str, Any]]]
+"""The result set's chosen mails, read afresh each time it is called."""
+
+
 def pack_to_download(
     job: Job,
-    mails: list[dict[str, Any]],
+    mails: Mails,
     files: list[str],
     report: Callable[[int, int], None],
 ) -> Path:
-    """Build the archive in tmp-space and publish it; a second delivery returns the first output."""
+    """Build the archive in tmp-space and publish it; a second delivery returns the first output.
+
+    The mails are read twice, one at a time: once to check each is there and size the whole,
+    once to pack them, so memory does not grow with their number.
+    """
     settings = job.settings
     done = published_before(settings, job)
     if done is not None:
         return done
     store = FileMailStore(settings.mail_db_path, settings.mail_index_path)
     try:
-        members = [_mail_member(store, m) for m in mails]
+        total = sum(_mail_size(store, mail) for mail in mails())
         paths = [allowed_file(f, settings.allowed_file_roots) for f in files]
-        members += [pack.file_member(p, f"files/{p.name}") for p in paths]
+        file_members = [pack.file_member(p, f"files/{p.name}") for p in paths]
+        total += sum(member.size for member in file_members)
     except MailStoreUnavailable as exc:
         raise Retryable(f"the mail archive cannot be read now ({exc}); will try again") from exc
     stem = pack.safe_name(str(job.fields.get("description") or ""), job.task_id)
     target_dir = settings.download / job.user_id
     target_dir.mkdir(parents=True, exist_ok=True)
     tmp = job.tmp_space / f"{job.job_id}.tar.gz"
+    members = itertools.chain((_mail_member(store, m) for m in mails()), file_members)
     try:
-        pack.build_targz(tmp, stem, members, [_index_row(m) for m in mails], report)
+        pack.build_targz(tmp, stem, members, None, report, total, with_index=True, keep_names=False)
     except pack.MemberSizeError as exc:
         raise Retryable(f"a file changed while it was packed ({exc}); will try again") from exc
+    except MailStoreUnavailable as exc:
+        raise Retryable(f"the mail archive cannot be read now ({exc}); will try again") from exc
     output = pack.publish(tmp, target_dir, stem)
     _remember(settings, job, output)
     return output
@@ -111,17 +131,24 @@ def pack_to_download(
 def run(job: Job) -> dict[str, Any]:
     fields = job.fields
     retrieve_id = fields.get("retrieve-id")
-    mails: list[dict[str, Any]] = []
+    mails: Mails = tuple
     if retrieve_id:
         path = results.result_path(job.settings, job.user_id, str(retrieve_id))
-        data = results.read_result_set(path, str(retrieve_id), job.user_id)
-        mails = list(results.pick(data, [str(m) for m in fields.get("mails") or []]))
+        result_set = results.ResultSet(path, str(retrieve_id), job.user_id)
+        wanted = [str(m) for m in fields.get("mails") or []]
+        mails = functools.partial(result_set.pick, wanted)
     files = [str(f) for f in fields.get("files") or []]
-    if not mails and not files:
+    count = sum(1 for _ in mails())
+    if not count and not files:
         raise TaskFailed("nothing to pack: the result set is empty and no 'files' were given")
     with job.work_dir() as tmp:
         job.progress(0, force=True, **{"tmp-space": str(tmp)})
         output = pack_to_download(
-            job, mails, files, lambda done, total: job.progress(99 * done / max(total, 1))
+            job,
+            mails,
+            files,
+            lambda done, total: job.progress(
+                99 * done / max(total, 1), detail=megabytes(done, total, "packed")
+            ),
         )
-    return {"output": str(output), "tmp-space": None, "packed": len(mails) + len(files)}
+    return {"output": str(output), "tmp-space": None, "packed": count + len(files)}

@@ -53,6 +53,11 @@ def counted(done: int, total: int, unit: str) -> str:
     return f"{done}/{total} {unit}"
 
 
+def megabytes(done: int, total: int, verb: str) -> str:
+    """A detail for `progress_text` in bytes: `12/30 MB searched`."""
+    return f"{done / 1e6:.0f}/{total / 1e6:.0f} MB {verb}"
+
+
 def event_fields(percent: int, detail: str | None, fields: dict[str, Any]) -> dict[str, Any]:
     """The `task-progress` event's fields: percent, the line Flower shows, the mirrored fields."""
     own = {k: v for k, v in fields.items() if k not in EVENT_RESERVED}

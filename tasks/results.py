@@ -66,39 +66,121 @@ def write_result_set(
     return count
 
 
+_MAILS_LINE = ' "mails": ['
+
+
+def _missing(retrieve_id: str, user_id: str) -> TaskFailed:
+    return TaskFailed(
+        f"field 'retrieve-id': {retrieve_id!r} is not a result set of user {user_id}; "
+        "run the RETRMS first, or copy the retrieve-id from its task file"
+    )
+
+
+def _damaged(retrieve_id: str, why: object) -> TaskFailed:
+    return TaskFailed(f"result set {retrieve_id!r} is damaged ({why}); run the RETRMS again")
+
+
+class ResultSet:
+    """A result set on disk, its mails read as a stream as often as asked.
+
+    `write_result_set` puts each mail on a line of its own, so a reader holds one mail at a
+    time; a result set laid out otherwise (written by another tool) is read whole.
+    """
+
+    def __init__(self, path: Path, retrieve_id: str, user_id: str) -> None:
+        self.path = path
+        self.retrieve_id = retrieve_id
+        self.user_id = user_id
+        self.header = self._read_header()
+
+    def _lines(self) -> Iterator[str]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                yield from handle
+        except FileNotFoundError:
+            raise _missing(self.retrieve_id, self.user_id) from None
+        except UnicodeDecodeError as exc:
+            raise _damaged(self.retrieve_id, exc) from None
+
+    def _read_header(self) -> dict[str, Any]:
+        head: list[str] = []
+        for line in self._lines():
+            if line.rstrip("\n") == _MAILS_LINE:
+                try:
+                    header = json.loads("".join(head).rstrip().rstrip(",") + "\n}")
+                except ValueError:
+                    break
+                if isinstance(header, dict):
+                    return header
+                break
+            head.append(line)
+            if len(head) > 10_000:  # not our layout: no header is that long
+                break
+        data = self._whole()
+        return {key: value for key, value in data.items() if key != "mails"}
+
+    def _whole(self) -> dict[str, Any]:
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except FileNotFoundError:
+            raise _missing(self.retrieve_id, self.user_id) from None
+        except ValueError as exc:
+            raise _damaged(self.retrieve_id, exc) from None
+        if not isinstance(data, dict) or not isinstance(data.get("mails"), list):
+            raise TaskFailed(
+                f"result set {self.retrieve_id!r} has no mails list; run the RETRMS again"
+            )
+        return data
+
+    def mails(self) -> Iterator[dict[str, Any]]:
+        """Every mail entry (objects only), in order."""
+        lines = self._lines()
+        for line in lines:
+            if line.rstrip("\n") == _MAILS_LINE:
+                break
+        else:
+            yield from (m for m in self._whole()["mails"] if isinstance(m, dict))
+            return
+        closed = False
+        for line in lines:
+            text = line.strip()
+            if text == "]":
+                closed = True
+                break
+            try:
+                mail = json.loads(text.removesuffix(","))
+            except ValueError as exc:
+                raise _damaged(self.retrieve_id, exc) from None
+            if isinstance(mail, dict):
+                yield mail
+        if not closed:
+            raise _damaged(self.retrieve_id, "it ends inside the mails list")
+
+    def pick(self, wanted: list[str]) -> Iterator[dict[str, Any]]:
+        """The mails, or the `wanted` ids of them in that order; an unknown id is an error
+        naming it (raised before any mail is returned)."""
+        if not wanted:
+            yield from self.mails()
+            return
+        order = dict.fromkeys(wanted)
+        by_id: dict[str, dict[str, Any]] = {}
+        for mail in self.mails():
+            mail_id = str(mail.get("id"))
+            if mail_id in order:
+                by_id.setdefault(mail_id, mail)
+        missing = [m for m in order if m not in by_id]
+        if missing:
+            shown = ", ".join(repr(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
+            raise TaskFailed(
+                f"field 'mails': {shown} not in result set {self.retrieve_id!r}; "
+                "pick ids from its mails list"
+            )
+        for mail_id in order:
+            yield by_id[mail_id]
+
+
 def read_result_set(path: Path, retrieve_id: str, user_id: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            data = json.load(handle)
-    except FileNotFoundError:
-        raise TaskFailed(
-            f"field 'retrieve-id': {retrieve_id!r} is not a result set of user {user_id}; "
-            "run the RETRMS first, or copy the retrieve-id from its task file"
-        ) from None
-    except ValueError as exc:
-        raise TaskFailed(
-            f"result set {retrieve_id!r} is damaged ({exc}); run the RETRMS again"
-        ) from None
-    if not isinstance(data, dict) or not isinstance(data.get("mails"), list):
-        raise TaskFailed(f"result set {retrieve_id!r} has no mails list; run the RETRMS again")
-    return data
-
-
-def pick(data: dict[str, Any], wanted: list[str]) -> Iterator[dict[str, Any]]:
-    """The result set's mails, or the `wanted` ids of it; an unknown id is an error naming it."""
-    mails = [m for m in data["mails"] if isinstance(m, dict)]
-    if not wanted:
-        yield from mails
-        return
-    by_id: dict[str, dict[str, Any]] = {}
-    for mail in mails:
-        by_id.setdefault(str(mail.get("id")), mail)
-    missing = [m for m in wanted if m not in by_id]
-    if missing:
-        shown = ", ".join(repr(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
-        raise TaskFailed(
-            f"field 'mails': {shown} not in result set {data.get('retrieve-id')!r}; "
-            "pick ids from its mails list"
-        )
-    for mail_id in dict.fromkeys(wanted):
-        yield by_id[mail_id]
+    """A whole result set, mails and all (for tools and tests; tasks stream `ResultSet`)."""
+    result = ResultSet(path, retrieve_id, user_id)
+    return {**result.header, "mails": list(result.mails())}

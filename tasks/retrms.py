@@ -20,7 +20,7 @@ from tasks.mailstore import (
     search,
 )
 from tasks.packms import pack_to_download, published_before
-from tasks.progress import utc_now
+from tasks.progress import megabytes, utc_now
 
 
 def criterion_of(job: Job) -> Criterion:
@@ -39,7 +39,8 @@ def run_search(job: Job, criterion: Criterion, share: float) -> tuple[int, Any]:
     store = FileMailStore(settings.mail_db_path, settings.mail_index_path)
 
     def report(done: int, total: int) -> None:
-        job.progress(share * done / total if total else share)
+        detail = megabytes(done, total, "searched")
+        job.progress(share * done / total if total else share, detail=detail)
 
     header = {
         "retrieve-id": retrieve_id,
@@ -70,8 +71,8 @@ def done_before(job: Job, wants_pack: bool) -> dict[str, Any] | None:
         return None
     if f'"job-id": "{job.job_id}"' not in head:
         return None
-    data = results.read_result_set(target, str(job.fields["retrieve-id"]), job.user_id)
-    out: dict[str, Any] = {"matched": int(data.get("count", 0))}
+    result_set = results.ResultSet(target, str(job.fields["retrieve-id"]), job.user_id)
+    out: dict[str, Any] = {"matched": int(result_set.header.get("count", 0))}
     if wants_pack and out["matched"]:
         output = published_before(job.settings, job)
         if output is None:
@@ -93,10 +94,14 @@ def run(job: Job) -> dict[str, Any]:
         job.progress(share, force=True, matched=count)
         out: dict[str, Any] = {"matched": count}
         if wants_pack and count:
-            data = results.read_result_set(target, str(job.fields["retrieve-id"]), job.user_id)
-            mails = list(results.pick(data, []))
+            result_set = results.ResultSet(target, str(job.fields["retrieve-id"]), job.user_id)
             output = pack_to_download(
-                job, mails, [], lambda done, total: job.progress(share + 49 * done / max(total, 1))
+                job,
+                result_set.mails,
+                [],
+                lambda done, total: job.progress(
+                    share + 49 * done / max(total, 1), detail=megabytes(done, total, "packed")
+                ),
             )
             out["output"] = str(output)
     return out

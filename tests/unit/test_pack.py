@@ -21,6 +21,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tasks import pack as pack_module
 from tasks.pack import (
     BLOCK_SIZE,
     INDEX_COLUMNS,
@@ -142,7 +143,11 @@ def test_a_stream_destination_is_written_and_left_open(tmp_path: Path) -> None:
     ]
 
 
-def test_clashing_names_are_numbered_deterministically(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_memory", [50_000, 2], ids=["names in memory", "names on disk"])
+def test_clashing_names_are_numbered_deterministically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: int
+) -> None:
+    monkeypatch.setattr(pack_module, "NAMES_IN_MEMORY", in_memory)
     names = ["mails/A1.eml", "mails/A1.eml", "mails/a1.eml", "index.csv", "x.tar.gz", "x.tar.gz"]
     members = [data_member(name, name.encode() + bytes([i])) for i, name in enumerate(names)]
     result = pack(tmp_path, members, index_rows=[])
@@ -358,6 +363,52 @@ def test_memory_stays_flat_for_a_200_mb_member(threads: int) -> None:
 
 
 # --- names -------------------------------------------------------------------------------------
+
+
+class _Discard(io.RawIOBase):
+    """A destination that keeps nothing, so only the packer's own memory is measured."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        return memoryview(data).nbytes
+
+
+def test_memory_stays_flat_whatever_the_number_of_members(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Small thresholds, so that a few thousand members show what a million would.
+    monkeypatch.setattr(pack_module, "NAMES_IN_MEMORY", 1_000)
+    monkeypatch.setattr(pack_module, "SPOOL_BYTES", 64 << 10)
+    body = b"From: a@example.com\r\nSubject: hello\r\n\r\nHi.\r\n"
+
+    def members(count: int) -> Iterable[Member]:
+        for n in range(count):
+            row = {"id": f"M{n:07d}", "subject": f"hello {n} " * 9, "from": "a@example.com"}
+            yield Member(f"mails/M{n:07d}.eml", len(body), lambda: io.BytesIO(body), row=row)
+
+    def peak(count: int) -> int:
+        tracemalloc.start()
+        try:
+            result = build_targz(
+                cast(BinaryIO, _Discard()),
+                "top",
+                members(count),
+                total=count * len(body),
+                with_index=True,
+                keep_names=False,
+                threads=0,
+            )
+            assert result.members == count
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    # Past the thresholds and the 1 MiB read block that copies index.csv into the tar.
+    few, many = peak(15_000), peak(45_000)
+    # Before names, sums and index rows were kept aside, 30,000 more members cost ~12 MB here.
+    assert many - few < 256 << 10, f"{few} -> {many} bytes from 15,000 to 45,000 members"
 
 
 @pytest.mark.parametrize(

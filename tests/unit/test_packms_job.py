@@ -44,14 +44,14 @@ def _outputs(settings: Settings) -> list[Path]:
 def test_a_second_delivery_of_the_same_job_publishes_nothing_new(settings: Settings) -> None:
     job = _job(settings)
     with job.work_dir():
-        first = pack_to_download(job, MAILS, [], lambda d, t: None)
+        first = pack_to_download(job, lambda: MAILS, [], lambda d, t: None)
     with job.work_dir():
-        second = pack_to_download(job, MAILS, [], lambda d, t: None)
+        second = pack_to_download(job, lambda: MAILS, [], lambda d, t: None)
     assert first == second and _outputs(settings) == [first]
     assert "/" not in first.name and "\x00" not in first.name and ".." not in first.name
     other = _job(settings, "job-2")
     with other.work_dir():
-        third = pack_to_download(other, MAILS, [], lambda d, t: None)
+        third = pack_to_download(other, lambda: MAILS, [], lambda d, t: None)
     assert third.name.endswith(" (2).tar.gz")
     with tarfile.open(first) as tar:
         assert any(n.endswith("/mails/A11111.eml") for n in tar.getnames())
@@ -66,7 +66,7 @@ def test_a_run_that_died_half_way_leaves_nothing_visible_and_the_rerun_starts_cl
     assert _outputs(settings) == []
     with job.work_dir() as tmp:
         assert list(tmp.iterdir()) == []
-        output = pack_to_download(job, MAILS, [], lambda d, t: None)
+        output = pack_to_download(job, lambda: MAILS, [], lambda d, t: None)
     assert not job.tmp_space.exists()
     with tarfile.open(output) as tar:
         assert len(tar.getnames()) > 2

@@ -65,7 +65,7 @@ def test_a_full_disk_while_packing_is_a_passing_failure_leaving_no_output(tmp_pa
     )
     with pytest.raises(OSError) as raised, job.work_dir() as tmp:
         (tmp / f"{job.job_id}.tar.gz").symlink_to("/dev/full")  # every write: ENOSPC
-        pack_to_download(job, [{"id": "A11111", "user": "yukoh"}], [], lambda d, t: None)
+        pack_to_download(job, lambda: [{"id": "A11111", "user": "yukoh"}], [], lambda d, t: None)
     assert raised.value.errno == errno.ENOSPC
     retry = as_retryable(raised.value)
     assert retry is not None and "No space left" in retry.message
