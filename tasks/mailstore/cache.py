@@ -16,11 +16,12 @@ host; deleting it costs one slow search per partition.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -54,6 +55,8 @@ FOLDED_POSITION = {
 }
 """Where a header's folded text sits in an entry's stored tuple, for filters on raw tuples."""
 
+ENTRY_WIDTH = len(Entry._fields)
+
 RawFilter = Callable[[tuple[Any, ...]], bool]
 """A test on an entry's stored tuple (see `FOLDED_POSITION`)."""
 
@@ -84,7 +87,7 @@ def _check(data: object) -> dict[str, tuple[Stamp, tuple[Any, ...]]]:
 class PartitionCache:
     """The entries of one partition's `.eml` files or of its mbox file, loaded and saved whole."""
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: str | None) -> None:
         self.path = path
         self._entries: dict[str, tuple[Stamp, tuple[Any, ...]]] = {}
         self._seen: set[str] = set()
@@ -92,10 +95,9 @@ class PartitionCache:
         if path is not None:
             self._load(path)
 
-    def _load(self, path: Path) -> None:
+    def _load(self, path: str) -> None:
         try:
-            with path.open("rb") as stream:
-                self._entries = _check(_Loader(stream).load())
+            self._entries = _check(_Loader(io.BytesIO(_read(path))).load())
         except FileNotFoundError:
             pass
         except Exception as error:  # noqa: BLE001 - any unreadable cache is simply rebuilt
@@ -109,6 +111,12 @@ class PartitionCache:
         if found is None or found[0] != stamp:
             return None
         return found[1]
+
+    def fields_table(self, keys: Iterable[str]) -> Mapping[str, tuple[Stamp, tuple[Any, ...]]]:
+        """Every entry as (stamp, stored tuple), for a caller that checks stamps itself (and
+        whose fields are `ENTRY_WIDTH` long); `keys` are all the partition's mails, seen."""
+        self._seen.update(keys)
+        return self._entries
 
     def get_fields(self, key: str, stamp: Stamp) -> tuple[Any, ...] | None:
         """`get_raw`, for a tuple shaped like an `Entry` only."""
@@ -142,9 +150,22 @@ class PartitionCache:
             _warned.add(True)
 
 
-def _write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+def _read(path: str) -> bytes:
+    # os-level calls: a search opens one of these per partition, and `open()` costs more.
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _write(path: str, data: bytes) -> None:
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    fd, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
     try:
         with os.fdopen(fd, "wb") as stream:
             stream.write(data)
@@ -160,11 +181,11 @@ class MailIndex:
     def __init__(self, directory: Path | str, archive_root: Path | str) -> None:
         root = os.path.realpath(archive_root).encode("utf-8", "surrogateescape")
         digest = hashlib.sha1(root, usedforsecurity=False).hexdigest()[:16]
-        self.directory = Path(directory) / digest
+        self.directory = os.path.join(directory, digest)
 
     def partition(self, user: str, folder: str, day: str, kind: str) -> PartitionCache:
         """The cache of a partition's `kind` ("eml" or "mbox"); names are checked by the store."""
-        return PartitionCache(self.directory / user / folder / f"{day}.{kind}")
+        return PartitionCache(f"{self.directory}/{user}/{folder}/{day}.{kind}")
 
 
 def as_entry(raw: tuple[Any, ...] | None) -> Entry | None:

@@ -51,6 +51,7 @@ from tasks.mailstore.base import (
     UnknownMail,
 )
 from tasks.mailstore.cache import (
+    ENTRY_WIDTH,
     MailIndex,
     PartitionCache,
     RawFilter,
@@ -174,7 +175,8 @@ def _assign_ids(index: _UserIndex) -> None:
     for (folder, day), entry in sorted(index.days.items()):
         for name in entry.eml_names:
             stem = name[: -len(EML_SUFFIX)]
-            if stem not in ids and is_valid_name(stem) and not _could_be_mbox_id(stem, index):
+            mbox_shaped = "." in stem and _could_be_mbox_id(stem, index)  # ids like 20171025.3
+            if stem not in ids and not mbox_shaped and is_valid_name(stem):
                 mail_id = stem  # the common case, without making the other candidates
             else:
                 mail_id = next(
@@ -328,11 +330,16 @@ class FileMailStore:
         try:
             directory = entry.directory
             stamps, entry.stamps = entry.stamps or _stamps(entry), None
+            table = cache.fields_table(name for _, name in entry.eml)
             for position, (mail_id, name) in enumerate(entry.eml):
                 stamp = (stamps[2 * position], stamps[2 * position + 1])
                 if stamp[0] < 0:
                     continue
-                raw = cache.get_fields(name, stamp)
+                # The hot loop of a search from the cache: no call for a mail that cannot match.
+                found = table.get(name)
+                raw = found[1] if found is not None and found[0] == stamp else None
+                if raw is not None and len(raw) != ENTRY_WIDTH:
+                    raw = None
                 if raw is not None and keep is not None and not keep(raw):
                     continue
                 base = self._base(partition, mail_id, stamp[0], index)
