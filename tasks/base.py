@@ -132,9 +132,7 @@ class TaskdTask(Task):  # type: ignore[misc]
             beat.stop.set()
             _quietly(client.eval, RELEASE, 1, states.claim_key(job_id), owner)
 
-    def _enter(
-        self, client: Any, job_id: str, worker: str, attempt: int
-    ) -> dict[str, Any] | None:
+    def _enter(self, client: Any, job_id: str, worker: str, attempt: int) -> dict[str, Any] | None:
         """Claim the job, or say why not: cancelled, or already finished.
 
         While another delivery of the same job holds the claim this one waits: it takes over
