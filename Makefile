@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 DATA_ROOT ?= $(CURDIR)/var/data
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck bench install redis-server clean
+.PHONY: run test lint typecheck bench install redis-server chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,14 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
 	  echo "installing chromium from Debian"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    chromium >/dev/null; }
 
 # `make run WORKERS=2 FLOWER_PORT=5556`; up prints where to drop task files and where Flower is.
 run: install redis-server
-	$(BIN)/taskd up --data-root $(DATA_ROOT) --sample \
+	TASKD_HTTP_PORT=$${TASKD_HTTP_PORT:-$(or $(HTTP_PORT),8080)} \
+	  $(BIN)/taskd up --data-root $(DATA_ROOT) --sample \
 	  --workers $(or $(WORKERS),1) --flower-port $(or $(FLOWER_PORT),5555)
 
 test: install redis-server chromium

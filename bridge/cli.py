@@ -361,7 +361,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"  drop task files into {settings.task_queue}/<user-id>/\n"
         f"  try:   taskd submit 3 examples/0001.RETRMS --data-root {settings.data_root}\n"
         f"  watch: taskd status --watch --data-root {settings.data_root}"
-        + (f"\n  Flower: http://127.0.0.1:{args.flower_port}" if args.flower_port else ""),
+        + (f"\n  Flower: http://127.0.0.1:{args.flower_port}" if args.flower_port else "")
+        + (
+            f"\n  bridge: http://{settings.http_host}:{settings.serve_port}/"
+            if settings.serve_port
+            else ""
+        ),
         flush=True,
     )
     supervise(kids, stop)
