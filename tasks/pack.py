@@ -15,7 +15,6 @@ import io
 import os
 import re
 import shutil
-import sqlite3
 import stat
 import struct
 import tarfile
@@ -29,6 +28,8 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Any, BinaryIO
 
 from isal import igzip_threaded
+
+from tasks.spillset import SpillSet, digest
 
 BLOCK_SIZE = 1 << 20
 """Read, hash and compress in blocks this big: ISA-L runs at full speed, memory stays flat."""
@@ -221,48 +222,8 @@ def _numbered_name(name: str, n: int) -> str:
 def _key(path: str) -> int:
     # Paths are NFC already (clean_arcname); folding case as well keeps names distinct where
     # they are extracted onto a case-insensitive file system (macOS, Windows). A 64-bit digest
-    # stands for the name: a pack of a million members keeps ints, not a million strings.
-    folded = path.casefold().encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(folded, digest_size=8).digest(), "little", signed=True)
-
-
-class _NameSet:
-    """The name digests taken so far: a set while small, then a table in a temporary SQLite
-    file, so that a pack of any number of members keeps its memory."""
-
-    def __init__(self, stack: contextlib.ExitStack, spill_at: int) -> None:
-        self._stack = stack
-        self._spill_at = spill_at
-        self._memory: set[int] | None = set()
-        self._db: sqlite3.Connection | None = None
-
-    def __contains__(self, key: int) -> bool:
-        if self._memory is not None:
-            return key in self._memory
-        assert self._db is not None
-        return self._db.execute("SELECT 1 FROM names WHERE key = ?", (key,)).fetchone() is not None
-
-    def add(self, key: int) -> None:
-        if self._memory is None:
-            assert self._db is not None
-            self._db.execute("INSERT OR IGNORE INTO names VALUES (?)", (key,))
-            return
-        self._memory.add(key)
-        if len(self._memory) >= self._spill_at:
-            self._spill(self._memory)
-            self._memory = None
-
-    def _spill(self, keys: set[int]) -> None:
-        folder = self._stack.enter_context(tempfile.TemporaryDirectory(prefix="taskd-names-"))
-        db = sqlite3.connect(os.path.join(folder, "names.db"), isolation_level=None)
-        self._stack.callback(db.close)
-        # A scratch table: nothing to recover after a crash, so no journal and no syncs.
-        db.execute("PRAGMA journal_mode = OFF")
-        db.execute("PRAGMA synchronous = OFF")
-        db.execute("CREATE TABLE names (key INTEGER PRIMARY KEY)")
-        db.execute("BEGIN")
-        db.executemany("INSERT INTO names VALUES (?)", ((key,) for key in keys))
-        self._db = db
+    # stands for the name, kept on disk past NAMES_IN_MEMORY members.
+    return digest(path.casefold())
 
 
 def _join(parent: str, name: str) -> str:
@@ -273,7 +234,8 @@ class _Namer:
     """Gives every member a distinct cleaned path, deterministically, in the order given."""
 
     def __init__(self, reserved: Iterable[str], stack: contextlib.ExitStack) -> None:
-        self._files = _NameSet(stack, NAMES_IN_MEMORY)
+        self._files = SpillSet(NAMES_IN_MEMORY)
+        stack.callback(self._files.close)
         for name in reserved:
             self._files.add(_key(name))
         self._dirs: dict[int, str] = {}

@@ -11,7 +11,7 @@ import itertools
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from taskd.settings import Settings
 from tasks import pack, results
@@ -19,6 +19,7 @@ from tasks.app import app
 from tasks.base import Job, TaskdTask
 from tasks.errors import Retryable, TaskFailed
 from tasks.mailstore import FileMailStore, MailStoreUnavailable, UnknownMail
+from tasks.mailstore.message import StoredMessage
 from tasks.progress import megabytes
 
 MARKER_PREFIX = ".taskd-output-"
@@ -46,25 +47,37 @@ def allowed_file(raw: str, roots: Iterable[Path]) -> Path:
     return real
 
 
-def _mail_size(store: FileMailStore, mail: dict[str, Any]) -> int:
+def _mail(store: FileMailStore, mail: dict[str, Any]) -> StoredMessage:
+    """The stored mail a result set's entry names, looked for first where the entry says."""
     user, mail_id = str(mail.get("user", "")), str(mail.get("id", ""))
+    folder, day = str(mail.get("folder") or ""), str(mail.get("day") or "")
     try:
-        return store.message(user, mail_id).raw_size
+        return store.message(user, mail_id, folder or None, day or None)
     except UnknownMail:
         raise TaskFailed(
             f"mail {mail_id!r} of the result set is no longer in the archive; run the RETRMS again"
         ) from None
 
 
+def _opener(message: StoredMessage, mail_id: str) -> Callable[[], BinaryIO]:
+    def open_mail() -> BinaryIO:
+        try:
+            return message.open()
+        except FileNotFoundError:
+            raise TaskFailed(
+                f"mail {mail_id!r} left the archive while it was packed; run the RETRMS again"
+            ) from None
+        except OSError as error:
+            raise MailStoreUnavailable(f"cannot read mail {mail_id!r}: {error}") from error
+
+    return open_mail
+
+
 def _mail_member(store: FileMailStore, mail: dict[str, Any]) -> pack.Member:
-    user, mail_id = str(mail.get("user", "")), str(mail.get("id", ""))
+    message = _mail(store, mail)
+    mail_id = str(mail.get("id", ""))
     row = {k: mail.get(k, "") for k in ("id", "date", "from", "to", "subject", "folder", "day")}
-    return pack.Member(
-        f"mails/{mail_id}.eml",
-        _mail_size(store, mail),
-        lambda: store.open(user, mail_id),
-        row=row,
-    )
+    return pack.Member(f"mails/{mail_id}.eml", message.raw_size, _opener(message, mail_id), row=row)
 
 
 def published_before(settings: Settings, job: Job) -> Path | None:
@@ -105,7 +118,7 @@ def pack_to_download(
         return done
     store = FileMailStore(settings.mail_db_path, settings.mail_index_path)
     try:
-        total = sum(_mail_size(store, mail) for mail in mails())
+        total = sum(_mail(store, mail).raw_size for mail in mails())
         paths = [allowed_file(f, settings.allowed_file_roots) for f in files]
         file_members = [pack.file_member(p, f"files/{p.name}") for p in paths]
         total += sum(member.size for member in file_members)

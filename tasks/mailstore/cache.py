@@ -155,7 +155,8 @@ def _read(path: str) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
         chunks = []
-        while chunk := os.read(fd, 1 << 20):
+        # Asking for the size (and one byte more, to see the end) allocates no more than that.
+        while chunk := os.read(fd, os.fstat(fd).st_size + 1):
             chunks.append(chunk)
         return b"".join(chunks)
     finally:

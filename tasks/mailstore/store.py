@@ -22,9 +22,11 @@ order of folder, day, then file name, so that an archive growing by new days kee
   `<folder>.<YYYYMMDD>.<stem>` and `<YYYYMMDD>.<sanitised stem>.<hash>` is used instead, where
   the hash is the start of the SHA-1 of the file's path in the user's archive.
 
-Ids are looked up in an index of the user's archive, never joined into a path.  A store reads
-each user's archive once and then works from that index: make one store per task, or call
-`refresh()`.
+Ids are looked up, never joined into a path.  A store lists each user's folders and days once
+(make one store per task, or call `refresh()`) and the files of a day when it reads that day,
+giving ids by walking the days in order; what it keeps about the mail already walked is a set
+of id digests that moves to a temporary file when it grows, so memory does not grow with the
+archive.  A lookup by id is quickest with the folder and day a result set gives with it.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import logging
 import os
 import re
 from array import array
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -62,6 +65,7 @@ from tasks.mailstore.cache import (
 from tasks.mailstore.mbox import split_mbox
 from tasks.mailstore.message import Place, StoredMessage
 from tasks.mailstore.names import check_day, check_name, is_day, is_id_shaped, is_valid_name
+from tasks.spillset import SpillSet, digest
 
 log = logging.getLogger(__name__)
 
@@ -75,30 +79,37 @@ _MBOX_ID = re.compile(r"(?:(?P<folder>.+)\.)?(?P<day>\d{8})\.(?P<n>[1-9]\d*)")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
 _STEM_LIMIT = 64
 _SPLITS_KEY = "splits"
+IDS_IN_MEMORY = 200_000
+"""Ids given so far are checked in memory up to this many a user, then in a temp file."""
+RECENT_DAYS = 4
+"""Days whose (id, name) lists are kept, for lookups near each other."""
 
 
 @dataclass
 class _Day:
-    """The mail of one (folder, day): `.eml` files as (id, file name) in `directory`, and the
-    day's mbox if any.  Plain strings: an index holds one entry per mail of the user."""
+    """One (folder, day) of a user: its folder of `.eml` files and its mbox file, if any.  The
+    names in the folder are listed when they are needed, not kept: an index of a user's days
+    stays small however many mails they hold."""
 
-    directory: str = ""
-    eml_names: list[str] = field(default_factory=list)
-    eml: list[tuple[str, str]] = field(default_factory=list)
+    folder: str
+    day: str
+    directory: str | None = None
     mbox: str | None = None
     mbox_prefix: str = ""
-    stamps: array[int] | None = None
-    """(size, mtime_ns) of each `.eml` file, flat, from sizing the partition until it is
-    read: each file is stat'ed once a search."""
+    sized: tuple[int, array[int]] | None = None
+    """From sizing the day until it is read: a digest of the `.eml` names then listed, and
+    each one's (size, mtime_ns), flat (16 bytes a mail): a search stats each file once."""
 
 
 @dataclass
 class _UserIndex:
     days: dict[tuple[str, str], _Day] = field(default_factory=dict)
-    eml_ids: dict[str, tuple[_Day, str]] = field(default_factory=dict)
-    """id -> (its day, its file name)."""
+    order: list[tuple[str, str]] = field(default_factory=list)
+    """The days' keys sorted: the order ids are given in."""
+    position: dict[tuple[str, str], int] = field(default_factory=dict)
     mbox_owner: dict[str, str] = field(default_factory=dict)
     labels: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    walker: _IdWalker | None = None
 
 
 @lru_cache(maxsize=128)
@@ -129,16 +140,32 @@ def _scan_folder(index: _UserIndex, folder: str, directory: str) -> None:
     for entry in _sorted_entries(directory):
         mbox = _MBOX_FILE.fullmatch(entry.name)
         if mbox and entry.is_file():
-            index.days.setdefault((folder, mbox.group(1)), _Day()).mbox = entry.path
+            key = (folder, mbox.group(1))
+            index.days.setdefault(key, _Day(*key)).mbox = entry.path
         elif is_day(entry.name) and entry.is_dir():
+            key = (folder, entry.name)
+            index.days.setdefault(key, _Day(*key)).directory = entry.path
+
+
+def _eml_names(day: _Day) -> tuple[str, ...]:
+    """The `.eml` files of a day folder, sorted (not kept: listed again when needed)."""
+    if day.directory is None:
+        return ()
+    try:
+        with os.scandir(day.directory) as entries:
             names = [
-                child.name
-                for child in _sorted_entries(entry.path)
-                if child.name.lower().endswith(EML_SUFFIX) and child.is_file()
+                entry.name
+                for entry in entries
+                if entry.name[-4:].lower() == EML_SUFFIX
+                and not entry.name.startswith(".")
+                and entry.is_file()
             ]
-            day = index.days.setdefault((folder, entry.name), _Day())
-            day.directory = entry.path
-            day.eml_names = names
+    except FileNotFoundError:
+        return ()
+    except OSError as error:
+        raise MailStoreUnavailable(f"cannot list {day.directory}: {error}") from error
+    names.sort()
+    return tuple(names)
 
 
 def _could_be_mbox_id(candidate: str, index: _UserIndex) -> bool:
@@ -166,27 +193,78 @@ def _eml_candidates(folder: str, day: str, name: str) -> Iterator[str]:
         yield f"{day}.{clean}.{digest}.{number}"
 
 
-def _assign_ids(index: _UserIndex) -> None:
-    for (folder, day), entry in sorted(index.days.items()):
+def _mbox_owners(index: _UserIndex) -> None:
+    for key in index.order:
+        entry = index.days[key]
         if entry.mbox is not None:
-            owner = index.mbox_owner.setdefault(day, folder)
-            entry.mbox_prefix = "" if owner == folder else f"{folder}."
-    ids = index.eml_ids
-    for (folder, day), entry in sorted(index.days.items()):
-        for name in entry.eml_names:
+            owner = index.mbox_owner.setdefault(entry.day, entry.folder)
+            entry.mbox_prefix = "" if owner == entry.folder else f"{entry.folder}."
+
+
+class _IdWalker:
+    """Gives the `.eml` files of each day their ids, walking the days in order.
+
+    An id depends on the ids of the days before it (a stem already taken gets qualified), so
+    the walk keeps the ids given so far, as digests that spill to disk past `IDS_IN_MEMORY`,
+    and the (id, name) lists of the last few days.  Reading days in order, as a search does,
+    lists each folder once; asking for an earlier day starts the walk again.
+    """
+
+    def __init__(self, index: _UserIndex) -> None:
+        self._index = index
+        self._next = 0
+        self._taken = SpillSet(IDS_IN_MEMORY)
+        self._recent: OrderedDict[tuple[str, str], list[tuple[str, str]]] = OrderedDict()
+
+    def ids(self, key: tuple[str, str]) -> list[tuple[str, str]]:
+        """(id, file name) of each `.eml` file of that day, in name order."""
+        if key in self._recent:
+            self._recent.move_to_end(key)
+            return self._recent[key]
+        position = self._index.position[key]
+        if position < self._next:
+            self.close()
+            self._next, self._taken = 0, SpillSet(IDS_IN_MEMORY)
+        while self._next <= position:
+            day = self._index.days[self._index.order[self._next]]
+            self._next += 1
+            self._recent[(day.folder, day.day)] = self._assign(day)
+            if len(self._recent) > RECENT_DAYS:
+                self._recent.popitem(last=False)
+        return self._recent[key]
+
+    def find(self, mail_id: str) -> tuple[_Day, str] | None:
+        """The day and file name of an `.eml` id, walking every day (for a lookup without a
+        hint of where the mail is)."""
+        for key in self._index.order:
+            for candidate, name in self.ids(key):
+                if candidate == mail_id:
+                    return self._index.days[key], name
+        return None
+
+    def _assign(self, day: _Day) -> list[tuple[str, str]]:
+        assigned = []
+        for name in _eml_names(day):
             stem = name[: -len(EML_SUFFIX)]
-            mbox_shaped = "." in stem and _could_be_mbox_id(stem, index)  # ids like 20171025.3
-            if stem not in ids and not mbox_shaped and is_valid_name(stem):
+            mbox_shaped = "." in stem and _could_be_mbox_id(stem, self._index)  # 20171025.3
+            key = digest(stem)
+            if key not in self._taken and not mbox_shaped and is_valid_name(stem):
                 mail_id = stem  # the common case, without making the other candidates
             else:
                 mail_id = next(
                     candidate
-                    for candidate in _eml_candidates(folder, day, name)
-                    if candidate not in ids and not _could_be_mbox_id(candidate, index)
+                    for candidate in _eml_candidates(day.folder, day.day, name)
+                    if digest(candidate) not in self._taken
+                    and not _could_be_mbox_id(candidate, self._index)
                 )
-            ids[mail_id] = (entry, name)
-            entry.eml.append((mail_id, name))
-        entry.eml_names = []
+                key = digest(mail_id)
+            self._taken.add(key)
+            assigned.append((mail_id, name))
+        return assigned
+
+    def close(self) -> None:
+        self._taken.close()
+        self._recent.clear()
 
 
 def _load_labels(path: Path) -> dict[str, tuple[str, ...]]:
@@ -209,12 +287,14 @@ def _load_labels(path: Path) -> dict[str, tuple[str, ...]]:
 
 
 def _build_index(user_dir: Path) -> _UserIndex:
-    """Everything needed to list a user's mail and resolve its ids, from directory listings."""
+    """A user's days and mbox files, from listing their folders (not the days' contents)."""
     index = _UserIndex()
     for entry in _sorted_entries(user_dir):
         if is_valid_name(entry.name) and entry.is_dir():
             _scan_folder(index, entry.name, entry.path)
-    _assign_ids(index)
+    index.order = sorted(index.days)
+    index.position = {key: n for n, key in enumerate(index.order)}
+    _mbox_owners(index)
     index.labels = _load_labels(user_dir / LABELS_FILE)
     return index
 
@@ -230,7 +310,15 @@ class FileMailStore:
 
     def refresh(self) -> None:
         """Forget what was read of the archive, to see changes made since."""
+        for index in self._indexes.values():
+            if index.walker is not None:
+                index.walker.close()
         self._indexes.clear()
+
+    def _walker(self, index: _UserIndex) -> _IdWalker:
+        if index.walker is None:
+            index.walker = _IdWalker(index)
+        return index.walker
 
     def _check_root(self) -> None:
         if not self.root.is_dir():
@@ -296,10 +384,16 @@ class FileMailStore:
         wanted = None if days is None else {check_day(day) for day in days}
         for user in names:
             index = self._index(user)
-            for (folder_name, day), entry in sorted(index.days.items()):
+            for key in index.order:
+                folder_name, day = key
                 if folder not in (None, folder_name) or (wanted is not None and day not in wanted):
                     continue
-                yield Partition(user, folder_name, day, _size_up(entry))
+                try:
+                    size = _size_up(index.days[key])
+                except OSError as error:
+                    where = f"{user}/{folder_name}/{day}"
+                    raise MailStoreUnavailable(f"cannot list {where}: {error}") from error
+                yield Partition(user, folder_name, day, size)
 
     def messages(self, partition: Partition) -> Iterator[StoredMessage]:
         return self.messages_where(partition, None)
@@ -329,9 +423,13 @@ class FileMailStore:
         complete = False
         try:
             directory = entry.directory
-            stamps, entry.stamps = entry.stamps or _stamps(entry), None
-            table = cache.fields_table(name for _, name in entry.eml)
-            for position, (mail_id, name) in enumerate(entry.eml):
+            ids = self._walker(index).ids((entry.folder, entry.day))
+            names = tuple(name for _, name in ids)
+            sized, entry.sized = entry.sized, None
+            same = sized is not None and sized[0] == hash(names)  # listed alike when sized
+            stamps = sized[1] if sized is not None and same else _stamps(entry, names)
+            table = cache.fields_table(names)
+            for position, (mail_id, name) in enumerate(ids):
                 stamp = (stamps[2 * position], stamps[2 * position + 1])
                 if stamp[0] < 0:
                     continue
@@ -402,22 +500,40 @@ class FileMailStore:
         except OSError as error:
             raise MailStoreUnavailable(f"cannot read {path}: {error}") from error
 
-    def message(self, user: str, mail_id: str) -> StoredMessage:
-        """The mail of `user` with that id; `UnknownMail` if there is none."""
+    def message(
+        self, user: str, mail_id: str, folder: str | None = None, day: str | None = None
+    ) -> StoredMessage:
+        """The mail of `user` with that id; `UnknownMail` if there is none.
+
+        `folder` and `day` (as a result set gives them) say where to look first; without them
+        an `.eml` id is looked for day by day.
+        """
         index = self._index(user)
         if not isinstance(mail_id, str) or not is_id_shaped(mail_id):
             raise UnknownMail(str(mail_id), user)
-        found = index.eml_ids.get(mail_id)
-        if found is not None:
-            day_entry, name = found
-            path = f"{day_entry.directory}/{name}"
-            size = _file_size(path)
-            if size is None:
-                raise UnknownMail(mail_id, user)
-            folder, day = _place_of(day_entry)
-            partition = Partition(user, folder, day, 0)
-            return StoredMessage(self._base(partition, mail_id, size, index), path)
-        return self._mbox_message(index, user, mail_id)
+        if _could_be_mbox_id(mail_id, index):
+            return self._mbox_message(index, user, mail_id)
+        found = self._hinted(index, mail_id, folder, day) or self._walker(index).find(mail_id)
+        if found is None:
+            raise UnknownMail(mail_id, user)
+        entry, name = found
+        path = f"{entry.directory}/{name}"
+        size = _file_size(path)
+        if size is None:
+            raise UnknownMail(mail_id, user)
+        partition = Partition(user, entry.folder, entry.day, 0)
+        return StoredMessage(self._base(partition, mail_id, size, index), path)
+
+    def _hinted(
+        self, index: _UserIndex, mail_id: str, folder: str | None, day: str | None
+    ) -> tuple[_Day, str] | None:
+        entry = index.days.get((folder, day)) if folder and day else None
+        if entry is None or entry.directory is None:
+            return None
+        for candidate, name in self._walker(index).ids((entry.folder, entry.day)):
+            if candidate == mail_id:
+                return entry, name
+        return None
 
     def _mbox_message(self, index: _UserIndex, user: str, mail_id: str) -> StoredMessage:
         match = _MBOX_ID.fullmatch(mail_id)
@@ -453,12 +569,6 @@ class FileMailStore:
             raise MailStoreUnavailable(f"cannot read mail {mail_id!r}: {error}") from error
 
 
-def _place_of(wanted: _Day) -> tuple[str, str]:
-    """(folder, day) of a day folder."""
-    directory = Path(wanted.directory)
-    return directory.parent.name, directory.name
-
-
 def _file_size(path: str) -> int | None:
     try:
         return os.stat(path).st_size
@@ -466,11 +576,11 @@ def _file_size(path: str) -> int | None:
         return None
 
 
-def _stamps(entry: _Day) -> array[int]:
-    """(size, mtime_ns) of each `.eml` file of a day, flat; (-1, -1) for one gone since."""
+def _stamps(entry: _Day, names: Sequence[str]) -> array[int]:
+    """(size, mtime_ns) of each named `.eml` file of a day, flat; (-1, -1) for one gone since."""
     stamps = array("q")
     directory = entry.directory
-    for _, name in entry.eml:
+    for name in names:
         try:
             status = os.stat(f"{directory}/{name}")
             stamps.extend((status.st_size, status.st_mtime_ns))
@@ -480,9 +590,11 @@ def _stamps(entry: _Day) -> array[int]:
 
 
 def _size_up(entry: _Day) -> int:
-    """Bytes of mail in a day, keeping the stamps for reading it."""
-    entry.stamps = _stamps(entry)
-    size = sum(max(size, 0) for size in entry.stamps[::2])
+    """Bytes of mail in a day, keeping its listing and stamps for reading it."""
+    names = _eml_names(entry)
+    stamps = _stamps(entry, names)
+    entry.sized = (hash(names), stamps)
+    size = sum(max(size, 0) for size in stamps[::2])
     if entry.mbox is not None:
         size += _file_size(entry.mbox) or 0
     return size

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import tracemalloc
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
@@ -130,3 +131,36 @@ def test_mail_gone_before_it_is_read_is_skipped(store: FileMailStore) -> None:
 def test_unknown_group_fails_before_any_result_is_asked_for(store: FileMailStore) -> None:
     with pytest.raises(CriterionError, match="criterion.group"):
         search(store, Criterion.from_json({"group": "nobody"}), lambda done, total: None)
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["no header cache", "header cache"])
+def test_search_memory_does_not_grow_with_the_number_of_mails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: bool
+) -> None:
+    # A small limit, so that a few thousand mails show what a million would.
+    monkeypatch.setattr(importlib.import_module("tasks.mailstore.store"), "IDS_IN_MEMORY", 500)
+
+    def peak(days: int) -> int:
+        root = tmp_path / f"archive{days}"
+        for n in range(days):
+            for i in range(100):
+                put(
+                    root,
+                    f"u/_ARCHIVE_/2017{1 + n // 28:02d}{1 + n % 28:02d}/M{n}_{i}.eml",
+                    b"From: a@example.com\nSubject: s%d\n\nbody\n" % i,
+                )
+        index = tmp_path / f"index{days}" if cached else None
+        criterion = Criterion.from_json({"subject": "s1"})
+        list(search(FileMailStore(root, index), criterion, lambda done, total: None))
+        tracemalloc.start()
+        try:
+            found = sum(1 for _ in search(FileMailStore(root, index), criterion, lambda d, t: None))
+            assert found == 11 * days
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    few, many = peak(10), peak(40)
+    # What stays per mail is its size and mtime until its day is read: 16 bytes. Holding the
+    # user's ids and file names, as a whole-archive index would, costs some 300 bytes a mail.
+    assert many - few < 3_000 * 40, f"{few} -> {many} bytes from 1,000 to 4,000 mails"

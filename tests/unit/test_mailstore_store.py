@@ -18,6 +18,7 @@ from tasks.mailstore import (
     UnknownMail,
 )
 from tasks.mailstore import message as message_module
+from tasks.mailstore import store as store_module
 
 
 def mail(subject: bytes | str = "hello", *, headers: bytes = b"", body: bytes = b"Hi.\n") -> bytes:
@@ -359,3 +360,38 @@ def test_message_body_and_attachment_are_lazy(root: Path) -> None:
     assert first._parsed is False
     assert first.body_text() == "Hi.\n"
     assert first.has_attachment() is False
+
+
+def _clashing_archive(root: Path) -> None:
+    for day in ("20170101", "20170102", "20170103"):
+        for folder in ("a", "b"):
+            for stem in ("x", "y", f"{day}.x", "odd name"):
+                put(root, f"u/{folder}/{day}/{stem}.eml", mail(f"{folder} {day} {stem}"))
+    put(root, "u/a/20170102.mbox", mbox(mail("mbox 1"), mail("mbox 2")))
+
+
+@pytest.mark.parametrize("in_memory", [200_000, 3], ids=["ids in memory", "ids on disk"])
+def test_every_id_finds_its_mail_in_any_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, in_memory: int
+) -> None:
+    monkeypatch.setattr(store_module, "IDS_IN_MEMORY", in_memory)
+    _clashing_archive(tmp_path)
+    lister = FileMailStore(tmp_path)
+    listed = {
+        message.summary.id: (message.summary.folder, message.summary.day, message.summary.subject)
+        for partition in lister.partitions(["u"])
+        for message in lister.messages(partition)
+    }
+    assert len(listed) == 26
+    assert listed["x"] == ("a", "20170101", "a 20170101 x")
+    assert listed["b.20170102.x"] == ("b", "20170102", "b 20170102 x")
+    backwards = sorted(listed, reverse=True)
+    store = FileMailStore(tmp_path)  # one store, asked out of order: its walk starts again
+    for mail_id in backwards:
+        assert store.summary("u", mail_id).subject == listed[mail_id][2]
+        folder, day, subject = listed[mail_id]
+        assert store.message("u", mail_id, folder, day).summary.subject == subject
+    # A wrong hint only costs a longer look: ids are never taken from it.
+    assert store.message("u", "x", "b", "20170103").summary.subject == "a 20170101 x"
+    with pytest.raises(UnknownMail):
+        store.message("u", "b.20170104.x", "b", "20170104")
