@@ -158,26 +158,26 @@ class ResultSet:
             raise _damaged(self.retrieve_id, "it ends inside the mails list")
 
     def pick(self, wanted: list[str]) -> Iterator[dict[str, Any]]:
-        """The mails, or the `wanted` ids of them in that order; an unknown id is an error
-        naming it (raised before any mail is returned)."""
+        """The mails, or those of the `wanted` ids (each once), in the result set's order (the
+        archive's: the store finds them fastest so); an unknown id is an error naming it,
+        raised before any mail is returned."""
         if not wanted:
             yield from self.mails()
             return
-        order = dict.fromkeys(wanted)
-        by_id: dict[str, dict[str, Any]] = {}
-        for mail in self.mails():
-            mail_id = str(mail.get("id"))
-            if mail_id in order:
-                by_id.setdefault(mail_id, mail)
-        missing = [m for m in order if m not in by_id]
+        asked = set(wanted)
+        found = {str(mail.get("id")) for mail in self.mails()} & asked
+        missing = [m for m in dict.fromkeys(wanted) if m not in found]
         if missing:
             shown = ", ".join(repr(m) for m in missing[:10]) + (" ..." if len(missing) > 10 else "")
             raise TaskFailed(
                 f"field 'mails': {shown} not in result set {self.retrieve_id!r}; "
                 "pick ids from its mails list"
             )
-        for mail_id in order:
-            yield by_id[mail_id]
+        for mail in self.mails():
+            mail_id = str(mail.get("id"))
+            if mail_id in asked:
+                asked.discard(mail_id)
+                yield mail
 
 
 def read_result_set(path: Path, retrieve_id: str, user_id: str) -> dict[str, Any]:
