@@ -15,12 +15,14 @@ host; deleting it costs one slow search per partition.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import logging
 import os
 import pickle
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,6 +30,8 @@ from typing import Any, NamedTuple
 log = logging.getLogger(__name__)
 
 FORMAT = ("taskd-mail-index", 1)
+STALE_TEMP_S = 600
+"""A temp file this old beside a cache file is a killed writer's, not one being written."""
 """Written first in every file; anything else is read as an empty cache."""
 
 
@@ -174,6 +178,16 @@ def _write(path: str, data: bytes) -> None:
     except BaseException:
         Path(temp).unlink(missing_ok=True)
         raise
+    _sweep(folder, f".{name}.", time.time() - STALE_TEMP_S)
+
+
+def _sweep(folder: str, prefix: str, before: float) -> None:
+    """Remove temp files of this cache file that a killed writer left behind."""
+    with contextlib.suppress(OSError), os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(prefix) and entry.stat().st_mtime < before:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 class MailIndex:

@@ -201,3 +201,18 @@ def test_two_archives_do_not_share_entries(archive: Path, tmp_path: Path) -> Non
     found(FileMailStore(archive, index))
     assert found(FileMailStore(tmp_path / "other", index), subject="hoho") == [("A1", "hoho first")]
     assert len(list(index.iterdir())) == 2
+
+
+def test_temp_files_of_killed_writers_are_swept(archive: Path, tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    found(FileMailStore(archive, index))
+    (cache_file,) = index.rglob("20171025.eml")
+    stale = cache_file.with_name(f".{cache_file.name}.dead1")
+    fresh = cache_file.with_name(f".{cache_file.name}.busy2")
+    for leftover in (stale, fresh):
+        leftover.write_bytes(b"half a cache file")
+    os.utime(stale, (0, 0))
+    (archive / "yukoh" / "_ARCHIVE_" / "20171025" / "A9.eml").write_bytes(mail("new"))
+    found(FileMailStore(archive, index))  # a new mail: the day's cache file is written again
+    assert not stale.exists()
+    assert fresh.exists()  # it may be another worker's, being written now
