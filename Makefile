@@ -53,8 +53,7 @@ typecheck: install
 	$(BIN)/mypy
 
 bench: install redis-server
-	$(BIN)/python bench/bench_pack.py
-	$(BIN)/python bench/bench_retrms.py
+	$(BIN)/python -m bench
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache *.egg-info

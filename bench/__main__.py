@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench import e2e, idle, intake, mirror, plots, scripts
-from bench.common import Outcome, Stack, stack, table
+from bench.common import DEFAULT_WORKDIR, Outcome, Stack, stack, table
 
 DEFAULT_PLOTS = Path(__file__).resolve().parents[1] / "docs" / "img"
 
@@ -50,6 +50,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help=f"where to write the PNG plots (default {DEFAULT_PLOTS}; none with --quick)",
     )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=DEFAULT_WORKDIR,
+        help=f"where the data roots and redis-server live (default {DEFAULT_WORKDIR})",
+    )
     args = parser.parse_args(argv)
     only = [n.strip() for part in args.only for n in part.split(",") if n.strip()]
     unknown = sorted(set(only) - set(NAMES))
@@ -71,11 +77,11 @@ def machine() -> str:
     )
 
 
-def run_one(name: str, quick: bool, repeat: int) -> Outcome:
+def run_one(name: str, args: argparse.Namespace) -> Outcome:
     if name in SCRIPTS:
-        return SCRIPTS[name](quick)
-    with stack() as system:
-        return SYSTEM[name](system, quick, repeat)
+        return SCRIPTS[name](args.quick)
+    with stack(args.workdir) as system:
+        return SYSTEM[name](system, args.quick, args.repeat)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.only:
         print(f"\n== {name}", flush=True)
         begun = time.monotonic()
-        results[name] = run_one(name, args.quick, args.repeat)
+        results[name] = run_one(name, args)
         for note in results[name].notes:
             print(f"  {note}", flush=True)
         print(f"  ({time.monotonic() - begun:.0f} s)", flush=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import (
@@ -107,27 +106,53 @@ def straight(system: Stack, root: Path, n: int, bare: bool) -> float:
     return n / elapsed
 
 
-Contender = Callable[[], float]
+RATES = ("bridge", "direct", "bare")
+_measured: dict[int, list[Round]] = {}  # worker processes -> rounds of this invocation
 
 
-def one_round(system: Stack, root: Path, n: int, tag: str) -> dict[str, float]:
-    contenders: dict[str, Contender] = {
-        "bridge": lambda: through_bridge(system, root, f"{tag}", n),
-        "direct": lambda: straight(system, root, n, bare=False),
-        "bare": lambda: straight(system, root, n, bare=True),
-    }
-    return {name: fn() for name, fn in contenders.items()}
+class Round:
+    """Jobs a second of each contender in one round, and the CPU each process spent on it."""
+
+    def __init__(self) -> None:
+        self.rates: dict[str, float] = {}
+        self.cpu: dict[str, dict[str, float]] = {}
+
+
+def one_round(system: Stack, root: Path, n: int, user: str, pids: dict) -> Round:
+    out = Round()
+    for name in RATES:
+        meters = Meters(system, pids)
+        meters.start()
+        if name == "bridge":
+            out.rates[name] = through_bridge(system, root, user, n)
+        else:
+            out.rates[name] = straight(system, root, n, bare=name == "bare")
+        out.cpu[name] = meters.stop()
+    return out
+
+
+def rounds(system: Stack, n: int, concurrency: int, repeat: int) -> list[Round]:
+    """`repeat` rounds against one bridge and one worker of `concurrency` processes."""
+    users = [f"{10 * concurrency + i}" for i in range(repeat)]
+    root = system.new_root(users=users)
+    bridge = system.bridge(root)
+    worker = system.worker(root, concurrency=concurrency, name=f"c{concurrency}")
+    pids = {"bridge": (pid_of(bridge), False), "worker": (pid_of(worker), True)}
+    done = [one_round(system, root, n, user, pids) for user in users]
+    system.stop(worker)
+    system.stop(bridge)
+    _measured[concurrency] = done
+    return done
+
+
+def size(quick: bool) -> int:
+    return 300 if quick else 5000
 
 
 def run(system: Stack, quick: bool, repeat: int) -> Outcome:
-    n = 300 if quick else 5000
-    root = system.new_root()
-    system.bridge(root)
-    system.worker(root, concurrency=2)
-    rounds = [one_round(system, root, n, f"{10 + i}") for i in range(repeat)]
-    ours = [r["bridge"] for r in rounds]
-    direct = [r["direct"] for r in rounds]
-    bare = [r["bare"] for r in rounds]
+    n = size(quick)
+    done = rounds(system, n, 2, repeat)
+    ours, direct, bare = ([r.rates[k] for r in done] for k in RATES)
     ratio = median(ours) / median(direct)
     rows = [
         Row(
@@ -151,55 +176,38 @@ def run(system: Stack, quick: bool, repeat: int) -> Outcome:
     ]
     for row in rows:
         print(describe(row), flush=True)
-    return Outcome(rows=rows, series={"e2e": {"bridge": ours, "direct": direct, "bare": bare}})
+    notes = [cpu_note(2, n, done[0])]
+    return Outcome(rows=rows, notes=notes)
 
 
-def measured_round(system: Stack, root: Path, n: int, concurrency: int) -> tuple[dict, dict]:
-    """One round with CPU meters on every process: rates, and core-seconds per contender."""
-    bridge = system.bridge(root)
-    worker = system.worker(root, concurrency=concurrency, name=f"c{concurrency}")
-    pids = {"bridge": (pid_of(bridge), False), "worker": (pid_of(worker), True)}
-    rates: dict[str, float] = {}
-    cpu: dict[str, dict[str, float]] = {}
-    for name in ("bridge", "direct", "bare"):
-        meters = Meters(system, pids)
-        meters.start()
-        if name == "bridge":
-            rates[name] = through_bridge(system, root, f"{20 + concurrency}", n)
-        else:
-            rates[name] = straight(system, root, n, bare=name == "bare")
-        cpu[name] = meters.stop()
-    system.stop(worker)
-    system.stop(bridge)
-    return rates, cpu
-
-
-def cpu_note(concurrency: int, n: int, rates: dict[str, float], cpu: dict) -> str:
+def cpu_note(concurrency: int, n: int, one: Round) -> str:
     parts = []
     for name in ("bridge", "direct"):
-        per = {k: 1000 * v / n for k, v in cpu[name].items()}
-        wall = n / rates[name]
-        total = sum(cpu[name].values()) / wall
+        per = {k: 1000 * v / n for k, v in one.cpu[name].items()}
+        wall = n / one.rates[name]
+        total = sum(one.cpu[name].values()) / wall
         split = ", ".join(f"{k} {v:.2f}" for k, v in per.items())
         parts.append(f"{name}: CPU s per 1,000 tasks: {split}; machine busy {total:.2f} cores")
-    return f"-c {concurrency}: " + "; ".join(parts)
+    return f"-c {concurrency} (first round): " + "; ".join(parts)
 
 
 def run_scaling(system: Stack, quick: bool, repeat: int) -> Outcome:
-    n = 300 if quick else 3000
+    """1 and 2 worker processes, one round each (the end-to-end rounds when they ran)."""
+    n = size(quick)
     out = Outcome(series={"scaling": {}})
     for concurrency in (1, 2):
-        rates, cpu = measured_round(system, system.new_root(), n, concurrency)
+        done = _measured.get(concurrency) or rounds(system, n, concurrency, 1)
+        one = done[0]
         row = Row(
             "scaling",
             f"{n:,} NOOP tasks, 1 worker -c {concurrency}",
-            [rates["bridge"]],
+            [one.rates["bridge"]],
             "tasks/s",
-            [rates["direct"]],
+            [one.rates["direct"]],
             "straight to Celery",
         )
-        print(describe(row) + f"; bare Celery {rates['bare']:.0f}/s", flush=True)
+        print(describe(row) + f"; bare Celery {one.rates['bare']:.0f}/s", flush=True)
         out.rows.append(row)
-        out.series["scaling"][concurrency] = {"rates": rates, "cpu": cpu, "n": n}
-        out.notes.append(cpu_note(concurrency, n, rates, cpu))
+        out.series["scaling"][concurrency] = {"rates": one.rates, "cpu": one.cpu, "n": n}
+        out.notes.append(cpu_note(concurrency, n, one))
     return out

@@ -1,25 +1,27 @@
 """The least an intake can do, as a process of its own: the intake latency's baseline.
 
-On each inotify close-after-write of a new task file (through watchdog, as the bridge), it reads
-the file, parses it, writes it back with the bridge's fields through a temp file (fsync, rename)
-and renames it `<stem>-0.NOOP`, then fsyncs the directory: the bridge's durable steps, nothing
-else. `python -m bench.floor DIR` runs until SIGTERM.
+It reads inotify itself (IN_CLOSE_WRITE, through libc: no library's event grouping) and, for each
+new task file closed after writing, reads and parses it, writes it back with the bridge's fields
+through a temp file (fsync, rename), renames it `<stem>-0.NOOP` and fsyncs the directory: the
+bridge's durable steps, nothing else. `python -m bench.floor DIR` runs until SIGTERM.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import os
+import select
 import signal
+import struct
 import sys
-import threading
 import uuid
 from pathlib import Path
 
-from watchdog.events import FileClosedEvent, FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
-
 TEMP_SUFFIX = ".taskd-tmp"
+IN_CLOSE_WRITE = 0x08
+EVENT = struct.Struct("iIII")
 
 
 def take(path: Path) -> None:
@@ -41,27 +43,35 @@ def take(path: Path) -> None:
         os.close(dir_fd)
 
 
-class _Handler(FileSystemEventHandler):
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if not isinstance(event, FileClosedEvent):
-            return
-        path = Path(os.fsdecode(event.src_path))
-        if path.name.startswith(".") or "-" in path.stem or not path.exists():
-            return
-        take(path)
+def events(fd: int) -> list[str]:
+    """Names closed after writing, from one read of the inotify descriptor."""
+    buf = os.read(fd, 65536)
+    names, offset = [], 0
+    while offset < len(buf):
+        _, mask, _, length = EVENT.unpack_from(buf, offset)
+        raw = buf[offset + EVENT.size : offset + EVENT.size + length]
+        offset += EVENT.size + length
+        if mask & IN_CLOSE_WRITE:
+            names.append(raw.rstrip(b"\0").decode())
+    return names
 
 
 def main(argv: list[str]) -> int:
-    root = Path(argv[0])
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    observer = Observer()
-    observer.schedule(_Handler(), str(root), recursive=True)
-    observer.start()
+    directory = Path(argv[0])
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fd = libc.inotify_init1(os.O_CLOEXEC)
+    if fd < 0 or libc.inotify_add_watch(fd, os.fsencode(directory), IN_CLOSE_WRITE) < 0:
+        raise OSError(ctypes.get_errno(), "inotify")
+    stopping: list[bool] = []
+    signal.signal(signal.SIGTERM, lambda *_: stopping.append(True))
     print("ready", flush=True)
-    stop.wait()
-    observer.stop()
-    observer.join(5)
+    while not stopping:
+        if not select.select([fd], [], [], 0.2)[0]:
+            continue
+        for name in events(fd):
+            path = directory / name
+            if not name.startswith(".") and "-" not in path.stem and path.exists():
+                take(path)
     return 0
 
 
