@@ -112,7 +112,7 @@ def table(rows: list[Row]) -> list[str]:
         ratio = f"{row.ratio:.2f}" if row.ratio is not None else ""
         base = f"{spread(row.base)} ({row.base_name})" if row.base else row.base_name
         cells = (row.bench, row.what, f"{spread(row.ours)} {row.unit}", base, ratio, row.goal)
-        lines.append("| " + " | ".join((*cells, row.verdict)) + " |")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in (*cells, row.verdict)) + " |")
     return lines
 
 
