@@ -19,7 +19,7 @@ def _cdf(ax: Any, values: Sequence[float], label: str) -> None:
 def _latency(plt: Any, series: Mapping[str, Any], path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7, 4))
     _cdf(ax, series["intake_ms"], "bridge: closed -> renamed QUEUED")
-    _cdf(ax, series["floor_ms"], "floor: watchdog + read + fsync'd rewrite + rename")
+    _cdf(ax, series["floor_ms"], "floor: raw inotify + read + fsync'd rewrite + renames")
     ax.axvline(5, color="grey", linestyle=":", label="goals: p50 5 ms, p99 20 ms")
     ax.axvline(20, color="grey", linestyle=":")
     ax.set_xscale("log")
