@@ -7,6 +7,7 @@ the HTTP thread (bridge/web.py) only reads the snapshot this loop leaves in `met
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import threading
@@ -91,6 +92,8 @@ class Bridge:
         self.write_errors: set[str] = set()  # jobs whose file could not be written (logged once)
         self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
+        # Finished files by signature: a rescan stats them instead of reading them again.
+        self.settled: dict[Path, tuple[int, int, int, int]] = {}
         self.redis_ok = True
         self.metrics = metrics.Metrics(settings.mirror_interval)
         self._retry_redis_at = 0.0
@@ -151,10 +154,13 @@ class Bridge:
         self.handle(watch.Seen(watch.CHANGED, dest), now)
 
     def intake_once(self, now: float) -> None:
+        """Take, reject or adopt what is ready. Files taken in one pass share a directory
+        fsync and two Redis round trips; none is published before all are durable."""
+        taken: list[Tracked] = []
         for path in list(self.intake.pending):
             try:
                 decision = self.intake.consider(path, now)
-                self._carry_out(path, decision, now)
+                self._carry_out(path, decision, now, taken)
             except OSError as exc:
                 log.error("cannot take %s now (%s); trying again", path, exc, extra=_path_ids(path))
                 continue
@@ -166,16 +172,46 @@ class Bridge:
                 continue
             if decision.action != intake.WAIT:
                 self.intake.forget(path)
+        if taken:
+            self._publish_taken(taken, now)
 
-    def _carry_out(self, path: Path, decision: intake.Decision, now: float) -> None:
+    def _publish_taken(self, taken: list[Tracked], now: float) -> None:
+        for directory in {task.path.parent for task in taken}:
+            try:
+                files.fsync_dir(directory)
+            except OSError as exc:
+                log.error("cannot fsync %s (%s); publishing anyway", directory, exc)
+        due: list[Tracked] = []
+        for task in taken:
+            self.publish_when_due(task, Known(None, None), now, due)
+        if due:
+            self._redis(now, lambda: self.publisher.publish_many(due))
+        for task in due:
+            self._after_publish(task)
+
+    def _carry_out(
+        self,
+        path: Path,
+        decision: intake.Decision,
+        now: float,
+        taken: list[Tracked] | None = None,
+    ) -> None:
         if decision.action == intake.TAKE:
-            self.take(path, decision, now)
+            self.take(path, decision, now, taken)
         elif decision.action == intake.REJECT:
             self.reject(path, decision)
         elif decision.action == intake.ADOPT:
             self.adopt(path, decision.fields)
 
-    def take(self, path: Path, decision: intake.Decision, now: float) -> None:
+    def take(
+        self,
+        path: Path,
+        decision: intake.Decision,
+        now: float,
+        taken: list[Tracked] | None = None,
+    ) -> None:
+        """Rewrite and rename a new file, then publish its job; with `taken`, the caller fsyncs
+        the directory and publishes, once for all the files of its pass."""
         name, task_type = decision.name, decision.verdict.task_type
         assert name is not None and task_type is not None
         fields = contract.merge(
@@ -196,12 +232,15 @@ class Bridge:
             clash = f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
             self.reject(path, intake.Decision(intake.REJECT, name, decision.verdict), clash)
             return
-        files.rewrite_then_rename(path, new_path, contract.dump(fields))
+        files.rewrite_then_rename(path, new_path, contract.dump(fields), sync_dir=taken is None)
         task = Tracked(name.user, name.stem, task_type, new_path, fields, last_write=now)
         self.table.add(task)
         self.metrics.count(metrics.TAKEN)
         log.info("took %s as job %s", new_path.name, task.job_id, extra=_ids(task))
-        self.publish_when_due(task, Known(None, None), now)
+        if taken is not None:
+            taken.append(task)
+        else:
+            self.publish_when_due(task, Known(None, None), now)
 
     def reject(self, path: Path, decision: intake.Decision, error: str | None = None) -> None:
         name = decision.name
@@ -228,6 +267,10 @@ class Bridge:
     def adopt(self, path: Path, fields: dict[str, Any]) -> None:
         """A file the bridge took before (it restarted): mirror it again if still active."""
         if fields.get(states.STATE) in states.TERMINAL:
+            with contextlib.suppress(OSError):
+                sig = files.signature(path)
+                if sig is not None:
+                    self.settled[path] = sig
             return
         task_type = self.types.get(path.suffix[1:])
         user = path.parent.name
@@ -349,8 +392,11 @@ class Bridge:
         self.metrics.count(metrics.REPUBLISHED, metrics.WORKER_LOST)
         self._redis(now, lambda: self.publisher.recover(task, attempt))
 
-    def publish_when_due(self, task: Tracked, info: Known, now: float) -> None:
-        """Publish a job exactly once (and each retry once), when it is due."""
+    def publish_when_due(
+        self, task: Tracked, info: Known, now: float, batch: list[Tracked] | None = None
+    ) -> None:
+        """Publish a job exactly once (and each retry once), when it is due; a first try is
+        added to `batch` instead, when given, for the caller to publish with others."""
         orphaned_for = self._orphaned_for(task, info, now)
         decision = schedule.decide(
             task.fields, info, datetime.now(UTC), orphaned_for, self.settings.recovery_grace
@@ -377,7 +423,13 @@ class Bridge:
                 extra=_ids(task),
             )
             self.metrics.count(metrics.REPUBLISHED, metrics.REDIS_LOST)
+        if batch is not None and decision.attempt == 0 and not task.published:
+            batch.append(task)
+            return
         self._redis(now, lambda: self.publisher.publish(task, decision.attempt))
+        self._after_publish(task)
+
+    def _after_publish(self, task: Tracked) -> None:
         if task.published and task.type is self.notifier.kind:
             # From now on a notify job counts as started: if Redis loses it, the bridge waits
             # the recovery grace for a worker still sending it to take its lease back.
@@ -438,19 +490,34 @@ class Bridge:
     def rescan_once(self, now: float) -> None:
         """Catch what events missed: new files, deleted tasks, jobs whose files are gone."""
         self.metrics.count(metrics.RESCANS)
+        settled: dict[Path, tuple[int, int, int, int]] = {}
         for path in watch.scan(self.settings.task_queue):
             if contract.is_notify_mail(path.name):
                 self.mails.setdefault(path, (now, True))
             elif is_sent_marker(path.name):
                 self._settle_marker(path)
-            elif path not in self.table.by_path:
+            elif path not in self.table.by_path and not self._still_settled(path, settled):
                 self.intake.note(path, now)
+        self.settled = settled  # files gone since are forgotten
         for task in list(self.table.by_job.values()):
             if not task.path.exists():
                 self.cancel(task, now)
         self._sweep_leftovers()
         self.intake_once(now)
         self.mails_once(now)
+
+    def _still_settled(self, path: Path, settled: dict[Path, tuple[int, int, int, int]]) -> bool:
+        """Whether a finished file is as it was when last read (then it needs no reading)."""
+        known = self.settled.get(path)
+        if known is None:
+            return False
+        try:
+            unchanged = files.signature(path) == known
+        except OSError:
+            return False
+        if unchanged:
+            settled[path] = known
+        return unchanged
 
     def _sweep_leftovers(self) -> None:
         """Remove temp files of a process killed mid-write. This bridge writes only on this

@@ -61,10 +61,20 @@ def read_regular(path: Path, limit: int) -> bytes:
         raise TooLarge(st.st_size, limit)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
-        with os.fdopen(fd, "rb", closefd=False) as handle:
-            data = handle.read(limit + 1)
+        # Plain reads sized from fstat: a rescan reads thousands of small files, and a
+        # buffered file object costs more than the read (one byte more shows a file grown).
+        chunks: list[bytes] = []
+        wanted = limit + 1
+        while wanted > 0:
+            chunk = os.read(fd, min(wanted, max(st.st_size + 1, 4096)))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            wanted -= len(chunk)
+        data = b"".join(chunks)
     finally:
         os.close(fd)
     if len(data) > limit:
@@ -79,7 +89,7 @@ def read_all(path: Path) -> bytes:
         return handle.read()
 
 
-def atomic_write(path: Path, data: bytes, durable: bool) -> None:
+def atomic_write(path: Path, data: bytes, durable: bool, sync_dir: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{BRIDGE_TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
@@ -92,7 +102,7 @@ def atomic_write(path: Path, data: bytes, durable: bool) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if durable:
+    if durable and sync_dir:
         fsync_dir(path.parent)
 
 
@@ -113,12 +123,17 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
-def rewrite_then_rename(old: Path, new: Path, data: bytes) -> None:
+def rewrite_then_rename(old: Path, new: Path, data: bytes, sync_dir: bool = True) -> None:
     """Taking a new file: the content must carry the task-id before the name stops saying it.
 
     Were the bridge killed between the two steps, the file keeps its name and already says what
     it is; the other order would leave a renamed file nobody could trace back to its task-id.
+    The content is fsynced before either rename; the directory is fsynced at the end, or, with
+    `sync_dir=False`, by the caller once for a batch of files (before it acts on any of them):
+    the file system applies the two renames in order, so no crash shows the second without
+    the first.
     """
-    atomic_write(old, data, durable=True)
+    atomic_write(old, data, durable=True, sync_dir=False)
     rename_noreplace(old, new)
-    fsync_dir(new.parent)
+    if sync_dir:
+        fsync_dir(new.parent)

@@ -37,25 +37,44 @@ class Publisher:
 
     def publish(self, task: Tracked, attempt: int = 0) -> None:
         """Record, then send; `attempt` is the retry this sends (0 for the first try)."""
-        job_id = task.job_id
+        self.publish_many([task], attempt)
+
+    def publish_many(self, tasks: list[Tracked], attempt: int = 0) -> None:
+        """`publish` for several jobs: one round trip records them all as `publishing`, then
+        each message is sent, then one round trip records them `published`.  A crash part way
+        leaves records saying `publishing`, which reconcile looks into (module docstring)."""
+        if not tasks:
+            return
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                states.job_key(job_id),
-                mapping={
-                    "status": states.JOB_PUBLISHING,
-                    states.JOB_ATTEMPT: attempt,
-                    "user": task.user,
-                    "task-id": task.task_id,
-                    "type": task.type.name,
-                },
-            )
-            pipe.sadd(states.KEY_ACTIVE, job_id)
+            for task in tasks:
+                pipe.hset(
+                    states.job_key(task.job_id),
+                    mapping={
+                        "status": states.JOB_PUBLISHING,
+                        states.JOB_ATTEMPT: attempt,
+                        "user": task.user,
+                        "task-id": task.task_id,
+                        "type": task.type.name,
+                    },
+                )
+            pipe.sadd(states.KEY_ACTIVE, *[task.job_id for task in tasks])
             pipe.execute()
+        with self.app.producer_or_acquire() as producer:
+            for task in tasks:
+                self._send(task, attempt, producer)
+        with self.client.pipeline(transaction=False) as pipe:
+            for task in tasks:
+                pipe.hset(states.job_key(task.job_id), "status", states.JOB_PUBLISHED)
+            pipe.execute()
+        for task in tasks:
+            task.published = True
+
+    def _send(self, task: Tracked, attempt: int, producer: Any) -> None:
         priority = task.fields.get("priority")
         self.app.send_task(
             task.type.task,
             args=[{**task.spec(), states.RETRIES: attempt}],
-            task_id=job_id,
+            task_id=task.job_id,
             queue=task.type.queue,
             # The default (anonymous) exchange routes by queue name alone. A named exchange
             # needs its bindings, which a Redis that came back empty has lost until a worker
@@ -68,9 +87,8 @@ class Publisher:
             # What Flower shows as the job's kwargs (the task takes none): ops find "user 3,
             # task 0001" with the search `kwargs:user-id=3 kwargs:task-id=0001`.
             kwargsrepr=repr(job_label(task)),
+            producer=producer,
         )
-        self.client.hset(states.job_key(job_id), "status", states.JOB_PUBLISHED)
-        task.published = True
 
     def known(self, job_ids: Iterable[str]) -> tuple[dict[str, Known], str]:
         """What Redis knows of each job, and its run_id (which changes when it restarts).

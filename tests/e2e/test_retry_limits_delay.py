@@ -79,8 +79,10 @@ def test_bad_run_at_is_rejected_naming_the_field(bridge: BridgeProc, drop: Drop)
 
 
 def test_priority_orders_queued_tasks_of_one_type(bridge: BridgeProc, drop: Drop) -> None:
+    # Busy tasks that end one after another: the first slot to come free must take "high".
+    # (Were all four freed at once, four queued tasks would start together in any order.)
     for i in range(4):
-        drop.write(f"busy{i}.SLOW", {"type": "SLOW", "steps": 60, "step-seconds": 0.1})
+        drop.write(f"busy{i}.SLOW", {"type": "SLOW", "steps": 40 + 20 * i, "step-seconds": 0.1})
     for i in range(4):
         drop.wait_state(f"busy{i}", "PROGRESS", timeout=15)
     for i in range(3):

@@ -1,0 +1,53 @@
+"""A rescan reads a finished task file once; afterwards it only checks that it is unchanged."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from bridge import files
+from bridge.daemon import Bridge
+from taskd.settings import Settings
+from taskd.tasktypes import load_types
+from tests.support.procs import SUPPORT_SCHEMAS
+
+
+def finished(directory: Path, task_id: str, state: str = "SUCCESS") -> Path:
+    fields = {"type": "SLOW", "task-id": task_id, "state": state, "progress": 100, "job-id": "j"}
+    path = directory / f"{task_id}-AB_100.SLOW"
+    path.write_text(json.dumps(fields), encoding="utf-8")
+    return path
+
+
+def test_finished_files_are_read_once_until_they_change(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_root=tmp_path, settle=0.0)
+    bridge = Bridge(settings, load_types([SUPPORT_SCHEMAS]), app=None, client=None)  # type: ignore[arg-type]
+    directory = settings.task_queue / "3"
+    directory.mkdir(parents=True)
+    paths = [finished(directory, f"t{n}") for n in range(20)]
+    reads: list[Path] = []
+    real_read = files.read_regular
+
+    def counting(path: Path, limit: int) -> bytes:
+        reads.append(path)
+        return real_read(path, limit)
+
+    monkeypatch.setattr(files, "read_regular", counting)
+    bridge.rescan_once(time.monotonic())
+    assert sorted(reads) == sorted(paths)  # the first look reads each one
+
+    reads.clear()
+    bridge.rescan_once(time.monotonic())
+    assert reads == []  # unchanged: a stat each, no read
+
+    paths[3].write_text(paths[3].read_text(encoding="utf-8") + " ", encoding="utf-8")
+    paths[5].unlink()
+    bridge.rescan_once(time.monotonic())
+    assert reads == [paths[3]]  # changed since: read again
+    assert paths[5] not in bridge.settled  # gone: forgotten
+    assert len(bridge.settled) == 19
