@@ -26,17 +26,16 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_retrms import NEEDLES, build_archive, forget_splits, warm_cache  # noqa: E402
 
-from tasks.mailstore import Criterion, FileMailStore, search  # noqa: E402
+from tasks.mailstore import Criterion, FileMailStore, MailSummary, search  # noqa: E402
 from tasks.pack import Member, build_targz  # noqa: E402
 
 MB = 1_000_000
@@ -95,34 +94,35 @@ def streamed_search(root: Path, query: dict[str, object], index: Path | None = N
     return sum(1 for _ in search(store, criterion, lambda done, total: None))
 
 
-def pack_inputs(root: Path) -> tuple[list[Member], list[dict[str, object]]]:
-    """Every mail of the archive as PACKMS would pack it: opened through the store, with rows."""
-    store = FileMailStore(root)
-    members: list[Member] = []
-    rows: list[dict[str, object]] = []
-    for mail in search(store, Criterion(), lambda done, total: None):
-        arcname = f"mails/{mail.id}.eml"
-        opener = _opener(store, mail.user, mail.id)
-        members.append(Member(arcname, mail.size, opener))
-        rows.append({**mail.to_json(), "arcname": arcname})
-    return members, rows
-
-
-def _opener(store: FileMailStore, user: str, mail_id: str) -> Callable[[], BinaryIO]:
-    return lambda: store.open(user, mail_id)
-
-
-def pack_all(members: list[Member], rows: list[dict[str, object]], out: Path) -> int:
+def pack_all(root: Path, out: Path) -> int:
+    """Pack every mail of the archive as PACKMS does: its mails read twice as a stream (sizes,
+    then members with their index rows), nothing listed ahead."""
+    forget_splits()
     out.unlink(missing_ok=True)
-    return build_targz(out, "archive", members, rows).bytes_out
+    store = FileMailStore(root)
+
+    def mails() -> Iterator[MailSummary]:
+        return search(store, Criterion(), lambda done, total: None)
+
+    total = sum(mail.size for mail in mails())
+
+    def members() -> Iterator[Member]:
+        for mail in mails():
+            message = store.message(mail.user, mail.id, mail.folder, mail.day)
+            row = mail.to_json()
+            yield Member(f"mails/{mail.id}.eml", message.raw_size, message.open, row=row)
+
+    result = build_targz(
+        out, "archive", members(), None, None, total, with_index=True, keep_names=False
+    )
+    return result.bytes_out
 
 
 def child(args: argparse.Namespace) -> int:
     root = Path(args.root)
     if args.measure == "pack":
-        members, rows = pack_inputs(root)
         out = Path(args.out)
-        result = measure(lambda: pack_all(members, rows, out))
+        result = measure(lambda: pack_all(root, out))
         out.unlink(missing_ok=True)
     else:
         query = json.loads(args.query)

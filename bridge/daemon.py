@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 import uuid
@@ -92,8 +93,9 @@ class Bridge:
         self.write_errors: set[str] = set()  # jobs whose file could not be written (logged once)
         self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
-        # Finished files by signature: a rescan stats them instead of reading them again.
-        self.settled: dict[Path, tuple[int, int, int, int]] = {}
+        # Finished files (path -> a hash of their signature): a rescan stats them instead of
+        # reading them again. Strings and ints: a tree of 100,000 finished files is the norm.
+        self.settled: dict[str, int] = {}
         self.redis_ok = True
         self.metrics = metrics.Metrics(settings.mirror_interval)
         self._retry_redis_at = 0.0
@@ -270,7 +272,7 @@ class Bridge:
             with contextlib.suppress(OSError):
                 sig = files.signature(path)
                 if sig is not None:
-                    self.settled[path] = sig
+                    self.settled[str(path)] = hash(sig)
             return
         task_type = self.types.get(path.suffix[1:])
         user = path.parent.name
@@ -490,14 +492,16 @@ class Bridge:
     def rescan_once(self, now: float) -> None:
         """Catch what events missed: new files, deleted tasks, jobs whose files are gone."""
         self.metrics.count(metrics.RESCANS)
-        settled: dict[Path, tuple[int, int, int, int]] = {}
-        for path in watch.scan(self.settings.task_queue):
-            if contract.is_notify_mail(path.name):
-                self.mails.setdefault(path, (now, True))
-            elif is_sent_marker(path.name):
-                self._settle_marker(path)
-            elif path not in self.table.by_path and not self._still_settled(path, settled):
-                self.intake.note(path, now)
+        settled: dict[str, int] = {}
+        for entry in watch.scan_entries(self.settings.task_queue):
+            if contract.is_notify_mail(entry.name):
+                self.mails.setdefault(Path(entry.path), (now, True))
+            elif is_sent_marker(entry.name):
+                self._settle_marker(Path(entry.path))
+            elif not self._still_settled(entry, settled):
+                path = Path(entry.path)
+                if path not in self.table.by_path:
+                    self.intake.note(path, now)
         self.settled = settled  # files gone since are forgotten
         for task in list(self.table.by_job.values()):
             if not task.path.exists():
@@ -506,17 +510,18 @@ class Bridge:
         self.intake_once(now)
         self.mails_once(now)
 
-    def _still_settled(self, path: Path, settled: dict[Path, tuple[int, int, int, int]]) -> bool:
+    def _still_settled(self, entry: os.DirEntry[str], settled: dict[str, int]) -> bool:
         """Whether a finished file is as it was when last read (then it needs no reading)."""
-        known = self.settled.get(path)
+        known = self.settled.get(entry.path)
         if known is None:
             return False
         try:
-            unchanged = files.signature(path) == known
+            st = entry.stat(follow_symlinks=False)
         except OSError:
             return False
+        unchanged = hash((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)) == known
         if unchanged:
-            settled[path] = known
+            settled[entry.path] = known
         return unchanged
 
     def _sweep_leftovers(self) -> None:

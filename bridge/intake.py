@@ -51,13 +51,15 @@ class Intake:
         self.types = types
         self.pending: dict[Path, Pending] = {}
         self._ignored: set[Path] = set()
+        self._root = str(settings.task_queue).rstrip("/") + "/"
 
     def note(self, path: Path, now: float, closed: bool = False) -> None:
         """A path was created, changed or closed (or a scan found it)."""
-        try:
-            parts = path.relative_to(self.settings.task_queue).parts
-        except ValueError:
+        # String slicing, not Path.relative_to: a start-up scan notes every file of the tree.
+        text, root = str(path), self._root
+        if not text.startswith(root):
             return
+        parts = tuple(text[len(root) :].split("/"))
         reason = contract.ignore_reason(parts)
         if reason is not None:
             self._ignore_once(path, reason)

@@ -123,6 +123,12 @@ def scan(root: Path, top: Path | None = None) -> Iterator[Path]:
     """Candidate paths: every entry of each user directory, and whatever else sits at the top
     (so the caller can log it once). No symlink is followed and nothing is opened.
     """
+    for entry in scan_entries(root, top):
+        yield Path(entry.path)
+
+
+def scan_entries(root: Path, top: Path | None = None) -> Iterator[os.DirEntry[str]]:
+    """`scan`, as directory entries: a rescan of many files makes no Path for those it skips."""
     base = top or root
     try:
         entries = list(os.scandir(base))
@@ -132,9 +138,9 @@ def scan(root: Path, top: Path | None = None) -> Iterator[Path]:
         if entry.name.endswith(BRIDGE_TEMP_SUFFIX):
             continue
         if base == root and entry.is_dir(follow_symlinks=False) and USER_RE.fullmatch(entry.name):
-            yield from scan(root, Path(entry.path))
+            yield from scan_entries(root, Path(entry.path))
         else:
-            yield Path(entry.path)
+            yield entry
 
 
 def leftovers(root: Path) -> Iterator[Path]:

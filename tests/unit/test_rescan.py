@@ -49,5 +49,5 @@ def test_finished_files_are_read_once_until_they_change(
     paths[5].unlink()
     bridge.rescan_once(time.monotonic())
     assert reads == [paths[3]]  # changed since: read again
-    assert paths[5] not in bridge.settled  # gone: forgotten
+    assert str(paths[5]) not in bridge.settled  # gone: forgotten
     assert len(bridge.settled) == 19
