@@ -519,7 +519,7 @@ class Bridge:
             st = entry.stat(follow_symlinks=False)
         except OSError:
             return False
-        unchanged = hash((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)) == known
+        unchanged = hash(files.signature_of(st)) == known
         if unchanged:
             settled[entry.path] = known
         return unchanged

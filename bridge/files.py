@@ -49,6 +49,11 @@ def signature(path: Path) -> tuple[int, int, int, int] | None:
         return None
     if not stat.S_ISREG(st.st_mode):
         raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+    return signature_of(st)
+
+
+def signature_of(st: os.stat_result) -> tuple[int, int, int, int]:
+    """`signature` of a stat already made."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 

@@ -127,10 +127,6 @@ class PartitionCache:
         found = self.get_raw(key, stamp)
         return found if found is not None and len(found) == len(Entry._fields) else None
 
-    def get(self, key: str, stamp: Stamp) -> Entry | None:
-        """The entry of `key` if it was read from a file with this stamp."""
-        return as_entry(self.get_raw(key, stamp))
-
     def put(self, key: str, stamp: Stamp, value: tuple[Any, ...]) -> None:
         self._seen.add(key)
         self._entries[key] = (stamp, tuple(value))

@@ -166,13 +166,6 @@ def summary_of(base: MailSummary | Place, entry: Entry) -> MailSummary:
     )
 
 
-def build_summary(
-    base: MailSummary | Place, headers: Headers, hints: Sequence[str] = ()
-) -> MailSummary:
-    """`base` completed from the mail's headers."""
-    return summary_of(base, read_entry(headers, hints))
-
-
 _FOLDED = {"subject": "subject_f", "from": "from_f", "to": "to_f"}
 _PLAIN = {"subject": "subject", "from": "from_", "to": "to", "date": "date"}
 
