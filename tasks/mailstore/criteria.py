@@ -24,7 +24,7 @@ from datetime import date
 from functools import cached_property
 
 from tasks.mailstore.base import MailStore, Message, Partition, UnknownGroup
-from tasks.mailstore.cache import FOLDED_POSITION, RawFilter
+from tasks.mailstore.cache import FOLDED_POSITION, RawFilter, raw_filter
 from tasks.mailstore.names import is_day, is_valid_name
 
 _WHITESPACE = re.compile(r"\s+")
@@ -194,13 +194,9 @@ class Criterion:
 
     def raw_filter(self) -> RawFilter | None:
         """The header fields' test on a cached entry (see `cache.py`); None if none filters."""
-        tests = tuple((FOLDED_POSITION[field], wanted) for field, wanted in self.folded_headers)
-        if not tests:
-            return None
-        if len(tests) == 1:
-            ((position, needle),) = tests
-            return lambda raw: needle in raw[position]
-        return lambda raw: all(needle in raw[position] for position, needle in tests)
+        return raw_filter(
+            tuple((FOLDED_POSITION[field], wanted) for field, wanted in self.folded_headers)
+        )
 
     @property
     def reads_body(self) -> bool:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 from tasks.mailstore.base import MailStore, MailStoreUnavailable, MailSummary, Message, Partition
+from tasks.mailstore.cache import RawFilter
 from tasks.mailstore.criteria import Criterion, matches, select_partitions
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ def _results(
     if not partitions:
         progress(0, 0)
     done = 0
+    keep = criterion.raw_filter()
     for partition in partitions:
-        yield from _scan(store, criterion, partition, partial(_report, progress, done, total))
+        report = partial(_report, progress, done, total)
+        yield from _scan(store, criterion, keep, partition, report)
         done += partition.size
         progress(min(done, total), total)
 
@@ -51,11 +54,14 @@ def _report(progress: Progress, before: int, total: int, scanned: int) -> None:
 
 
 def _scan(
-    store: MailStore, criterion: Criterion, partition: Partition, report: Callable[[int], None]
+    store: MailStore,
+    criterion: Criterion,
+    keep: RawFilter | None,
+    partition: Partition,
+    report: Callable[[int], None],
 ) -> Iterator[MailSummary]:
     scanned = reported = 0
     where = getattr(store, "messages_where", None)
-    keep = criterion.raw_filter() if where is not None else None
     messages = where(partition, keep) if where is not None else store.messages(partition)
     for message in messages:
         if _matches(criterion, message, partition):

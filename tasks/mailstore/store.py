@@ -31,19 +31,22 @@ archive.  A lookup by id is quickest with the folder and day a result set gives 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import logging
 import os
 import re
+import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
 from pathlib import Path
-from typing import BinaryIO
+from stat import S_ISREG
+from typing import BinaryIO, NamedTuple
 
 from tasks.mailstore.base import (
     MailStoreError,
@@ -54,11 +57,14 @@ from tasks.mailstore.base import (
     UnknownMail,
 )
 from tasks.mailstore.cache import (
-    ENTRY_WIDTH,
     MailIndex,
     PartitionCache,
     RawFilter,
+    Row,
+    Stamp,
     as_entry,
+    is_entry,
+    listing_digest,
     no_cache,
     stamp_of,
 )
@@ -77,8 +83,15 @@ MBOX_SUFFIX = ".mbox"
 _MBOX_FILE = re.compile(r"(\d{8})" + re.escape(MBOX_SUFFIX))
 _MBOX_ID = re.compile(r"(?:(?P<folder>.+)\.)?(?P<day>\d{8})\.(?P<n>[1-9]\d*)")
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9_-]+")
+_PLAIN_STEMS = re.compile(r"(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*\n)*[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+"""Lines that are each a valid id not starting with "." (`is_valid_name` less the ".." test)."""
+_MBOX_SHAPED = re.compile(r"^(?:.+\.)?\d{8}\.[1-9]\d*$", re.MULTILINE)
+"""A line that could be an mbox id of some archive (`_MBOX_ID`)."""
 _STEM_LIMIT = 64
-_SPLITS_KEY = "splits"
+SETTLED_NS = 5_000_000_000
+"""A day folder unchanged for this long (5 s) lists as before while its mtime stays the same:
+a change made after it was listed would give it a later mtime, whatever the clock's grain.  A
+search then takes the names from the cache and stats each file, without listing the folder."""
 IDS_IN_MEMORY = 200_000
 """Ids given so far are checked in memory up to this many a user, then in a temp file."""
 RECENT_DAYS = 4
@@ -96,9 +109,19 @@ class _Day:
     directory: str | None = None
     mbox: str | None = None
     mbox_prefix: str = ""
-    sized: tuple[int, array[int]] | None = None
-    """From sizing the day until it is read: a digest of the `.eml` names then listed, and
-    each one's (size, mtime_ns), flat (16 bytes a mail): a search stats each file once."""
+    listed: _Listed | None = None
+    """From sizing the day until it is read: what its `.eml` files were then (16 bytes a mail
+    and a digest of their names), so that a search stats each file once and, when the header
+    cache holds exactly those files, does not list the folder again."""
+
+
+class _Listed(NamedTuple):
+    digest: int
+    """`listing_digest` of the `.eml` names."""
+    stamps: array[int]
+    """(size, mtime_ns) of each, flat."""
+    mark: bytes
+    """`_folder_mark` of the folder if it had been unchanged for `SETTLED_NS`, else b""."""
 
 
 @dataclass
@@ -145,6 +168,47 @@ def _scan_folder(index: _UserIndex, folder: str, directory: str) -> None:
         elif is_day(entry.name) and entry.is_dir():
             key = (folder, entry.name)
             index.days.setdefault(key, _Day(*key)).directory = entry.path
+
+
+def _listed_names(fd: int) -> list[str]:
+    """The names of the folder open as `fd` that could be `.eml` files, sorted."""
+    names = [n for n in os.listdir(fd) if n[-4:].lower() == EML_SUFFIX and n[0] != "."]
+    names.sort()
+    return names
+
+
+def _stat_all(
+    fd: int, names: Sequence[str] | None
+) -> tuple[list[str] | None, list[os.stat_result]]:
+    """The names that are regular files in the folder open as `fd`, with their status (a
+    name gone since listed is left out); None when `names` is."""
+    if names is None:
+        return None, []
+    try:
+        statuses = [os.stat(name, dir_fd=fd) for name in names]
+    except FileNotFoundError:  # one went while listed: stat one by one
+        kept, statuses = _statuses(fd, names)
+    else:
+        kept = list(names)
+    if not all(S_ISREG(status.st_mode) for status in statuses):
+        pairs = [(n, s) for n, s in zip(kept, statuses, strict=True) if S_ISREG(s.st_mode)]
+        kept, statuses = [n for n, _ in pairs], [s for _, s in pairs]
+    return kept, statuses
+
+
+def _folder_mark(mtime_ns: int) -> bytes:
+    """What the cache keeps with a day's entries: the folder's mtime when they were listed."""
+    return array("q", [mtime_ns]).tobytes()
+
+
+def _statuses(fd: int, names: Sequence[str]) -> tuple[list[str], list[os.stat_result]]:
+    """The names that are still there in the folder open as `fd`, and their status."""
+    kept, statuses = [], []
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            statuses.append(os.stat(name, dir_fd=fd))
+            kept.append(name)
+    return kept, statuses
 
 
 def _eml_names(day: _Day) -> tuple[str, ...]:
@@ -201,6 +265,33 @@ def _mbox_owners(index: _UserIndex) -> None:
             entry.mbox_prefix = "" if owner == entry.folder else f"{entry.folder}."
 
 
+class _DayIds(NamedTuple):
+    """The ids of a day's `.eml` files, by position in `names` (the files, in name order)."""
+
+    ids: Sequence[str]
+    names: Sequence[str]
+
+    def pairs(self) -> Iterator[tuple[str, str]]:
+        """(id, file name) of each file."""
+        return zip(self.ids, self.names, strict=True)
+
+
+class _DayRead(NamedTuple):
+    """What reading one day's `.eml` files goes by."""
+
+    partition: Partition
+    user_index: _UserIndex
+    entry: _Day
+    cache: PartitionCache
+    ids: _DayIds
+
+
+def _aligned(names: Sequence[str], keys: Sequence[str], found: list[tuple[int, Row]]) -> bool:
+    """Whether the walker's names of a day are the files the cache describes (they can be
+    older, if the day was read before in this store), where `found` looks."""
+    return len(names) == len(keys) and all(names[n] == keys[n] for n, _ in found)
+
+
 class _IdWalker:
     """Gives the `.eml` files of each day their ids, walking the days in order.
 
@@ -214,37 +305,54 @@ class _IdWalker:
         self._index = index
         self._next = 0
         self._taken = SpillSet(IDS_IN_MEMORY)
-        self._recent: OrderedDict[tuple[str, str], list[tuple[str, str]]] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, str], _DayIds] = OrderedDict()
 
-    def ids(self, key: tuple[str, str]) -> list[tuple[str, str]]:
-        """(id, file name) of each `.eml` file of that day, in name order."""
-        if key in self._recent:
-            self._recent.move_to_end(key)
-            return self._recent[key]
+    def ids(self, key: tuple[str, str], names: Sequence[str] | None = None) -> _DayIds:
+        """The ids of that day's `.eml` files; `names`: the day's `.eml` files as just listed,
+        if the caller has them (the day's ids may be older)."""
+        recent = self._recent
+        known = recent.get(key)
+        if known is not None:
+            recent.move_to_end(key)
+            return known
         position = self._index.position[key]
         if position < self._next:
             self.close()
             self._next, self._taken = 0, SpillSet(IDS_IN_MEMORY)
-        while self._next <= position:
-            day = self._index.days[self._index.order[self._next]]
+        days, order = self._index.days, self._index.order
+        while self._next < position:  # days not asked for, whose ids come before
+            self._remember(order[self._next], self._assign(days[order[self._next]], None))
             self._next += 1
-            self._recent[(day.folder, day.day)] = self._assign(day)
-            if len(self._recent) > RECENT_DAYS:
-                self._recent.popitem(last=False)
-        return self._recent[key]
+        self._next += 1
+        assigned = self._assign(days[key], names)
+        self._remember(key, assigned)
+        return assigned
+
+    def _remember(self, key: tuple[str, str], assigned: _DayIds) -> None:
+        self._recent[key] = assigned
+        if len(self._recent) > RECENT_DAYS:
+            self._recent.popitem(last=False)
 
     def find(self, mail_id: str) -> tuple[_Day, str] | None:
         """The day and file name of an `.eml` id, walking every day (for a lookup without a
         hint of where the mail is)."""
         for key in self._index.order:
-            for candidate, name in self.ids(key):
+            for candidate, name in self.ids(key).pairs():
                 if candidate == mail_id:
                     return self._index.days[key], name
         return None
 
-    def _assign(self, day: _Day) -> list[tuple[str, str]]:
+    def _assign(self, day: _Day, names: Sequence[str] | None) -> _DayIds:
+        if names is None:
+            names = _eml_names(day)
+        stems = [name[:-4] for name in names]  # every name ends in ".eml", in any case
+        keys = set(map(digest, stems))
+        if len(keys) == len(stems) and self._taken.isdisjoint(keys) and _plain(stems):
+            # The common case, for a whole day at once: every stem is its own id.
+            self._taken.update(keys)
+            return _DayIds(stems, names)
         assigned = []
-        for name in _eml_names(day):
+        for name in names:
             stem = name[: -len(EML_SUFFIX)]
             mbox_shaped = "." in stem and _could_be_mbox_id(stem, self._index)  # 20171025.3
             key = digest(stem)
@@ -259,12 +367,23 @@ class _IdWalker:
                 )
                 key = digest(mail_id)
             self._taken.add(key)
-            assigned.append((mail_id, name))
-        return assigned
+            assigned.append(mail_id)
+        return _DayIds(assigned, names)
 
     def close(self) -> None:
         self._taken.close()
         self._recent.clear()
+
+
+def _plain(stems: list[str]) -> bool:
+    """Whether every stem is a valid id and none could be taken for an mbox id."""
+    joined = "\n".join(stems)
+    return (
+        _PLAIN_STEMS.fullmatch(joined) is not None
+        and joined.count("\n") == len(stems) - 1  # no stem holds a line break
+        and ".." not in joined
+        and ("." not in joined or _MBOX_SHAPED.search(joined) is None)
+    )
 
 
 def _load_labels(path: Path) -> dict[str, tuple[str, ...]]:
@@ -389,7 +508,7 @@ class FileMailStore:
                 if folder not in (None, folder_name) or (wanted is not None and day not in wanted):
                     continue
                 try:
-                    size = _size_up(index.days[key])
+                    size = self._size_up(user, index.days[key])
                 except OSError as error:
                     where = f"{user}/{folder_name}/{day}"
                     raise MailStoreUnavailable(f"cannot list {where}: {error}") from error
@@ -412,44 +531,122 @@ class FileMailStore:
             yield from self._mbox_messages(partition, index, entry, keep)
 
     def _cache(self, partition: Partition, kind: str) -> PartitionCache:
+        return self._cache_of(partition.user, partition.folder, partition.day, kind)
+
+    def _cache_of(self, user: str, folder: str, day: str, kind: str) -> PartitionCache:
         if self._mail_index is None:
             return no_cache()
-        return self._mail_index.partition(partition.user, partition.folder, partition.day, kind)
+        return self._mail_index.partition(user, folder, day, kind)
+
+    def _size_up(self, user: str, entry: _Day) -> int:
+        """Bytes of mail in a day, keeping what its `.eml` files were for reading it."""
+        entry.listed = self._eml_files(user, entry)
+        size = sum(entry.listed.stamps[::2])
+        if entry.mbox is not None:
+            size += _file_size(entry.mbox) or 0
+        return size
+
+    def _eml_files(self, user: str, entry: _Day) -> _Listed:
+        """The regular `.eml` files of a day folder, sorted, each with its (size, mtime_ns):
+        the names as the cache keeps them while the folder is unchanged since they were
+        listed, else as listed now; each file is stat'ed (by name in the open folder)."""
+        names: list[str] | None = None
+        statuses: list[os.stat_result] = []
+        mark = b""
+        if entry.directory is not None:
+            try:
+                fd = os.open(entry.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                fd = -1
+            if fd >= 0:
+                try:
+                    now = time.time_ns()
+                    folder_mtime = os.fstat(fd).st_mtime_ns
+                    if now - folder_mtime >= SETTLED_NS:
+                        mark = _folder_mark(folder_mtime)
+                    cache = self._cache_of(user, entry.folder, entry.day, "eml")
+                    names, statuses = _stat_all(fd, cache.keys_if(mark))
+                    if names is None:
+                        names, statuses = _stat_all(fd, _listed_names(fd))
+                finally:
+                    os.close(fd)
+        if names is None:
+            names, statuses = [], []
+        stamps = array("q")
+        for status in statuses:
+            stamps.append(status.st_size)
+            stamps.append(status.st_mtime_ns)
+        return _Listed(listing_digest(names), stamps, mark)
 
     def _eml_messages(
         self, partition: Partition, index: _UserIndex, entry: _Day, keep: RawFilter | None
     ) -> Iterator[StoredMessage]:
         cache = self._cache(partition, "eml")
+        listed, entry.listed = entry.listed, None
+        known = None
+        if listed is not None:
+            known = cache.listing_matches(listed.digest, listed.stamps.tobytes(), keep)
         complete = False
         try:
-            directory = entry.directory
-            ids = self._walker(index).ids((entry.folder, entry.day))
-            names = tuple(name for _, name in ids)
-            sized, entry.sized = entry.sized, None
-            same = sized is not None and sized[0] == hash(names)  # listed alike when sized
-            stamps = sized[1] if sized is not None and same else _stamps(entry, names)
-            table = cache.fields_table(names)
-            for position, (mail_id, name) in enumerate(ids):
-                stamp = (stamps[2 * position], stamps[2 * position + 1])
-                if stamp[0] < 0:
-                    continue
-                # The hot loop of a search from the cache: no call for a mail that cannot match.
-                found = table.get(name)
-                raw = found[1] if found is not None and found[0] == stamp else None
-                if raw is not None and len(raw) != ENTRY_WIDTH:
-                    raw = None
-                if raw is not None and keep is not None and not keep(raw):
-                    continue
-                base = self._base(partition, mail_id, stamp[0], index)
-                yield StoredMessage(
-                    base,
-                    f"{directory}/{name}",
-                    entry=as_entry(raw),
-                    keep=None if cache.path is None else partial(cache.put, name, stamp),
-                )
+            key = (entry.folder, entry.day)
+            if listed is not None and known is not None:
+                names, found = known
+                day = _DayRead(partition, index, entry, cache, self._walker(index).ids(key, names))
+                if day.ids.names is names or _aligned(day.ids.names, names, found):
+                    yield from self._eml_known(day, listed, found)
+                    cache.set_extra(listed.mark)  # the entries are those of the whole listing
+                    complete = True
+                    return
+            day = _DayRead(partition, index, entry, cache, self._walker(index).ids(key))
+            yield from self._eml_read(day, listed, keep)
             complete = True
         finally:
             cache.save(complete)
+
+    def _eml_known(
+        self, day: _DayRead, listed: _Listed, found: list[tuple[int, Row]]
+    ) -> Iterator[StoredMessage]:
+        """The mails of a day whose cached fields all hold and that `found` lets through."""
+        stamps = listed.stamps
+        for position, row in found:
+            stamp = (stamps[2 * position], stamps[2 * position + 1])
+            yield self._eml_message(day, position, stamp, row)
+
+    def _eml_read(
+        self, day: _DayRead, listed: _Listed | None, keep: RawFilter | None
+    ) -> Iterator[StoredMessage]:
+        """The mails of a day, each from the cache if its entry there holds, else read."""
+        names = day.ids.names
+        same = listed is not None and listed.digest == listing_digest(names)
+        stamps = listed.stamps if listed is not None and same else _stamps(day.entry, names)
+        table = day.cache.fields_table(names)
+        test = None if keep is None else keep.test
+        for position, name in enumerate(names):
+            stamp = (stamps[2 * position], stamps[2 * position + 1])
+            if stamp[0] < 0:
+                continue
+            # The hot loop of a search from the cache: no call for a mail that cannot match.
+            known = table.get(name)
+            raw = known[1] if known is not None and known[0] == stamp else None
+            if raw is not None and not is_entry(raw):
+                raw = None
+            if raw is not None and test is not None and not test(raw):
+                continue
+            yield self._eml_message(day, position, stamp, raw)
+        # The folder's mark goes with entries of all of its files as listed when sizing it.
+        whole = listed is not None and same and day.cache.holds_all(names)
+        day.cache.set_extra(listed.mark if listed is not None and whole else b"")
+
+    def _eml_message(
+        self, day: _DayRead, position: int, stamp: Stamp, raw: Row | None
+    ) -> StoredMessage:
+        name = day.ids.names[position]
+        return StoredMessage(
+            self._base(day.partition, day.ids.ids[position], stamp[0], day.user_index),
+            f"{day.entry.directory}/{name}",
+            entry=as_entry(raw),
+            keep=partial(day.cache.put, name, stamp) if day.cache.keeps else None,
+        )
 
     def _mbox_messages(
         self, partition: Partition, index: _UserIndex, entry: _Day, keep: RawFilter | None
@@ -462,29 +659,40 @@ class FileMailStore:
         except OSError as error:
             raise MailStoreUnavailable(f"cannot read {path}: {error}") from error
         cache = self._cache(partition, "mbox")
-        splits = cache.get_raw(_SPLITS_KEY, stamp)
-        if splits is None:
-            splits = self._splits(path)
-            cache.put(_SPLITS_KEY, stamp, splits)
         complete = False
         try:
-            for number, (offset, length) in enumerate(splits, start=1):
-                mail_id = f"{prefix}{partition.day}.{number}"
-                base = self._base(partition, mail_id, length, index)
-                key = str(number)
-                raw = cache.get_fields(key, stamp)
-                if raw is not None and keep is not None and not keep(raw):
-                    continue
+            splits = _splits_from(cache.extra, stamp)
+            if splits is None:
+                splits = list(self._splits(path))
+                cache.set_extra(_splits_data(stamp, splits))
+            known = cache.file_matches(stamp, len(splits), keep)
+            numbered = None if known is None else _numbered(*known, len(splits))
+            rows: Iterable[tuple[int, Row | None]] = (
+                self._mbox_rows(cache, stamp, len(splits), keep) if numbered is None else numbered
+            )
+            for number, raw in rows:
+                offset, length = splits[number - 1]
                 yield StoredMessage(
-                    base,
+                    self._base(partition, f"{prefix}{partition.day}.{number}", length, index),
                     path,
                     offset,
                     entry=as_entry(raw),
-                    keep=None if cache.path is None else partial(cache.put, key, stamp),
+                    keep=partial(cache.put, str(number), stamp) if cache.keeps else None,
                 )
             complete = True
         finally:
             cache.save(complete)
+
+    @staticmethod
+    def _mbox_rows(
+        cache: PartitionCache, stamp: Stamp, count: int, keep: RawFilter | None
+    ) -> Iterator[tuple[int, Row | None]]:
+        """(number, cached entry or None) of each mail of an mbox that `keep` does not turn
+        down on its cached entry."""
+        for number in range(1, count + 1):
+            raw = cache.get_fields(str(number), stamp)
+            if raw is None or keep is None or keep.test(raw):
+                yield number, raw
 
     @staticmethod
     def _base(partition: Partition, mail_id: str, size: int, index: _UserIndex) -> Place:
@@ -530,7 +738,7 @@ class FileMailStore:
         entry = index.days.get((folder, day)) if folder and day else None
         if entry is None or entry.directory is None:
             return None
-        for candidate, name in self._walker(index).ids((entry.folder, entry.day)):
+        for candidate, name in self._walker(index).ids((entry.folder, entry.day)).pairs():
             if candidate == mail_id:
                 return entry, name
         return None
@@ -569,6 +777,36 @@ class FileMailStore:
             raise MailStoreUnavailable(f"cannot read mail {mail_id!r}: {error}") from error
 
 
+def _splits_data(stamp: Stamp, splits: Sequence[tuple[int, int]]) -> bytes:
+    """An mbox's splits as the cache keeps them: its stamp, then (offset, length) of each."""
+    return array("q", [*stamp, *itertools.chain.from_iterable(splits)]).tobytes()
+
+
+def _splits_from(data: bytes, stamp: Stamp) -> list[tuple[int, int]] | None:
+    """The splits `_splits_data` kept, if they are for the mbox with this stamp."""
+    if len(data) < 16 or len(data) % 16:
+        return None
+    values = array("q", data)
+    if (values[0], values[1]) != stamp:
+        return None
+    return list(zip(values[2::2], values[3::2], strict=True))
+
+
+def _numbered(
+    keys: Sequence[str], found: list[tuple[int, Row]], count: int
+) -> list[tuple[int, Row | None]] | None:
+    """The (number, entry) of each mbox mail `found` gives by key position, in mbox order;
+    None if a key is not the number of one of the `count` mails (not a cache of this store)."""
+    numbered: list[tuple[int, Row | None]] = []
+    for line, row in found:
+        key = keys[line]
+        if not (key.isdecimal() and key.isascii() and 0 < int(key) <= count):
+            return None
+        numbered.append((int(key), row))
+    numbered.sort()
+    return numbered
+
+
 def _file_size(path: str) -> int | None:
     try:
         return os.stat(path).st_size
@@ -587,14 +825,3 @@ def _stamps(entry: _Day, names: Sequence[str]) -> array[int]:
         except FileNotFoundError:
             stamps.extend((-1, -1))
     return stamps
-
-
-def _size_up(entry: _Day) -> int:
-    """Bytes of mail in a day, keeping its listing and stamps for reading it."""
-    names = _eml_names(entry)
-    stamps = _stamps(entry, names)
-    entry.sized = (hash(names), stamps)
-    size = sum(max(size, 0) for size in stamps[::2])
-    if entry.mbox is not None:
-        size += _file_size(entry.mbox) or 0
-    return size

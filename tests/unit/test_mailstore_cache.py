@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import time
+from array import array
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +16,7 @@ from tasks.mailstore import Criterion, FileMailStore, search
 from tasks.mailstore import cache as cache_module
 from tasks.mailstore import message as message_module
 from tasks.mailstore import mime as mime_module
+from tasks.mailstore import store as store_module
 
 
 def mail(subject: str, body: bytes = b"Hello.\n", headers: str = "") -> bytes:
@@ -55,6 +59,14 @@ def archive(tmp_path: Path) -> Path:
         b"From a@b Wed Oct 25 10:30:00 2017\n" + mail("mbox other") + b"\n",
     )
     return root
+
+
+def cached_keys(index: Path, day: str = "20171025", kind: str = "eml") -> tuple[str, ...]:
+    """The keys the cache holds for that partition of yukoh's _ARCHIVE_ (one month file)."""
+    (month,) = index.rglob(f"yukoh/_ARCHIVE_/{day[:6]}.idx")
+    section = cache_module.MonthFile(str(month)).section(f"{day}.{kind}")
+    assert section is not None
+    return cache_module.Columns(*section).keys
 
 
 def found(store: FileMailStore, **fields: object) -> list[tuple[str, str]]:
@@ -124,9 +136,7 @@ def test_entries_of_removed_mails_go_with_the_next_full_scan(archive: Path, tmp_
         "20171026.1",
         "20171026.2",
     ]
-    (cache_file,) = index.rglob("20171025.eml")
-    entries = pickle.loads(cache_file.read_bytes())[1]
-    assert sorted(entries) == ["A1.eml", "A3.eml"]
+    assert cached_keys(index) == ("A1.eml", "A3.eml")
 
 
 def test_a_search_stopped_early_keeps_what_it_did_not_reach(archive: Path, tmp_path: Path) -> None:
@@ -136,28 +146,68 @@ def test_a_search_stopped_early_keeps_what_it_did_not_reach(archive: Path, tmp_p
     results = search(store, Criterion.from_json({}), lambda done, total: None, "yukoh")
     next(results)
     results.close()  # the consumer went away after one result
-    (cache_file,) = index.rglob("20171025.eml")
-    assert len(pickle.loads(cache_file.read_bytes())[1]) == 3
+    assert len(cached_keys(index)) == 3
 
 
 @pytest.mark.parametrize(
     "garbage",
     [
-        b"not a pickle at all",
-        pickle.dumps(("taskd-mail-index", 0, {})),
-        b"cos\nsystem\n(S'touch /tmp/owned-by-cache'\ntR.",  # names a callable: refused
-        pickle.dumps(cache_module.FORMAT)[:-3],  # cut short
+        b"not a cache at all",
+        pickle.dumps(("taskd-mail-index", 0, {})),  # an older version
+        cache_module.FORMAT + b"\x0c\x00\x05\x00",  # a section cut short
+        cache_module.FORMAT[:-3],
     ],
 )
 def test_a_corrupt_cache_file_is_rebuilt(archive: Path, tmp_path: Path, garbage: bytes) -> None:
     index = tmp_path / "index"
     expected = found(FileMailStore(archive, index), subject="haha")
-    for cache_file in index.rglob("*.eml"):
+    for cache_file in index.rglob("*.idx"):
         cache_file.write_bytes(garbage)
     assert found(FileMailStore(archive, index), subject="haha") == expected
-    assert not Path("/tmp/owned-by-cache").exists()
-    (cache_file,) = index.rglob("20171025.eml")
-    assert pickle.loads(cache_file.read_bytes())[0] == cache_module.FORMAT
+    assert cached_keys(index) == ("A1.eml", "A2.eml", "A3.eml")
+
+
+def _rewrite_sections(index: Path, change: Callable[[bytes], bytes]) -> None:
+    for path in index.rglob("*.idx"):
+        month = cache_module.MonthFile(str(path))
+        for name in month.names():
+            section = month.section(name)
+            assert section is not None
+            data, start, end = section
+            month.replace(name, change(data[start:end]))
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda data: data[: len(data) // 2],  # cut short
+        lambda data: data + b"more",  # parts that do not add up
+        # A row that names a callable: pickles are read with a loader that refuses any.
+        lambda data: data.replace(b"haha first", b"cos\nsyste"),
+    ],
+)
+def test_a_corrupt_section_is_rebuilt_and_never_runs_code(
+    archive: Path, tmp_path: Path, change: Callable[[bytes], bytes]
+) -> None:
+    index = tmp_path / "index"
+    expected = found(FileMailStore(archive, index), subject="haha")
+    _rewrite_sections(index, change)
+    assert found(FileMailStore(archive, index), subject="haha") == expected
+    assert found(FileMailStore(archive, index), subject="first") == [("A1", "haha first")]
+
+
+def test_a_row_naming_a_callable_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "owned-by-cache"
+    evil = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
+    good = cache_module.Columns.build({"a.eml": ((1, 2), ("x",) * 10)})
+    count, keys, *texts, rows, extra = cache_module._HEADER.unpack_from(good.data)
+    starts = array("q", [0, len(evil)]).tobytes()
+    head = cache_module._HEADER.pack(count, keys, *texts, len(starts) + len(evil), extra)
+    body = good.data[cache_module._HEADER.size : good._rows_at]
+    columns = cache_module.Columns(head + body + starts + evil)
+    with pytest.raises(pickle.UnpicklingError):
+        columns.row(0)
+    assert not marker.exists()
 
 
 def test_an_unwritable_cache_only_costs_speed(
@@ -206,7 +256,7 @@ def test_two_archives_do_not_share_entries(archive: Path, tmp_path: Path) -> Non
 def test_temp_files_of_killed_writers_are_swept(archive: Path, tmp_path: Path) -> None:
     index = tmp_path / "index"
     found(FileMailStore(archive, index))
-    (cache_file,) = index.rglob("20171025.eml")
+    (cache_file,) = index.rglob("yukoh/_ARCHIVE_/201710.idx")
     stale = cache_file.with_name(f".{cache_file.name}.dead1")
     fresh = cache_file.with_name(f".{cache_file.name}.busy2")
     for leftover in (stale, fresh):
@@ -216,3 +266,130 @@ def test_temp_files_of_killed_writers_are_swept(archive: Path, tmp_path: Path) -
     found(FileMailStore(archive, index))  # a new mail: the day's cache file is written again
     assert not stale.exists()
     assert fresh.exists()  # it may be another worker's, being written now
+
+
+@pytest.mark.parametrize(
+    ("text", "needle", "lines"),
+    [
+        (b"haha\nno\nhaha haha\n\nhaha", b"haha", [0, 2, 4]),
+        (b"no\nno", b"haha", []),
+        (b"\n\nxhahax", b"haha", [2]),
+        (b"hah\nahaha\n", b"haha", [1]),  # never across a line break
+        ("計劃\n計\n劃計劃".encode(), "計劃".encode(), [0, 2]),
+    ],
+)
+def test_lines_holding_a_needle(text: bytes, needle: bytes, lines: list[int]) -> None:
+    data = b"before" + text + b"after"  # found in place, within the bounds given
+    start = len(b"before")
+    assert list(cache_module._lines_with(data, start, start + len(text), needle)) == lines
+
+
+def test_a_section_reads_back_what_was_written() -> None:
+    rows = {
+        f"M{n}.eml": ((n, 10**18 + n), mail_row(f"subject {n}", f"from{n}@example.com"))
+        for n in range(12)
+    }
+    rows["odd\udce9name.eml"] = ((7, 7), mail_row("Re: 計劃 plan", "ann@example.com"))
+    rows["splits"] = ((1, 2), ((0, 10), (10, 20)))  # not an entry: never matched
+    built = cache_module.Columns.build(rows, b"extra bytes")
+    section = cache_module.Columns(b"in front" + built.data, len(b"in front"))
+    assert section.keys == tuple(sorted(rows))
+    assert section.extra == b"extra bytes"
+    assert list(array("q", section.stamps)) == [v for k in sorted(rows) for v in rows[k][0]]
+    assert section.as_dict() == rows
+    plan = Criterion.from_json({"subject": "計劃"}).raw_filter()
+    assert [section.keys[n] for n, _ in section.matching(plan)] == ["odd\udce9name.eml"]
+    both = Criterion.from_json({"subject": "subject 1", "from": "from11"}).raw_filter()
+    assert [section.keys[n] for n, _ in section.matching(both)] == ["M11.eml"]
+    assert len(section.matching(None)) == 13
+
+
+def mail_row(subject: str, sender: str) -> tuple[object, ...]:
+    folded = subject.casefold()
+    return ("2017-10-25", sender, "bob@example.com", subject, "<id>", (), folded, sender, "", None)
+
+
+def settle(folder: Path, seconds: float = 60) -> None:
+    """Make a day folder look unchanged for a while."""
+    past = time.time() - seconds
+    os.utime(folder, (past, past))
+
+
+def listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The day folders the store lists from now on."""
+    listed: list[str] = []
+    real = store_module._listed_names
+
+    def spy(fd: int) -> list[str]:
+        listed.append(os.readlink(f"/proc/self/fd/{fd}"))
+        return real(fd)
+
+    monkeypatch.setattr(store_module, "_listed_names", spy)
+    return listed
+
+
+def test_a_settled_day_folder_is_not_listed_again(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = tmp_path / "index"
+    day = archive / "yukoh" / "_ARCHIVE_" / "20171025"
+    settle(day)
+    first = found(FileMailStore(archive, index))
+    listed = listings(monkeypatch)
+    assert found(FileMailStore(archive, index)) == first
+    assert found(FileMailStore(archive, index), subject="haha") == [
+        ("A1", "haha first"),
+        ("20171026.1", "mbox haha"),
+    ]
+    assert listed == []
+    # Added, removed or renamed: the folder's mtime moves, and it is listed again.
+    put(day / "A4.eml", mail("haha fourth"))
+    (day / "A2.eml").unlink()
+    assert [i for i, _ in found(FileMailStore(archive, index), subject="haha")] == [
+        "A1",
+        "A4",
+        "20171026.1",
+    ]
+    assert listed == [str(day)]
+
+
+def test_a_day_folder_changed_lately_is_listed_every_time(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Changed within the last few seconds, a file added in the same tick of the clock could
+    # leave its mtime as it was: such a folder is listed until it has settled.
+    index = tmp_path / "index"
+    day = archive / "yukoh" / "_ARCHIVE_" / "20171025"
+    settle(day, 1)
+    found(FileMailStore(archive, index))
+    listed = listings(monkeypatch)
+    found(FileMailStore(archive, index))
+    assert listed == [str(day)]
+
+
+def test_a_settled_folder_still_sees_a_mail_rewritten_in_place(
+    archive: Path, tmp_path: Path
+) -> None:
+    index = tmp_path / "index"
+    day = archive / "yukoh" / "_ARCHIVE_" / "20171025"
+    settle(day)
+    found(FileMailStore(archive, index))
+    found(FileMailStore(archive, index))  # from the cache, the folder not listed
+    (day / "A1.eml").write_bytes(mail("hoho first, edited"))
+    settle(day)  # the folder's own mtime as if nothing had happened to it
+    assert found(FileMailStore(archive, index), subject="hoho") == [("A1", "hoho first, edited")]
+
+
+def test_an_unchanged_mbox_is_not_split_again(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = tmp_path / "index"
+    expected = found(FileMailStore(archive, index), subject="mbox")
+    store_module.mbox_splits.__globals__["_cached_splits"].cache_clear()
+
+    def refuse(stream: object) -> None:
+        raise AssertionError("an mbox was split although the cache knew its splits")
+
+    monkeypatch.setattr(store_module, "split_mbox", refuse)
+    no_header_reads(monkeypatch)
+    assert found(FileMailStore(archive, index), subject="mbox") == expected

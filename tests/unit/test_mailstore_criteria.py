@@ -70,7 +70,7 @@ def store(tmp_path: Path, request: pytest.FixtureRequest) -> FileMailStore:
         filler = FileMailStore(root, index)
         everything = Criterion.from_json({"has-attachment": True})
         list(search(filler, everything, lambda done, total: None))
-        assert any(index.rglob("*.eml")), "the first search left no cache behind"
+        assert any(index.rglob("*.idx")), "the first search left no cache behind"
     return FileMailStore(root, index)
 
 

@@ -137,8 +137,10 @@ def test_unknown_group_fails_before_any_result_is_asked_for(store: FileMailStore
 def test_search_memory_does_not_grow_with_the_number_of_mails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cached: bool
 ) -> None:
-    # A small limit, so that a few thousand mails show what a million would.
+    # Small limits, so that a few thousand mails show what a million would: the ids kept in
+    # memory, and how much of a month's header cache file is read at once.
     monkeypatch.setattr(importlib.import_module("tasks.mailstore.store"), "IDS_IN_MEMORY", 500)
+    monkeypatch.setattr(importlib.import_module("tasks.mailstore.cache"), "READ_SIZE", 16_384)
 
     def peak(days: int) -> int:
         root = tmp_path / f"archive{days}"
@@ -162,5 +164,7 @@ def test_search_memory_does_not_grow_with_the_number_of_mails(
 
     few, many = peak(10), peak(40)
     # What stays per mail is its size and mtime until its day is read: 16 bytes. Holding the
-    # user's ids and file names, as a whole-archive index would, costs some 300 bytes a mail.
+    # user's ids and file names, as a whole-archive index would, costs some 300 bytes a mail,
+    # and so would holding a whole month of the header cache (the 40-day archive's months
+    # hold 2,800 mails, the 10-day one's 1,000).
     assert many - few < 3_000 * 40, f"{few} -> {many} bytes from 1,000 to 4,000 mails"

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tasks.mailstore import (
     FileMailStore,
@@ -395,3 +397,38 @@ def test_every_id_finds_its_mail_in_any_order(
     assert store.message("u", "x", "b", "20170103").summary.subject == "a 20170101 x"
     with pytest.raises(UnknownMail):
         store.message("u", "b.20170104.x", "b", "20170104")
+
+
+_STEM_PIECES = ["x", "A1", "20170101", "20170102", "1", "2", "b", "..", ".", "é", "-", "_", " "]
+
+
+@given(
+    days=st.lists(
+        st.lists(
+            st.lists(st.sampled_from(_STEM_PIECES), min_size=1, max_size=4).map("".join),
+            max_size=6,
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+    suffixes=st.lists(st.sampled_from([".eml", ".EML", ".Eml"]), min_size=30, max_size=30),
+)
+@settings(max_examples=60, deadline=None)
+def test_ids_given_a_day_at_a_time_equal_those_given_a_mail_at_a_time(
+    tmp_path_factory: pytest.TempPathFactory, days: list[list[str]], suffixes: list[str]
+) -> None:
+    # The walk gives a whole day its stems as ids at once when it can; the ids must be those
+    # the rule gives mail by mail (clashes, odd names, mbox-shaped stems, one stem in two cases).
+    root = tmp_path_factory.mktemp("archive")
+    put(root, "u/a/20170101.mbox", mbox(mail("an mbox day")))
+    suffix = iter(suffixes)
+    for number, stems in enumerate(days, start=1):
+        folder = "a" if number % 2 else "b"
+        for stem in stems:
+            if not stem.startswith("."):
+                put(root, f"u/{folder}/2017010{number}/{stem}{next(suffix)}", mail(stem))
+    at_once = ids(FileMailStore(root), "u")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(store_module, "_plain", lambda stems: False)  # never a day at once
+        one_by_one = ids(FileMailStore(root), "u")
+    assert at_once == one_by_one

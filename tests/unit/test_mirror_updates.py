@@ -157,7 +157,6 @@ def test_revoked_changes_nothing_in_the_file_the_bridge_runs_it_again() -> None:
     assert updates_for(meta, RUNNING_FILE, NOW) == {}
 
 
-
 @pytest.mark.parametrize("status", ["PROGRESS", "SUCCESS"])
 def test_bridge_fields_in_a_tasks_meta_fields_are_ignored(status: str) -> None:
     sneaky = {
