@@ -306,9 +306,11 @@ class MonthFile:
     """The cache file of one month of a folder: a section of bytes per partition and kind.
 
     Its first `READ_SIZE` bytes are read when it is opened, which is all of it for most months;
-    a section beyond them is read when asked for, so memory stays within that and one section
-    however big a month is.  A changed section is written by writing the file anew (by
-    rename), which is then opened again."""
+    a section beyond them is read when asked for.  Changed sections are kept until they pass
+    `READ_SIZE` or `flush()` is called, then written with the others as a new file (by rename),
+    which is opened again.  So memory stays within twice that and one section however big a
+    month is, and a search that changes every day of a month writes its file once or a few
+    times, not once a day."""
 
     def __init__(self, path: str) -> None:
         self.path = path
@@ -316,6 +318,8 @@ class MonthFile:
         self._toc: dict[str, tuple[int, int]] = {}
         self._fd = -1
         self._closer: weakref.finalize[Any, Any] | None = None
+        self._pending: dict[str, bytes] = {}
+        self._pending_size = 0
         self._open()
 
     def _open(self) -> None:
@@ -343,6 +347,9 @@ class MonthFile:
     def section(self, name: str) -> tuple[bytes, int, int] | None:
         """(data, start, end) of the named section, which is `data[start:end]`; None if there
         is none or it cannot be read."""
+        pending = self._pending.get(name)
+        if pending is not None:
+            return pending, 0, len(pending)
         where = self._toc.get(name)
         if where is None:
             return None
@@ -357,16 +364,28 @@ class MonthFile:
         return (data, 0, length) if len(data) == length else None
 
     def names(self) -> list[str]:
-        return list(self._toc)
+        return list(dict.fromkeys([*self._toc, *self._pending]))
 
     def replace(self, name: str, data: bytes) -> None:
-        """Set one section and write the file anew; OSError if it cannot be written."""
+        """Set one section, written with the other changes (see the class); OSError if they
+        had to be written and could not be."""
+        self._pending[name] = data
+        self._pending_size += len(data)
+        if self._pending_size > READ_SIZE:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the file anew if a section changed; OSError if it cannot be (the changes are
+        then dropped: the next search makes them again)."""
+        if not self._pending:
+            return
+        pending, self._pending, self._pending_size = self._pending, {}, 0
         sections = {}
         for other in self._toc:
-            found = None if other == name else self.section(other)
+            found = None if other in pending else self.section(other)
             if found is not None:
                 sections[other] = found[0][found[1] : found[2]]
-        sections[name] = data
+        sections.update(pending)
         _write(self.path, _month_bytes(sections))
         self._open()
 
@@ -492,12 +511,12 @@ class PartitionCache:
             self._extra = data
             self._dirty = True
 
-    def keys_if(self, extra: bytes) -> tuple[str, ...] | None:
-        """The keys as loaded, if they were saved with this `extra`."""
+    def keys_if(self, extra: bytes) -> tuple[tuple[str, ...], int] | None:
+        """The keys as loaded and their `listing_digest`, if they were saved with `extra`."""
         if self._columns is None or not extra or self._extra != extra:
             return None
         try:
-            return self._columns.keys
+            return self._columns.keys, self._columns.digest
         except Exception as error:  # noqa: BLE001 - any unreadable cache is simply rebuilt
             self._broken(error)
             return None
@@ -544,10 +563,14 @@ class PartitionCache:
             self._month.replace(self._name, Columns.build(self._mapping, self._extra).data)
             self._dirty = False
         except OSError as error:
-            # A cache that cannot be written only makes the next search slower: say so once.
-            level = logging.DEBUG if _warned else logging.WARNING
-            log.log(level, "cannot write the mail index file %s: %s", self._month.path, error)
-            _warned.add(True)
+            _cannot_write(self._month.path, error)
+
+
+def _cannot_write(path: str, error: OSError) -> None:
+    # A cache that cannot be written only makes the next search slower: say so once.
+    level = logging.DEBUG if _warned else logging.WARNING
+    log.log(level, "cannot write the mail index file %s: %s", path, error)
+    _warned.add(True)
 
 
 def _write(path: str, data: bytes) -> None:
@@ -576,7 +599,8 @@ def _sweep(folder: str, prefix: str, before: float) -> None:
 class MailIndex:
     """Where the caches of one archive live: `<directory>/<archive hash>-<version>/…`.
 
-    It keeps the month file it opened last: a search reads days in order."""
+    It keeps the month file it opened last (a search reads days in order), and writes its
+    changes when it opens another or is flushed."""
 
     def __init__(self, directory: Path | str, archive_root: Path | str) -> None:
         root = os.path.realpath(archive_root).encode("utf-8", "surrogateescape")
@@ -589,9 +613,18 @@ class MailIndex:
         path = f"{self.directory}/{user}/{folder}/{day[:6]}.idx"
         month = self._month
         if month is None or month.path != path:
+            self.flush()
             self._month = None  # let the last one go before reading the next
             month = self._month = MonthFile(path)
         return PartitionCache(month, f"{day}.{kind}")
+
+    def flush(self) -> None:
+        """Write what changed in the month file opened last."""
+        if self._month is not None:
+            try:
+                self._month.flush()
+            except OSError as error:
+                _cannot_write(self._month.path, error)
 
 
 def as_entry(raw: tuple[Any, ...] | None) -> Entry | None:

@@ -42,11 +42,16 @@ def _results(
         progress(0, 0)
     done = 0
     keep = criterion.raw_filter()
-    for partition in partitions:
-        report = partial(_report, progress, done, total)
-        yield from _scan(store, criterion, keep, partition, report)
-        done += partition.size
-        progress(min(done, total), total)
+    try:
+        for partition in partitions:
+            report = partial(_report, progress, done, total)
+            yield from _scan(store, criterion, keep, partition, report)
+            done += partition.size
+            progress(min(done, total), total)
+    finally:
+        flush = getattr(store, "flush", None)  # a store that keeps a cache writes it now
+        if flush is not None:
+            flush()
 
 
 def _report(progress: Progress, before: int, total: int, scanned: int) -> None:

@@ -179,20 +179,19 @@ def _listed_names(fd: int) -> list[str]:
 
 def _stat_all(
     fd: int, names: Sequence[str] | None
-) -> tuple[list[str] | None, list[os.stat_result]]:
+) -> tuple[Sequence[str] | None, list[os.stat_result]]:
     """The names that are regular files in the folder open as `fd`, with their status (a
-    name gone since listed is left out); None when `names` is."""
+    name gone since listed is left out; `names` itself when none is); None when `names` is."""
     if names is None:
         return None, []
+    kept: Sequence[str] = names
     try:
         statuses = [os.stat(name, dir_fd=fd) for name in names]
     except FileNotFoundError:  # one went while listed: stat one by one
         kept, statuses = _statuses(fd, names)
-    else:
-        kept = list(names)
     if not all(S_ISREG(status.st_mode) for status in statuses):
         pairs = [(n, s) for n, s in zip(kept, statuses, strict=True) if S_ISREG(s.st_mode)]
-        kept, statuses = [n for n, _ in pairs], [s for _, s in pairs]
+        return [n for n, _ in pairs], [s for _, s in pairs]
     return kept, statuses
 
 
@@ -427,8 +426,14 @@ class FileMailStore:
         self._indexes: dict[str, _UserIndex] = {}
         self._mail_index = None if index_dir is None else MailIndex(index_dir, self.root)
 
+    def flush(self) -> None:
+        """Write what the header cache still holds of a search; a search calls it at its end."""
+        if self._mail_index is not None:
+            self._mail_index.flush()
+
     def refresh(self) -> None:
         """Forget what was read of the archive, to see changes made since."""
+        self.flush()
         for index in self._indexes.values():
             if index.walker is not None:
                 index.walker.close()
@@ -550,9 +555,10 @@ class FileMailStore:
         """The regular `.eml` files of a day folder, sorted, each with its (size, mtime_ns):
         the names as the cache keeps them while the folder is unchanged since they were
         listed, else as listed now; each file is stat'ed (by name in the open folder)."""
-        names: list[str] | None = None
+        names: Sequence[str] | None = None
         statuses: list[os.stat_result] = []
         mark = b""
+        digest = None
         if entry.directory is not None:
             try:
                 fd = os.open(entry.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -565,9 +571,12 @@ class FileMailStore:
                     if now - folder_mtime >= SETTLED_NS:
                         mark = _folder_mark(folder_mtime)
                     cache = self._cache_of(user, entry.folder, entry.day, "eml")
-                    names, statuses = _stat_all(fd, cache.keys_if(mark))
+                    cached = cache.keys_if(mark)
+                    names, statuses = _stat_all(fd, None if cached is None else cached[0])
                     if names is None:
                         names, statuses = _stat_all(fd, _listed_names(fd))
+                    elif cached is not None and names is cached[0]:
+                        digest = cached[1]  # all still there: the cache's listing, as it was
                 finally:
                     os.close(fd)
         if names is None:
@@ -576,7 +585,7 @@ class FileMailStore:
         for status in statuses:
             stamps.append(status.st_size)
             stamps.append(status.st_mtime_ns)
-        return _Listed(listing_digest(names), stamps, mark)
+        return _Listed(listing_digest(names) if digest is None else digest, stamps, mark)
 
     def _eml_messages(
         self, partition: Partition, index: _UserIndex, entry: _Day, keep: RawFilter | None

@@ -393,3 +393,25 @@ def test_an_unchanged_mbox_is_not_split_again(
     monkeypatch.setattr(store_module, "split_mbox", refuse)
     no_header_reads(monkeypatch)
     assert found(FileMailStore(archive, index), subject="mbox") == expected
+
+
+def test_a_first_search_writes_each_month_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "archive"
+    for day in range(1, 21):
+        put(root / "yukoh" / "_ARCHIVE_" / f"201710{day:02d}" / f"M{day}.eml", mail(f"day {day}"))
+        put(root / "yukoh" / "_ARCHIVE_" / f"201711{day:02d}" / f"N{day}.eml", mail(f"day {day}"))
+    written: list[str] = []
+    real = cache_module._write
+
+    def counting(path: str, data: bytes) -> None:
+        written.append(Path(path).name)
+        real(path, data)
+
+    monkeypatch.setattr(cache_module, "_write", counting)
+    index = tmp_path / "index"
+    assert len(found(FileMailStore(root, index), subject="day")) == 40
+    assert written == ["201710.idx", "201711.idx"]
+    assert len(found(FileMailStore(root, index), subject="day")) == 40
+    assert written == ["201710.idx", "201711.idx"]  # nothing changed, nothing written
