@@ -76,7 +76,8 @@ _COLUMNS = _SUBJECT, _FROM, _TO = tuple(FOLDED_POSITION.values())
 ENTRY_WIDTH = len(Entry._fields)
 
 Stamp = tuple[int, int]
-"""(size, mtime_ns) of the file an entry was read from."""
+"""(size, ctime_ns) of the file an entry was read from: its inode change time moves with
+every write, rename, restore or `touch`, and no tool can set it back."""
 
 Row = tuple[Any, ...]
 """What a cache keeps for one key: an `Entry` as a tuple, or another value of the store's."""
@@ -207,7 +208,7 @@ class Columns:
 
     @property
     def stamps(self) -> bytes:
-        """(size, mtime_ns) of each key, flat, as the bytes of an `array("q")`."""
+        """(size, ctime_ns) of each key, flat, as the bytes of an `array("q")`."""
         return self.data[self._stamps_at : self._stamps_at + 16 * self.count]
 
     @property
@@ -640,4 +641,4 @@ def no_cache() -> PartitionCache:
 
 
 def stamp_of(status: os.stat_result) -> Stamp:
-    return (status.st_size, status.st_mtime_ns)
+    return (status.st_size, status.st_ctime_ns)

@@ -89,9 +89,10 @@ _MBOX_SHAPED = re.compile(r"^(?:.+\.)?\d{8}\.[1-9]\d*$", re.MULTILINE)
 """A line that could be an mbox id of some archive (`_MBOX_ID`)."""
 _STEM_LIMIT = 64
 SETTLED_NS = 5_000_000_000
-"""A day folder unchanged for this long (5 s) lists as before while its mtime stays the same:
-a change made after it was listed would give it a later mtime, whatever the clock's grain.  A
-search then takes the names from the cache and stats each file, without listing the folder."""
+"""A day folder unchanged for this long (5 s) lists as before while its ctime stays the same:
+a change made after it was listed (a file added, removed or renamed, the folder restored)
+would give it a later ctime, whatever the clock's grain.  A search then takes the names from
+the cache and stats each file, without listing the folder."""
 IDS_IN_MEMORY = 200_000
 """Ids given so far are checked in memory up to this many a user, then in a temp file."""
 RECENT_DAYS = 4
@@ -119,7 +120,7 @@ class _Listed(NamedTuple):
     digest: int
     """`listing_digest` of the `.eml` names."""
     stamps: array[int]
-    """(size, mtime_ns) of each, flat."""
+    """(size, ctime_ns) of each, flat."""
     mark: bytes
     """`_folder_mark` of the folder if it had been unchanged for `SETTLED_NS`, else b""."""
 
@@ -136,8 +137,8 @@ class _UserIndex:
 
 
 @lru_cache(maxsize=128)
-def _cached_splits(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, int], ...]:
-    # mtime and size are part of the key so that a rewritten mbox is split again.
+def _cached_splits(path: str, ctime_ns: int, size: int) -> tuple[tuple[int, int], ...]:
+    # ctime and size are part of the key so that a rewritten mbox is split again.
     with open(path, "rb", buffering=1 << 20) as stream:
         return tuple(split_mbox(stream))
 
@@ -145,7 +146,7 @@ def _cached_splits(path: str, mtime_ns: int, size: int) -> tuple[tuple[int, int]
 def mbox_splits(path: str | Path) -> tuple[tuple[int, int], ...]:
     """(offset, length) of each message of an mbox file, cached while the file is unchanged."""
     status = os.stat(path)
-    return _cached_splits(os.fspath(path), status.st_mtime_ns, status.st_size)
+    return _cached_splits(os.fspath(path), status.st_ctime_ns, status.st_size)
 
 
 def _sorted_entries(directory: str | Path) -> list[os.DirEntry[str]]:
@@ -195,9 +196,9 @@ def _stat_all(
     return kept, statuses
 
 
-def _folder_mark(mtime_ns: int) -> bytes:
-    """What the cache keeps with a day's entries: the folder's mtime when they were listed."""
-    return array("q", [mtime_ns]).tobytes()
+def _folder_mark(ctime_ns: int) -> bytes:
+    """What the cache keeps with a day's entries: the folder's ctime when they were listed."""
+    return array("q", [ctime_ns]).tobytes()
 
 
 def _statuses(fd: int, names: Sequence[str]) -> tuple[list[str], list[os.stat_result]]:
@@ -552,7 +553,7 @@ class FileMailStore:
         return size
 
     def _eml_files(self, user: str, entry: _Day) -> _Listed:
-        """The regular `.eml` files of a day folder, sorted, each with its (size, mtime_ns):
+        """The regular `.eml` files of a day folder, sorted, each with its (size, ctime_ns):
         the names as the cache keeps them while the folder is unchanged since they were
         listed, else as listed now; each file is stat'ed (by name in the open folder)."""
         names: Sequence[str] | None = None
@@ -567,9 +568,9 @@ class FileMailStore:
             if fd >= 0:
                 try:
                     now = time.time_ns()
-                    folder_mtime = os.fstat(fd).st_mtime_ns
-                    if now - folder_mtime >= SETTLED_NS:
-                        mark = _folder_mark(folder_mtime)
+                    changed = os.fstat(fd).st_ctime_ns
+                    if now - changed >= SETTLED_NS:
+                        mark = _folder_mark(changed)
                     cache = self._cache_of(user, entry.folder, entry.day, "eml")
                     cached = cache.keys_if(mark)
                     names, statuses = _stat_all(fd, None if cached is None else cached[0])
@@ -584,7 +585,7 @@ class FileMailStore:
         stamps = array("q")
         for status in statuses:
             stamps.append(status.st_size)
-            stamps.append(status.st_mtime_ns)
+            stamps.append(status.st_ctime_ns)
         return _Listed(listing_digest(names) if digest is None else digest, stamps, mark)
 
     def _eml_messages(
@@ -824,13 +825,13 @@ def _file_size(path: str) -> int | None:
 
 
 def _stamps(entry: _Day, names: Sequence[str]) -> array[int]:
-    """(size, mtime_ns) of each named `.eml` file of a day, flat; (-1, -1) for one gone since."""
+    """(size, ctime_ns) of each named `.eml` file of a day, flat; (-1, -1) for one gone since."""
     stamps = array("q")
     directory = entry.directory
     for name in names:
         try:
             status = os.stat(f"{directory}/{name}")
-            stamps.extend((status.st_size, status.st_mtime_ns))
+            stamps.extend((status.st_size, status.st_ctime_ns))
         except FileNotFoundError:
             stamps.extend((-1, -1))
     return stamps

@@ -111,9 +111,11 @@ def test_a_mail_rewritten_in_place_is_read_again(archive: Path, tmp_path: Path) 
     assert found(FileMailStore(archive, index), subject="haha")[0] == ("A1", "haha first")
     target = archive / "yukoh" / "_ARCHIVE_" / "20171025" / "A1.eml"
     stat = target.stat()
-    # Same size, new content, same second: only the nanoseconds of the mtime tell them apart.
+    # Same size, new content, and the mtime set back as `cp -p` or `touch -r` would: only the
+    # ctime, which nothing can set back, tells them apart.
     target.write_bytes(mail("hoho first"))
-    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert target.stat().st_size == stat.st_size
     assert found(FileMailStore(archive, index), subject="haha") == [("20171026.1", "mbox haha")]
     assert found(FileMailStore(archive, index), subject="hoho") == [("A1", "hoho first")]
 
@@ -244,7 +246,7 @@ def test_attachment_answers_are_kept(
 def test_two_archives_do_not_share_entries(archive: Path, tmp_path: Path) -> None:
     index = tmp_path / "index"
     mine = archive / "yukoh" / "_ARCHIVE_" / "20171025" / "A1.eml"
-    # The same name, size and mtime in another archive: only the archive tells them apart.
+    # The same name, size and mtime in another archive: the archive tells them apart.
     theirs = put(tmp_path / "other" / "yukoh" / "_ARCHIVE_" / "20171025" / "A1.eml", b"")
     theirs.write_bytes(mail("hoho first"))
     os.utime(theirs, ns=(mine.stat().st_atime_ns, mine.stat().st_mtime_ns))
@@ -309,10 +311,18 @@ def mail_row(subject: str, sender: str) -> tuple[object, ...]:
     return ("2017-10-25", sender, "bob@example.com", subject, "<id>", (), folded, sender, "", None)
 
 
-def settle(folder: Path, seconds: float = 60) -> None:
-    """Make a day folder look unchanged for a while."""
-    past = time.time() - seconds
-    os.utime(folder, (past, past))
+SETTLED_S = 0.05
+
+
+@pytest.fixture
+def quick_settling(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Day folders settle in 50 ms rather than 5 s (a ctime cannot be set back by a test)."""
+    monkeypatch.setattr(store_module, "SETTLED_NS", int(SETTLED_S * 1e9))
+
+
+def settle() -> None:
+    """Let the day folders changed so far settle."""
+    time.sleep(2 * SETTLED_S)
 
 
 def listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
@@ -328,12 +338,13 @@ def listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return listed
 
 
+@pytest.mark.usefixtures("quick_settling")
 def test_a_settled_day_folder_is_not_listed_again(
     archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index = tmp_path / "index"
     day = archive / "yukoh" / "_ARCHIVE_" / "20171025"
-    settle(day)
+    settle()
     first = found(FileMailStore(archive, index))
     listed = listings(monkeypatch)
     assert found(FileMailStore(archive, index)) == first
@@ -342,7 +353,7 @@ def test_a_settled_day_folder_is_not_listed_again(
         ("20171026.1", "mbox haha"),
     ]
     assert listed == []
-    # Added, removed or renamed: the folder's mtime moves, and it is listed again.
+    # Added, removed or renamed: the folder's ctime moves, and it is listed again.
     put(day / "A4.eml", mail("haha fourth"))
     (day / "A2.eml").unlink()
     assert [i for i, _ in found(FileMailStore(archive, index), subject="haha")] == [
@@ -356,28 +367,31 @@ def test_a_settled_day_folder_is_not_listed_again(
 def test_a_day_folder_changed_lately_is_listed_every_time(
     archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Changed within the last few seconds, a file added in the same tick of the clock could
-    # leave its mtime as it was: such a folder is listed until it has settled.
+    # Changed within the last few seconds (here: made by the fixture), a file added in the
+    # same tick of the clock could leave its ctime as it was: such a folder is listed until it
+    # has settled.
     index = tmp_path / "index"
     day = archive / "yukoh" / "_ARCHIVE_" / "20171025"
-    settle(day, 1)
     found(FileMailStore(archive, index))
     listed = listings(monkeypatch)
     found(FileMailStore(archive, index))
     assert listed == [str(day)]
 
 
+@pytest.mark.usefixtures("quick_settling")
 def test_a_settled_folder_still_sees_a_mail_rewritten_in_place(
-    archive: Path, tmp_path: Path
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     index = tmp_path / "index"
     day = archive / "yukoh" / "_ARCHIVE_" / "20171025"
-    settle(day)
+    settle()
     found(FileMailStore(archive, index))
+    listed = listings(monkeypatch)
     found(FileMailStore(archive, index))  # from the cache, the folder not listed
-    (day / "A1.eml").write_bytes(mail("hoho first, edited"))
-    settle(day)  # the folder's own mtime as if nothing had happened to it
+    (day / "A1.eml").write_bytes(mail("hoho first, edited"))  # the folder itself unchanged
+    settle()
     assert found(FileMailStore(archive, index), subject="hoho") == [("A1", "hoho first, edited")]
+    assert listed == []
 
 
 def test_an_unchanged_mbox_is_not_split_again(

@@ -163,7 +163,7 @@ def test_search_memory_does_not_grow_with_the_number_of_mails(
             tracemalloc.stop()
 
     few, many = peak(10), peak(40)
-    # What stays per mail is its size and mtime until its day is read: 16 bytes. Holding the
+    # What stays per mail is its size and ctime until its day is read: 16 bytes. Holding the
     # user's ids and file names, as a whole-archive index would, costs some 300 bytes a mail,
     # and so would holding a whole month of the header cache (the 40-day archive's months
     # hold 2,800 mails, the 10-day one's 1,000).
