@@ -78,7 +78,11 @@ class Message(Protocol):
 
 
 class MailStore(Protocol):
-    """A mail archive: users with folders split into days."""
+    """A mail archive: users with folders split into days.
+
+    Two methods are optional, and `search` uses them when a store has them:
+    `messages_where(partition, keep)`, the messages less those a cached `RawFilter` turns down,
+    and `flush()`, called when a search ends, to write what the store cached meanwhile."""
 
     def users_of_group(self, group: str) -> list[str]:
         """Members of a group; raises `UnknownGroup` if there is no such group."""

@@ -24,7 +24,7 @@ from datetime import date
 from functools import cached_property
 
 from tasks.mailstore.base import MailStore, Message, Partition, UnknownGroup
-from tasks.mailstore.cache import FOLDED_POSITION, RawFilter, raw_filter
+from tasks.mailstore.entry import FOLDED_POSITION, RawFilter, raw_filter
 from tasks.mailstore.names import is_day, is_valid_name
 
 _WHITESPACE = re.compile(r"\s+")

@@ -17,7 +17,6 @@ from typing import BinaryIO, NamedTuple
 
 from tasks.mailstore import mime, stream
 from tasks.mailstore.base import MailSummary
-from tasks.mailstore.cache import Entry
 from tasks.mailstore.criteria import fold
 from tasks.mailstore.decode import (
     charsets_in,
@@ -26,6 +25,7 @@ from tasks.mailstore.decode import (
     decode_header,
     parse_date,
 )
+from tasks.mailstore.entry import Entry
 from tasks.mailstore.headers import MAX_HEADER_BYTES, Headers, parse_headers, read_header_block
 
 log = logging.getLogger(__name__)

@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 
 from tasks.mailstore.base import MailStore, MailStoreUnavailable, MailSummary, Message, Partition
-from tasks.mailstore.cache import RawFilter
 from tasks.mailstore.criteria import Criterion, matches, select_partitions
+from tasks.mailstore.entry import RawFilter
 
 log = logging.getLogger(__name__)
 

@@ -56,21 +56,12 @@ from tasks.mailstore.base import (
     UnknownGroup,
     UnknownMail,
 )
-from tasks.mailstore.cache import (
-    MailIndex,
-    PartitionCache,
-    RawFilter,
-    Row,
-    Stamp,
-    as_entry,
-    is_entry,
-    listing_digest,
-    no_cache,
-    stamp_of,
-)
+from tasks.mailstore.cache import MailIndex, PartitionCache, no_cache
+from tasks.mailstore.entry import RawFilter, Row, Stamp, as_entry, is_entry, stamp_of
 from tasks.mailstore.mbox import split_mbox
 from tasks.mailstore.message import Place, StoredMessage
 from tasks.mailstore.names import check_day, check_name, is_day, is_id_shaped, is_valid_name
+from tasks.mailstore.section import listing_digest
 from tasks.spillset import SpillSet, digest
 
 log = logging.getLogger(__name__)

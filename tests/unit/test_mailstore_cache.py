@@ -6,7 +6,6 @@ import logging
 import os
 import pickle
 import time
-from array import array
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from tasks.mailstore import Criterion, FileMailStore, search
 from tasks.mailstore import cache as cache_module
 from tasks.mailstore import message as message_module
 from tasks.mailstore import mime as mime_module
+from tasks.mailstore import monthfile as monthfile_module
+from tasks.mailstore import section as section_module
 from tasks.mailstore import store as store_module
 
 
@@ -64,9 +65,9 @@ def archive(tmp_path: Path) -> Path:
 def cached_keys(index: Path, day: str = "20171025", kind: str = "eml") -> tuple[str, ...]:
     """The keys the cache holds for that partition of yukoh's _ARCHIVE_ (one month file)."""
     (month,) = index.rglob(f"yukoh/_ARCHIVE_/{day[:6]}.idx")
-    section = cache_module.MonthFile(str(month)).section(f"{day}.{kind}")
+    section = monthfile_module.MonthFile(str(month)).section(f"{day}.{kind}")
     assert section is not None
-    return cache_module.Columns(*section).keys
+    return section_module.Columns(*section).keys
 
 
 def found(store: FileMailStore, **fields: object) -> list[tuple[str, str]]:
@@ -156,8 +157,8 @@ def test_a_search_stopped_early_keeps_what_it_did_not_reach(archive: Path, tmp_p
     [
         b"not a cache at all",
         pickle.dumps(("taskd-mail-index", 0, {})),  # an older version
-        cache_module.FORMAT + b"\x0c\x00\x05\x00",  # a section cut short
-        cache_module.FORMAT[:-3],
+        monthfile_module.FORMAT + b"\x0c\x00\x05\x00",  # a table of contents cut short
+        monthfile_module.FORMAT[:-3],
     ],
 )
 def test_a_corrupt_cache_file_is_rebuilt(archive: Path, tmp_path: Path, garbage: bytes) -> None:
@@ -171,7 +172,7 @@ def test_a_corrupt_cache_file_is_rebuilt(archive: Path, tmp_path: Path, garbage:
 
 def _rewrite_sections(index: Path, change: Callable[[bytes], bytes]) -> None:
     for path in index.rglob("*.idx"):
-        month = cache_module.MonthFile(str(path))
+        month = monthfile_module.MonthFile(str(path))
         for name in month.names():
             section = month.section(name)
             assert section is not None
@@ -196,20 +197,6 @@ def test_a_corrupt_section_is_rebuilt_and_never_runs_code(
     _rewrite_sections(index, change)
     assert found(FileMailStore(archive, index), subject="haha") == expected
     assert found(FileMailStore(archive, index), subject="first") == [("A1", "haha first")]
-
-
-def test_a_row_naming_a_callable_is_refused(tmp_path: Path) -> None:
-    marker = tmp_path / "owned-by-cache"
-    evil = f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
-    good = cache_module.Columns.build({"a.eml": ((1, 2), ("x",) * 10)})
-    count, keys, *texts, rows, extra = cache_module._HEADER.unpack_from(good.data)
-    starts = array("q", [0, len(evil)]).tobytes()
-    head = cache_module._HEADER.pack(count, keys, *texts, len(starts) + len(evil), extra)
-    body = good.data[cache_module._HEADER.size : good._rows_at]
-    columns = cache_module.Columns(head + body + starts + evil)
-    with pytest.raises(pickle.UnpicklingError):
-        columns.row(0)
-    assert not marker.exists()
 
 
 def test_an_unwritable_cache_only_costs_speed(
@@ -268,47 +255,6 @@ def test_temp_files_of_killed_writers_are_swept(archive: Path, tmp_path: Path) -
     found(FileMailStore(archive, index))  # a new mail: the day's cache file is written again
     assert not stale.exists()
     assert fresh.exists()  # it may be another worker's, being written now
-
-
-@pytest.mark.parametrize(
-    ("text", "needle", "lines"),
-    [
-        (b"haha\nno\nhaha haha\n\nhaha", b"haha", [0, 2, 4]),
-        (b"no\nno", b"haha", []),
-        (b"\n\nxhahax", b"haha", [2]),
-        (b"hah\nahaha\n", b"haha", [1]),  # never across a line break
-        ("計劃\n計\n劃計劃".encode(), "計劃".encode(), [0, 2]),
-    ],
-)
-def test_lines_holding_a_needle(text: bytes, needle: bytes, lines: list[int]) -> None:
-    data = b"before" + text + b"after"  # found in place, within the bounds given
-    start = len(b"before")
-    assert list(cache_module._lines_with(data, start, start + len(text), needle)) == lines
-
-
-def test_a_section_reads_back_what_was_written() -> None:
-    rows = {
-        f"M{n}.eml": ((n, 10**18 + n), mail_row(f"subject {n}", f"from{n}@example.com"))
-        for n in range(12)
-    }
-    rows["odd\udce9name.eml"] = ((7, 7), mail_row("Re: 計劃 plan", "ann@example.com"))
-    rows["splits"] = ((1, 2), ((0, 10), (10, 20)))  # not an entry: never matched
-    built = cache_module.Columns.build(rows, b"extra bytes")
-    section = cache_module.Columns(b"in front" + built.data, len(b"in front"))
-    assert section.keys == tuple(sorted(rows))
-    assert section.extra == b"extra bytes"
-    assert list(array("q", section.stamps)) == [v for k in sorted(rows) for v in rows[k][0]]
-    assert section.as_dict() == rows
-    plan = Criterion.from_json({"subject": "計劃"}).raw_filter()
-    assert [section.keys[n] for n, _ in section.matching(plan)] == ["odd\udce9name.eml"]
-    both = Criterion.from_json({"subject": "subject 1", "from": "from11"}).raw_filter()
-    assert [section.keys[n] for n, _ in section.matching(both)] == ["M11.eml"]
-    assert len(section.matching(None)) == 13
-
-
-def mail_row(subject: str, sender: str) -> tuple[object, ...]:
-    folded = subject.casefold()
-    return ("2017-10-25", sender, "bob@example.com", subject, "<id>", (), folded, sender, "", None)
 
 
 SETTLED_S = 0.05
@@ -417,15 +363,37 @@ def test_a_first_search_writes_each_month_file_once(
         put(root / "yukoh" / "_ARCHIVE_" / f"201710{day:02d}" / f"M{day}.eml", mail(f"day {day}"))
         put(root / "yukoh" / "_ARCHIVE_" / f"201711{day:02d}" / f"N{day}.eml", mail(f"day {day}"))
     written: list[str] = []
-    real = cache_module._write
+    real = monthfile_module.write_whole
 
     def counting(path: str, data: bytes) -> None:
         written.append(Path(path).name)
         real(path, data)
 
-    monkeypatch.setattr(cache_module, "_write", counting)
+    monkeypatch.setattr(monthfile_module, "write_whole", counting)
     index = tmp_path / "index"
     assert len(found(FileMailStore(root, index), subject="day")) == 40
     assert written == ["201710.idx", "201711.idx"]
     assert len(found(FileMailStore(root, index), subject="day")) == 40
     assert written == ["201710.idx", "201711.idx"]  # nothing changed, nothing written
+
+
+def test_a_folder_settling_costs_no_entry_reads(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(store_module, "SETTLED_NS", 300_000_000)
+    index = tmp_path / "index"
+    found(FileMailStore(archive, index), subject="haha")  # the folders changed just now
+    time.sleep(0.4)
+    unpickled: list[bytes] = []
+    real = section_module._unpickle
+
+    def spy(data: bytes) -> object:
+        unpickled.append(data)
+        return real(data)
+
+    monkeypatch.setattr(section_module, "_unpickle", spy)
+    assert found(FileMailStore(archive, index), subject="nowhere") == []  # records them settled
+    assert unpickled == []
+    listed = listings(monkeypatch)
+    assert found(FileMailStore(archive, index), subject="nowhere") == []
+    assert listed == []

@@ -140,7 +140,7 @@ def test_search_memory_does_not_grow_with_the_number_of_mails(
     # Small limits, so that a few thousand mails show what a million would: the ids kept in
     # memory, and how much of a month's header cache file is read at once.
     monkeypatch.setattr(importlib.import_module("tasks.mailstore.store"), "IDS_IN_MEMORY", 500)
-    monkeypatch.setattr(importlib.import_module("tasks.mailstore.cache"), "READ_SIZE", 16_384)
+    monkeypatch.setattr(importlib.import_module("tasks.mailstore.monthfile"), "READ_SIZE", 16_384)
 
     def peak(days: int) -> int:
         root = tmp_path / f"archive{days}"
