@@ -23,10 +23,12 @@ order of folder, day, then file name, so that an archive growing by new days kee
   the hash is the start of the SHA-1 of the file's path in the user's archive.
 
 Ids are looked up, never joined into a path.  A store lists each user's folders and days once
-(make one store per task, or call `refresh()`) and the files of a day when it reads that day,
-giving ids by walking the days in order; what it keeps about the mail already walked is a set
-of id digests that moves to a temporary file when it grows, so memory does not grow with the
-archive.  A lookup by id is quickest with the folder and day a result set gives with it.
+(make one store per task, or call `refresh()`) and the files of a day when it sizes that day
+(or takes their names from the header cache, when the folder has not changed since they were
+listed: `SETTLED_NS`), stat'ing each file once; it gives ids by walking the days in order, and
+what it keeps about the mail already walked is a set of id digests that moves to a temporary
+file when it grows, so memory does not grow with the archive.  A lookup by id is quickest with
+the folder and day a result set gives with it.
 """
 
 from __future__ import annotations
