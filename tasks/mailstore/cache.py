@@ -128,9 +128,12 @@ class PartitionCache:
             self._extra = data
             self._dirty = True
 
-    def keys_if(self, extra: bytes) -> tuple[tuple[str, ...], int] | None:
-        """The keys as loaded and their `listing_digest`, if they were saved with `extra`."""
+    def names_if(self, extra: bytes) -> tuple[tuple[str, ...], int] | None:
+        """The keys as loaded and their `listing_digest`, if they were saved with `extra` and
+        each could name a file in a folder (a foreign cache must not lead a search out of it)."""
         if self._columns is None or not extra or self._extra != extra:
+            return None
+        if not self._columns.keys_are_file_names():
             return None
         try:
             return self._columns.keys, self._columns.digest

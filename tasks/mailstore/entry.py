@@ -34,6 +34,7 @@ COLUMNS = SUBJECT, FROM, TO = tuple(FOLDED_POSITION.values())
 """The folded fields a cache file also keeps as one text each, for a partition-wide find."""
 
 ENTRY_WIDTH = len(Entry._fields)
+_TEXT_FIELDS = tuple(range(5)) + COLUMNS
 
 Stamp = tuple[int, int]
 """(size, ctime_ns) of the file an entry was read from: its inode change time moves with
@@ -62,8 +63,9 @@ def raw_filter(tests: tuple[tuple[int, str], ...]) -> RawFilter | None:
 
 
 def is_entry(row: Row) -> bool:
-    """Whether a stored tuple is an `Entry`'s (and not another value a store keeps)."""
-    return len(row) == ENTRY_WIDTH and type(row[0]) is str
+    """Whether a stored tuple is an `Entry`'s (and not another value a store keeps): the
+    right length, with text where a search compares or shows it."""
+    return len(row) == ENTRY_WIDTH and all(type(row[n]) is str for n in _TEXT_FIELDS)
 
 
 def as_entry(raw: tuple[Any, ...] | None) -> Entry | None:

@@ -1,28 +1,33 @@
 """The header cache's files: one a month of a folder, a section per day and kind, replaced whole.
 
 A file is `FORMAT`, the byte length of its table of contents, the table (for each section the
-byte length of its name, its offset in the file and its length, then the name), then the
-sections.  Every file is written to a temp file beside it and renamed into place, so a reader
-sees the old file or the new one, never a mix; temp files of killed writers are swept.
+byte length of its name, its offset in the file, its length and its CRC-32, then the name),
+then the sections.  A section whose bytes do not match its CRC, or that lies outside the file,
+is read as missing and rebuilt.  Every file is written to a temp file beside it and renamed
+into place, so a reader sees the old file or the new one, never a mix; temp files of killed
+writers are swept.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import struct
 import tempfile
 import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from isal.isal_zlib import crc32  # ISA-L's: several times zlib's speed
+
 log = logging.getLogger(__name__)
 
-VERSION = 3
-FORMAT = b"taskd-mail-index 3\n"
+VERSION = 4
+FORMAT = b"taskd-mail-index 4\n"
 """Written first in every file; a file starting otherwise is read as an empty cache."""
 READ_SIZE = 1 << 18
 """What is read of a month file when it is opened (all of most of them): 256 KiB."""
@@ -30,10 +35,16 @@ STALE_TEMP_S = 600
 """A temp file this old beside a cache file is a killed writer's, not one being written."""
 
 _UTF8, _ANY = "utf-8", "surrogatepass"
-
+COPY_CHUNK = 1 << 20
+"""A section kept as it was is copied into a new file in reads of at most this many bytes."""
 
 _TOC_SIZE = struct.Struct("<I")
-_TOC_ENTRY = struct.Struct("<HQQ")
+_TOC_ENTRY = struct.Struct("<HQQI")
+
+
+_Where = tuple[int, int, int]
+"""Where a section is: its offset and length in the file, and the CRC-32 of its bytes (so
+damage that keeps its shape is caught too); a plain tuple, made for every section opened."""
 
 
 class MonthFile:
@@ -42,14 +53,14 @@ class MonthFile:
     Its first `READ_SIZE` bytes are read when it is opened, which is all of it for most months;
     a section beyond them is read when asked for.  Changed sections are kept until they pass
     `READ_SIZE` or `flush()` is called, then written with the others as a new file (by rename),
-    which is opened again.  So memory stays within twice that and one section however big a
-    month is, and a search that changes every day of a month writes its file once or a few
-    times, not once a day."""
+    which is opened again; the others are copied from the old file a chunk at a time.  So
+    memory stays within twice that and one section however big a month is, and a search that
+    changes every day of a month writes its file once or a few times, not once a day."""
 
     def __init__(self, path: str) -> None:
         self.path = path
         self._head = b""
-        self._toc: dict[str, tuple[int, int]] = {}
+        self._toc: dict[str, _Where] = {}
         self._fd = -1
         self._closer: weakref.finalize[Any, Any] | None = None
         self._pending: dict[str, bytes] = {}
@@ -80,22 +91,26 @@ class MonthFile:
 
     def section(self, name: str) -> tuple[bytes, int, int] | None:
         """(data, start, end) of the named section, which is `data[start:end]`; None if there
-        is none or it cannot be read."""
+        is none, or it cannot be read or is damaged (it is then rebuilt)."""
         pending = self._pending.get(name)
         if pending is not None:
             return pending, 0, len(pending)
         where = self._toc.get(name)
         if where is None:
             return None
-        offset, length = where
+        offset, length, crc = where
         if offset + length <= len(self._head):
-            return self._head, offset, offset + length
-        try:
-            data = os.pread(self._fd, length, offset)
-        except OSError as error:
-            log.info("cannot read the mail index file %s: %s", self.path, error)
+            data, start = self._head, offset
+        else:
+            try:
+                data, start = os.pread(self._fd, length, offset), 0
+            except OSError as error:
+                log.info("cannot read the mail index file %s: %s", self.path, error)
+                return None
+        if len(data) < start + length or crc32(memoryview(data)[start : start + length]) != crc:
+            log.info("rebuilding %s of the mail index file %s: damaged", name, self.path)
             return None
-        return (data, 0, length) if len(data) == length else None
+        return data, start, start + length
 
     def names(self) -> list[str]:
         return list(dict.fromkeys([*self._toc, *self._pending]))
@@ -114,17 +129,29 @@ class MonthFile:
         if not self._pending:
             return
         pending, self._pending, self._pending_size = self._pending, {}, 0
-        sections = {}
-        for other in self._toc:
-            found = None if other in pending else self.section(other)
-            if found is not None:
-                sections[other] = found[0][found[1] : found[2]]
-        sections.update(pending)
-        write_whole(self.path, _month_bytes(sections))
+        kept = {name: where for name, where in self._toc.items() if name not in pending}
+        sizes = {name: length for name, (_, length, _) in kept.items()}
+        crcs = {name: crc for name, (_, _, crc) in kept.items()}
+        for name, data in pending.items():
+            sizes[name], crcs[name] = len(data), crc32(data)
+        head = _month_head(sizes, crcs)
+        write_whole(self.path, itertools.chain([head], self._bodies(kept, pending)))
         self._open()
 
+    def _bodies(self, kept: Mapping[str, _Where], pending: Mapping[str, bytes]) -> Iterator[bytes]:
+        """The sections' bytes in the order `_month_head` lists them (kept first)."""
+        for offset, length, _ in kept.values():
+            done = 0
+            while done < length:
+                chunk = os.pread(self._fd, min(COPY_CHUNK, length - done), offset + done)
+                if not chunk:
+                    raise OSError(f"{self.path} is shorter than its table of contents says")
+                done += len(chunk)
+                yield chunk
+        yield from pending.values()
 
-def _table_of_contents(fd: int, head: bytes) -> dict[str, tuple[int, int]]:
+
+def _table_of_contents(fd: int, head: bytes) -> dict[str, _Where]:
     if not head.startswith(FORMAT):
         raise ValueError("not a cache file of this version")
     (size,) = _TOC_SIZE.unpack_from(head, len(FORMAT))
@@ -134,34 +161,41 @@ def _table_of_contents(fd: int, head: bytes) -> dict[str, tuple[int, int]]:
         table = os.pread(fd, size, at)
         if len(table) < size:
             raise ValueError("the table of contents is cut short")
+    file_size = os.fstat(fd).st_size
     toc = {}
+    first = at + size
     at = 0
     while at < size:
-        name_length, offset, length = _TOC_ENTRY.unpack_from(table, at)
+        name_length, offset, length, crc = _TOC_ENTRY.unpack_from(table, at)
         at += _TOC_ENTRY.size
-        toc[table[at : at + name_length].decode(_UTF8, _ANY)] = (offset, length)
+        if not first <= offset <= offset + length <= file_size:
+            raise ValueError("a section lies outside the file")
+        toc[table[at : at + name_length].decode(_UTF8, _ANY)] = (offset, length, crc)
         at += name_length
     return toc
 
 
-def _month_bytes(sections: Mapping[str, bytes]) -> bytes:
-    names = [name.encode(_UTF8, _ANY) for name in sections]
+def _month_head(sizes: Mapping[str, int], crcs: Mapping[str, int]) -> bytes:
+    """`FORMAT` and the table of contents of sections of these sizes, in this order."""
+    names = [name.encode(_UTF8, _ANY) for name in sizes]
     size = sum(_TOC_ENTRY.size + len(name) for name in names)
     offset = len(FORMAT) + _TOC_SIZE.size + size
-    table = []
-    for name, data in zip(names, sections.values(), strict=True):
-        table += [_TOC_ENTRY.pack(len(name), offset, len(data)), name]
-        offset += len(data)
-    return b"".join([FORMAT, _TOC_SIZE.pack(size), *table, *sections.values()])
+    table = [FORMAT, _TOC_SIZE.pack(size)]
+    for encoded, (name, length) in zip(names, sizes.items(), strict=True):
+        table += [_TOC_ENTRY.pack(len(encoded), offset, length, crcs[name]), encoded]
+        offset += length
+    return b"".join(table)
 
 
-def write_whole(path: str, data: bytes) -> None:
+def write_whole(path: str, chunks: Iterable[bytes]) -> None:
+    """Write a file whole: to a temp file beside it, then renamed into place."""
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
     try:
         with os.fdopen(fd, "wb") as stream:
-            stream.write(data)
+            for chunk in chunks:
+                stream.write(chunk)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

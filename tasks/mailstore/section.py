@@ -120,6 +120,12 @@ class Columns:
             self._keys = tuple(keys)
         return self._keys
 
+    def keys_are_file_names(self) -> bool:
+        """Whether every key could name a file in a folder: none holds a "/" or starts with a
+        "." (so none is "." or ".." either); checked on the stored bytes, without decoding."""
+        keys = self.data[self._keys_at : self._stamps_at]
+        return b"/" not in keys and not keys.startswith(b".") and b"\0." not in keys
+
     @property
     def stamps(self) -> bytes:
         """(size, ctime_ns) of each key, flat, as the bytes of an `array("q")`."""

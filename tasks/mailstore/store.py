@@ -171,13 +171,41 @@ def _listed_names(fd: int) -> list[str]:
     return names
 
 
-def _stat_all(
-    fd: int, names: Sequence[str] | None
-) -> tuple[Sequence[str] | None, list[os.stat_result]]:
+def _open_folder(directory: str | None) -> int:
+    """A descriptor of the day folder, or -1 if there is none."""
+    if directory is None:
+        return -1
+    try:
+        return os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return -1
+
+
+def _folder_files(
+    fd: int, cache: PartitionCache
+) -> tuple[Sequence[str], list[os.stat_result], bytes, int | None]:
+    """The `.eml` files of the folder open as `fd`, their status, the folder's mark and the
+    names' `listing_digest` if it is known already.  The names are the cache's while the folder
+    is unchanged since they were listed (`SETTLED_NS`), else listed now; either way each file
+    is stat'ed, by name in the open folder."""
+    now = time.time_ns()
+    changed = os.fstat(fd).st_ctime_ns
+    mark = _folder_mark(changed) if now - changed >= SETTLED_NS else b""
+    cached = cache.names_if(mark)
+    if cached is not None:
+        names, statuses = _stat_all(fd, cached[0])
+        # All still there: the cache's listing as it was; else what is left of it.
+        return names, statuses, mark, cached[1] if names is cached[0] else None
+    listed = _listed_names(fd)
+    names, statuses = _stat_all(fd, listed)
+    # A name that is not a regular file (a dangling symlink, say) can become one without the
+    # folder changing: such a folder is listed every time.
+    return names, statuses, mark if names is listed else b"", None
+
+
+def _stat_all(fd: int, names: Sequence[str]) -> tuple[Sequence[str], list[os.stat_result]]:
     """The names that are regular files in the folder open as `fd`, with their status (a
-    name gone since listed is left out; `names` itself when none is); None when `names` is."""
-    if names is None:
-        return None, []
+    name gone since listed is left out; `names` itself when none is)."""
     kept: Sequence[str] = names
     try:
         statuses = [os.stat(name, dir_fd=fd) for name in names]
@@ -546,35 +574,17 @@ class FileMailStore:
         return size
 
     def _eml_files(self, user: str, entry: _Day) -> _Listed:
-        """The regular `.eml` files of a day folder, sorted, each with its (size, ctime_ns):
-        the names as the cache keeps them while the folder is unchanged since they were
-        listed, else as listed now; each file is stat'ed (by name in the open folder)."""
-        names: Sequence[str] | None = None
+        """The regular `.eml` files of a day folder, sorted, each with its (size, ctime_ns)."""
+        names: Sequence[str] = []
         statuses: list[os.stat_result] = []
-        mark = b""
-        digest = None
-        if entry.directory is not None:
+        mark, digest = b"", None
+        fd = _open_folder(entry.directory)
+        if fd >= 0:
             try:
-                fd = os.open(entry.directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                fd = -1
-            if fd >= 0:
-                try:
-                    now = time.time_ns()
-                    changed = os.fstat(fd).st_ctime_ns
-                    if now - changed >= SETTLED_NS:
-                        mark = _folder_mark(changed)
-                    cache = self._cache_of(user, entry.folder, entry.day, "eml")
-                    cached = cache.keys_if(mark)
-                    names, statuses = _stat_all(fd, None if cached is None else cached[0])
-                    if names is None:
-                        names, statuses = _stat_all(fd, _listed_names(fd))
-                    elif cached is not None and names is cached[0]:
-                        digest = cached[1]  # all still there: the cache's listing, as it was
-                finally:
-                    os.close(fd)
-        if names is None:
-            names, statuses = [], []
+                cache = self._cache_of(user, entry.folder, entry.day, "eml")
+                names, statuses, mark, digest = _folder_files(fd, cache)
+            finally:
+                os.close(fd)
         stamps = array("q")
         for status in statuses:
             stamps.append(status.st_size)
@@ -827,4 +837,6 @@ def _stamps(entry: _Day, names: Sequence[str]) -> array[int]:
             stamps.extend((status.st_size, status.st_ctime_ns))
         except FileNotFoundError:
             stamps.extend((-1, -1))
+        except OSError as error:
+            raise MailStoreUnavailable(f"cannot read {directory}/{name}: {error}") from error
     return stamps

@@ -6,7 +6,8 @@ import logging
 import os
 import pickle
 import time
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -365,9 +366,9 @@ def test_a_first_search_writes_each_month_file_once(
     written: list[str] = []
     real = monthfile_module.write_whole
 
-    def counting(path: str, data: bytes) -> None:
+    def counting(path: str, chunks: Iterable[bytes]) -> None:
         written.append(Path(path).name)
-        real(path, data)
+        real(path, chunks)
 
     monkeypatch.setattr(monthfile_module, "write_whole", counting)
     index = tmp_path / "index"
@@ -397,3 +398,65 @@ def test_a_folder_settling_costs_no_entry_reads(
     listed = listings(monkeypatch)
     assert found(FileMailStore(archive, index), subject="nowhere") == []
     assert listed == []
+
+
+@pytest.mark.usefixtures("quick_settling")
+def test_a_dangling_symlink_that_comes_to_life_is_found(archive: Path, tmp_path: Path) -> None:
+    # Its target can appear without its folder changing, so such a folder is never trusted to
+    # list as before.
+    index = tmp_path / "index"
+    day = archive / "yukoh" / "_ARCHIVE_" / "20171025"
+    target = tmp_path / "elsewhere" / "late.eml"
+    (day / "A0.eml").symlink_to(target)
+    settle()
+    assert [i for i, _ in found(FileMailStore(archive, index), subject="late")] == []
+    found(FileMailStore(archive, index), subject="late")
+    put(target, mail("late, but here"))
+    settle()
+    assert found(FileMailStore(archive, index), subject="late") == [("A0", "late, but here")]
+
+
+def test_damage_to_a_month_file_is_caught(archive: Path, tmp_path: Path) -> None:
+    # Bit flips that keep a section's shape (its text, a row) are caught by its CRC; a table of
+    # contents pointing outside the file is refused. Either way the day is read again.
+    index = tmp_path / "index"
+    expected = found(FileMailStore(archive, index), subject="haha")
+    (month,) = index.rglob("yukoh/_ARCHIVE_/201710.idx")
+    good = month.read_bytes()
+    places = [good.index(b"haha first"), good.rindex(b"haha first"), len(good) - 3]
+    for at in places:
+        month.write_bytes(good[:at] + bytes([good[at] ^ 0x20]) + good[at + 1 :])
+        assert found(FileMailStore(archive, index), subject="haha") == expected
+        month.write_bytes(good)
+    toc = len(monthfile_module.FORMAT) + 4
+    huge = good[: toc + 2 + 8] + (2**63 - 1).to_bytes(8, "little") + good[toc + 18 :]
+    month.write_bytes(huge)
+    assert found(FileMailStore(archive, index), subject="haha") == expected
+
+
+def test_writing_a_big_month_file_holds_a_chunk_not_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(monthfile_module, "READ_SIZE", 16_384)
+    monkeypatch.setattr(monthfile_module, "COPY_CHUNK", 16_384)
+    root = tmp_path / "archive"
+    for day in range(1, 29):
+        for n in range(40):
+            put(root / "yukoh" / "_ARCHIVE_" / f"201710{day:02d}" / f"M{day}_{n}.eml", mail("x"))
+    index = tmp_path / "index"
+    found(FileMailStore(root, index), subject="new")
+    (month,) = index.rglob("*.idx")
+    put(root / "yukoh" / "_ARCHIVE_" / "20171015" / "N.eml", mail("new"))
+
+    def peak(search: Callable[[], object]) -> int:
+        tracemalloc.start()
+        try:
+            search()
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    rewriting = peak(lambda: found(FileMailStore(root, index), subject="new"))
+    unchanged = peak(lambda: found(FileMailStore(root, index), subject="new"))
+    assert month.stat().st_size > 10 * 16_384
+    assert rewriting - unchanged < month.stat().st_size / 4, (rewriting, unchanged)

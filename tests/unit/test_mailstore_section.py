@@ -78,3 +78,28 @@ def test_new_extra_bytes_keep_everything_else() -> None:
     assert again.keys == built.keys
     assert again.stamps == built.stamps
     assert again.as_dict() == rows
+
+
+def test_a_row_without_text_where_text_belongs_is_no_entry() -> None:
+    good = ("2017", "a", "b", "plan", "", (), "plan", "a", "b", None)
+    odd = ("2017", "a", "b", "plan", "", (), 42, "a", "b", None)
+    section = section_module.Columns.build({"a.eml": ((1, 1), good), "b.eml": ((1, 1), odd)})
+    assert [n for n, _ in section.matching(None)] == [0]
+    plan = Criterion.from_json({"from": "a"}).raw_filter()
+    assert [n for n, _ in section.matching(plan)] == [0]
+
+
+@pytest.mark.parametrize(
+    ("names", "plain"),
+    [
+        (["a.eml", "B.EML", "x y.Eml", "b..c.eml"], True),
+        ([], True),
+        (["a.eml", "../a.eml"], False),
+        (["sub/a.eml"], False),
+        (["a.eml", ".hidden.eml"], False),
+        ([".."], False),
+    ],
+)
+def test_names_from_a_cache_cannot_lead_out_of_the_folder(names: list[str], plain: bool) -> None:
+    section = section_module.Columns.build({name: ((1, 1), ()) for name in names})
+    assert section.keys_are_file_names() is plain
