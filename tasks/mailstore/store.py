@@ -164,9 +164,15 @@ def _scan_folder(index: _UserIndex, folder: str, directory: str) -> None:
             index.days.setdefault(key, _Day(*key)).directory = entry.path
 
 
+def _is_eml_name(name: str) -> bool:
+    """Whether a file of a day folder is taken for a mail by its name: `.eml` in any case,
+    not hidden."""
+    return name[-len(EML_SUFFIX) :].lower() == EML_SUFFIX and not name.startswith(".")
+
+
 def _listed_names(fd: int) -> list[str]:
     """The names of the folder open as `fd` that could be `.eml` files, sorted."""
-    names = [n for n in os.listdir(fd) if n[-4:].lower() == EML_SUFFIX and n[0] != "."]
+    names = [name for name in os.listdir(fd) if _is_eml_name(name)]
     names.sort()
     return names
 
@@ -239,11 +245,7 @@ def _eml_names(day: _Day) -> tuple[str, ...]:
     try:
         with os.scandir(day.directory) as entries:
             names = [
-                entry.name
-                for entry in entries
-                if entry.name[-4:].lower() == EML_SUFFIX
-                and not entry.name.startswith(".")
-                and entry.is_file()
+                entry.name for entry in entries if _is_eml_name(entry.name) and entry.is_file()
             ]
     except FileNotFoundError:
         return ()
@@ -366,7 +368,8 @@ class _IdWalker:
     def _assign(self, day: _Day, names: Sequence[str] | None) -> _DayIds:
         if names is None:
             names = _eml_names(day)
-        stems = [name[:-4] for name in names]  # every name ends in ".eml", in any case
+        cut = -len(EML_SUFFIX)
+        stems = [name[:cut] for name in names]
         keys = set(map(digest, stems))
         if len(keys) == len(stems) and self._taken.isdisjoint(keys) and _plain(stems):
             # The common case, for a whole day at once: every stem is its own id.
