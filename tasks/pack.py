@@ -231,7 +231,12 @@ def _join(parent: str, name: str) -> str:
 
 
 class _Namer:
-    """Gives every member a distinct cleaned path, deterministically, in the order given."""
+    """Gives every member a distinct cleaned path, deterministically, in the order given.
+
+    Linear in the number of members: a name that clashes remembers the next number to try, so
+    the thousandth copy of one name is not checked against `(2)` ... `(999)` again, and a
+    folder is placed once, not once per member inside it.
+    """
 
     def __init__(self, reserved: Iterable[str], stack: contextlib.ExitStack) -> None:
         self._files = SpillSet(NAMES_IN_MEMORY)
@@ -239,6 +244,12 @@ class _Namer:
         for name in reserved:
             self._files.add(_key(name))
         self._dirs: dict[int, str] = {}
+        self._placed_dirs: dict[int, str] = {}
+        """Key of a folder as asked (below its placed parent) -> the path it was placed at."""
+        self._next_file: dict[int, int] = {}
+        self._next_dir: dict[int, int] = {}
+        """Key of a clashing path as asked -> the first clash number not tried yet (files and
+        folders apart: `x.d` numbers to `x (2).d` as a file but `x.d (2)` as a folder)."""
 
     def place(self, arcname: str) -> tuple[list[str], str]:
         """The directories first seen here (to write as entries) and the member's final path."""
@@ -249,25 +260,43 @@ class _Namer:
             parent = self._enter(parent, part, new_dirs)
         path = _join(parent, parts[-1])
         key = _key(path)
-        n = 1
-        while key in self._files or key in self._dirs:
-            n += 1
-            path = _join(parent, _numbered_name(parts[-1], n))
-            key = _key(path)
+        if key in self._files or key in self._dirs:
+            path, key = self._free_number(
+                self._next_file, key, lambda n: _join(parent, _numbered_name(parts[-1], n))
+            )
         self._files.add(key)
         return new_dirs, path
 
+    def _free_number(
+        self, counters: dict[int, int], asked: int, name: Callable[[int], str]
+    ) -> tuple[str, int]:
+        """The first `name(n)`, n >= 2, that no file or folder holds, from where the last
+        search for the same `asked` name stopped (names are never given back, so every number
+        below that one is still taken)."""
+        n = counters.get(asked, 2)
+        while True:
+            path = name(n)
+            key = _key(path)
+            n += 1
+            if key not in self._files and key not in self._dirs:
+                counters[asked] = n
+                return path, key
+
     def _enter(self, parent: str, part: str, new_dirs: list[str]) -> str:
         path = _join(parent, part)
-        key = _key(path)
-        n = 1
-        while key in self._files:  # a file holds the name: number the directory instead
-            n += 1
-            path = _join(parent, f"{part} ({n})")
-            key = _key(path)
+        asked = _key(path)
+        placed = self._placed_dirs.get(asked)
+        if placed is not None:
+            return placed
+        key = asked
+        if key in self._files:  # a file holds the name: number the directory instead
+            path, key = self._free_number(
+                self._next_dir, asked, lambda n: _join(parent, f"{part} ({n})")
+            )
         if key not in self._dirs:
             self._dirs[key] = path
             new_dirs.append(path)
+        self._placed_dirs[asked] = self._dirs[key]
         return self._dirs[key]
 
 

@@ -174,6 +174,42 @@ def test_a_file_and_a_folder_of_the_same_name_both_survive(tmp_path: Path) -> No
     run(["tar", "xzf", str(tmp_path / "out.tar.gz"), "-C", str(tmp_path)])
 
 
+def _names_looked_up(monkeypatch: pytest.MonkeyPatch, members: list[Member]) -> int:
+    """How many candidate names packing `members` looked up: the namer's unit of work."""
+    looked_up = 0
+    real_key = pack_module._key
+
+    def counting_key(path: str) -> int:
+        nonlocal looked_up
+        looked_up += 1
+        return real_key(path)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(pack_module, "_key", counting_key)
+        build_targz(cast(BinaryIO, io.BytesIO()), "top", members, keep_names=False, threads=0)
+    return looked_up
+
+
+def _same_file(count: int) -> list[Member]:
+    return [data_member("files/report.doc", b"") for _ in range(count)]
+
+
+def _folder_held_by_files(count: int) -> list[Member]:
+    held = [data_member("d" if n == 1 else f"d ({n})", b"") for n in range(1, count + 1)]
+    return held + [data_member(f"d/{n}.eml", b"") for n in range(count)]
+
+
+@pytest.mark.parametrize("members", [_same_file, _folder_held_by_files])
+def test_naming_work_grows_linearly_with_clashes(
+    monkeypatch: pytest.MonkeyPatch, members: Callable[[int], list[Member]]
+) -> None:
+    # 36,000 copies of one `files` entry once took half an hour: each copy tried (2), (3)...
+    # again. Counted, not timed: four times the members may cost four times the lookups.
+    small = _names_looked_up(monkeypatch, members(500))
+    big = _names_looked_up(monkeypatch, members(2_000))
+    assert big <= 4.4 * small, f"{small} lookups for 500 members, {big} for 2,000"
+
+
 @pytest.mark.parametrize(
     ("hostile", "clean"),
     [
