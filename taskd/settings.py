@@ -39,6 +39,17 @@ DEFAULT_VISIBILITY_TIMEOUT_S = 4 * 3600
 """Redis redelivers an unacknowledged job after this long; keep it above every time limit."""
 DEFAULT_HTTP_HOST = "127.0.0.1"
 """The bridge's status page, /metrics and /healthz answer on this address only (when on)."""
+DEFAULT_MAX_PACK_FILES = 10_000
+"""Entries of a PACKMS `files` list. Each is resolved and opened on its own; a list this long
+is already far past what a person picks by hand, so more is a runaway UI or a mistake."""
+DEFAULT_MAX_PACK_MAILS = 1_000_000
+"""Mails in one pack: a large mailbox's years. More is an archive export, not a download."""
+DEFAULT_MAX_PACK_BYTES = 20 << 30
+"""Bytes of mails and files in one pack (before compression): bounds the tmp-space and the
+download folder a single task can fill, and keeps a pack under the 2-hour time limit."""
+DEFAULT_MAX_NOTIFY_BYTES = 10 << 20
+"""A notify mail larger than this is not sent: the UI writes a short note, and most SMTP
+servers refuse messages of 10 to 25 MB anyway."""
 
 
 class SettingsError(ValueError):
@@ -98,6 +109,10 @@ class Settings:
     notify_retry_intervals: str = DEFAULT_NOTIFY_RETRY_INTERVALS
     recovery_grace: float = DEFAULT_RECOVERY_GRACE_S
     smtp_timeout: float = DEFAULT_SMTP_TIMEOUT_S
+    max_pack_files: int = DEFAULT_MAX_PACK_FILES
+    max_pack_mails: int = DEFAULT_MAX_PACK_MAILS
+    max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES
+    max_notify_bytes: int = DEFAULT_MAX_NOTIFY_BYTES
 
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -114,6 +129,21 @@ class Settings:
         for name, port in ports:
             if port is not None and not 0 < port < 65536:
                 raise SettingsError(f"{name}={port} is not a TCP port; write one from 1 to 65535")
+        self._check_limits()
+
+    def _check_limits(self) -> None:
+        # 0 or less would refuse every task; say so at start rather than on each task.
+        limits = (
+            ("TASKD_MAX_PACK_FILES", self.max_pack_files, DEFAULT_MAX_PACK_FILES),
+            ("TASKD_MAX_PACK_MAILS", self.max_pack_mails, DEFAULT_MAX_PACK_MAILS),
+            ("TASKD_MAX_PACK_BYTES", self.max_pack_bytes, DEFAULT_MAX_PACK_BYTES),
+            ("TASKD_MAX_NOTIFY_BYTES", self.max_notify_bytes, DEFAULT_MAX_NOTIFY_BYTES),
+        )
+        for name, value, default in limits:
+            if value < 1:
+                raise SettingsError(
+                    f"{name}={value} must be a positive whole number; the default is {default}"
+                )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -148,6 +178,10 @@ class Settings:
             "smtp_timeout": _float(env, "TASKD_SMTP_TIMEOUT", DEFAULT_SMTP_TIMEOUT_S, 0.1),
             # Above a worker's 5 s lease heartbeat, so a job Redis forgot is not run twice.
             "recovery_grace": _float(env, "TASKD_RECOVERY_GRACE", DEFAULT_RECOVERY_GRACE_S, 6.0),
+            "max_pack_files": _int(env, "TASKD_MAX_PACK_FILES", DEFAULT_MAX_PACK_FILES),
+            "max_pack_mails": _int(env, "TASKD_MAX_PACK_MAILS", DEFAULT_MAX_PACK_MAILS),
+            "max_pack_bytes": _int(env, "TASKD_MAX_PACK_BYTES", DEFAULT_MAX_PACK_BYTES),
+            "max_notify_bytes": _int(env, "TASKD_MAX_NOTIFY_BYTES", DEFAULT_MAX_NOTIFY_BYTES),
         }
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

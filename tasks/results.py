@@ -40,6 +40,28 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def write_durably(target: Path, data: bytes) -> None:
+    """A small file written whole or not at all, and on disk when this returns.
+
+    Written as `<target>.tmp` (whatever has that name is removed first and the file created
+    exclusively, so a symlink planted there is never followed), fsynced, renamed over `target`,
+    and the folder fsynced so the rename survives a crash.
+    """
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        with os.fdopen(os.open(tmp, flags, 0o644), "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
 def write_result_set(
     target: Path, scratch: Path, header: dict[str, Any], mails: Iterable[dict[str, Any]]
 ) -> int:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import tarfile
+import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +13,7 @@ import pytest
 
 from taskd.sample import write_sample
 from taskd.settings import Settings
+from tasks import pack, packms
 from tasks.base import Job
 from tasks.errors import TaskFailed
 from tasks.packms import allowed_file, pack_to_download
@@ -121,3 +125,190 @@ def test_a_second_delivery_of_a_finished_retrms_returns_its_result_without_searc
     monkeypatch.setattr(retrms, "run_search", no_search)
     assert retrms.run.run(job) == first
     assert _outputs(settings) == [Path(first["output"])]
+
+
+# --- files: checked, then opened without following links --------------------------------------
+
+
+def _tree(settings: Settings) -> tuple[Path, Path]:
+    """An allowed `files/sub/doc.txt`, and outside the roots a `secret/sub/doc.txt`."""
+    inside = settings.data_root / "files" / "sub"
+    inside.mkdir()
+    (inside / "doc.txt").write_bytes(b"the user's own file\n")
+    outside = settings.data_root / "secret" / "sub"
+    outside.mkdir(parents=True)
+    (outside / "doc.txt").write_bytes(b"SECRET outside the allowed folders\n")
+    return inside, outside
+
+
+def _swap_for_link(folder: Path, target: Path) -> None:
+    folder.rename(folder.with_name(folder.name + ".old"))
+    folder.symlink_to(target, target_is_directory=True)
+
+
+def _archived(output: Path) -> bytes:
+    with tarfile.open(output) as tar:
+        return b"".join(
+            handle.read()
+            for member in tar.getmembers()
+            if (handle := tar.extractfile(member)) is not None
+        )
+
+
+def test_a_folder_swapped_for_a_link_after_the_check_is_not_followed(settings: Settings) -> None:
+    inside, outside = _tree(settings)
+    raw = str(inside / "doc.txt")
+    real, root = packms.allowed_root(raw, settings.allowed_file_roots)
+    _swap_for_link(inside, outside)  # between the check and the open
+    assert (inside / "doc.txt").read_bytes().startswith(b"SECRET")  # a path would lead out
+    with pytest.raises(TaskFailed, match="field 'files'.*changed while it was packed"):
+        packms.open_below(root, real, raw)
+
+
+def test_a_swap_between_listing_and_packing_fails_the_pack_and_packs_nothing_outside(
+    settings: Settings,
+) -> None:
+    inside, outside = _tree(settings)
+    members = packms.file_members([str(inside / "doc.txt")], settings)
+    _swap_for_link(inside, outside)
+    dest = settings.data_root / "out.tar.gz"
+    with pytest.raises(TaskFailed, match="changed while it was packed"):
+        pack.build_targz(dest, "top", members)
+    assert not dest.exists()
+
+
+def test_a_swap_during_a_packms_job_never_puts_an_outside_file_in_the_archive(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inside, outside = _tree(settings)
+    checked = packms.allowed_root
+
+    def check_then_swap(raw: str, roots: Iterable[Path]) -> tuple[Path, Path]:
+        found = checked(raw, roots)
+        if not inside.is_symlink():
+            _swap_for_link(inside, outside)
+        return found
+
+    monkeypatch.setattr(packms, "allowed_root", check_then_swap)
+    job = _job(settings)
+    with job.work_dir(), pytest.raises(TaskFailed, match="changed while it was packed"):
+        pack_to_download(job, lambda: [], [str(inside / "doc.txt")], lambda d, t: None)
+    assert _outputs(settings) == []
+
+
+def test_a_file_replaced_by_another_inside_the_roots_after_listing_fails(
+    settings: Settings,
+) -> None:
+    inside, _ = _tree(settings)
+    members = packms.file_members([str(inside / "doc.txt")], settings)
+    (inside / "new.txt").write_bytes(b"the user's own file\n")  # same size, another inode
+    (inside / "new.txt").replace(inside / "doc.txt")
+    with pytest.raises(TaskFailed, match="replaced by another file"):
+        pack.build_targz(settings.data_root / "out.tar.gz", "top", members)
+
+
+def test_allowed_files_are_packed_from_the_checked_file(settings: Settings) -> None:
+    inside, _ = _tree(settings)
+    (settings.data_root / "files" / "alias.txt").symlink_to(inside / "doc.txt")
+    job = _job(settings)
+    with job.work_dir():
+        output = pack_to_download(
+            job, lambda: [], [str(settings.data_root / "files" / "alias.txt")], lambda d, t: None
+        )
+    assert b"the user's own file" in _archived(output)
+    assert b"SECRET" not in _archived(output)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir"])
+def test_a_fifo_or_folder_in_files_is_refused_without_waiting(
+    settings: Settings, kind: str
+) -> None:
+    path = settings.data_root / "files" / "odd"
+    if kind == "fifo":
+        os.mkfifo(path)
+    else:
+        path.mkdir()
+    with pytest.raises(TaskFailed, match="not a regular file"):
+        packms.file_members([str(path)], settings)
+
+
+# --- limits -------------------------------------------------------------------------------------
+
+
+def test_more_files_than_the_limit_fail_naming_field_limit_and_setting(
+    settings: Settings,
+) -> None:
+    (settings.data_root / "files" / "a.doc").write_bytes(b"a")
+    small = settings.with_(max_pack_files=3)
+    packms.file_members([str(settings.data_root / "files" / "a.doc")] * 3, small)
+    with pytest.raises(TaskFailed, match=r"field 'files': 4 entries.*3 \(TASKD_MAX_PACK_FILES\)"):
+        packms.file_members([str(settings.data_root / "files" / "a.doc")] * 4, small)
+
+
+def test_more_mails_than_the_limit_fail_naming_field_limit_and_setting(
+    settings: Settings,
+) -> None:
+    job = _job(settings.with_(max_pack_mails=1))
+    with job.work_dir(), pytest.raises(TaskFailed, match="field 'mails'.*1 mails.*MAX_PACK_MAILS"):
+        pack_to_download(job, lambda: MAILS * 2, [], lambda d, t: None)
+    assert _outputs(settings) == []
+
+
+def test_more_bytes_than_the_limit_fail_naming_field_limit_and_setting(
+    settings: Settings,
+) -> None:
+    (settings.data_root / "files" / "big.bin").write_bytes(b"x" * 100)
+    job = _job(settings.with_(max_pack_bytes=99))
+    with job.work_dir(), pytest.raises(TaskFailed, match="field 'files'.*99 bytes.*MAX_PACK_BYTES"):
+        pack_to_download(
+            job, lambda: [], [str(settings.data_root / "files" / "big.bin")], lambda d, t: None
+        )
+
+
+def test_many_duplicate_files_entries_pack_once_each_under_numbered_names(
+    settings: Settings,
+) -> None:
+    (settings.data_root / "files" / "a.doc").write_bytes(b"a")
+    job = _job(settings)
+    with job.work_dir():
+        output = pack_to_download(
+            job, lambda: [], [str(settings.data_root / "files" / "a.doc")] * 300, lambda d, t: None
+        )
+    with tarfile.open(output) as tar:
+        names = [n for n in tar.getnames() if "/files/" in n]
+    assert len(names) == len(set(names)) == 300 and names[-1].endswith("/files/a (300).doc")
+
+
+# --- output markers -----------------------------------------------------------------------------
+
+
+def test_the_output_marker_lives_outside_download_and_old_ones_are_swept(
+    settings: Settings,
+) -> None:
+    stale = _job(settings, "job-old")
+    with stale.work_dir():
+        pack_to_download(stale, lambda: MAILS, [], lambda d, t: None)
+    old_marker = packms.marker_path(settings, stale)
+    week_ago = time.time() - packms.MARKER_KEEP_S - 60
+    os.utime(old_marker, (week_ago, week_ago))
+    job = _job(settings)
+    with job.work_dir():
+        output = pack_to_download(job, lambda: MAILS, [], lambda d, t: None)
+    marker = packms.marker_path(settings, job)
+    assert marker.read_text() == output.name
+    assert marker.is_relative_to(settings.data_root / ".taskd") and not old_marker.exists()
+    assert [p.name for p in (settings.download / "3").iterdir()] == [
+        p.name for p in _outputs(settings)
+    ]  # outputs only: no hidden markers, no temp files
+
+
+def test_a_marker_of_an_older_version_in_download_is_still_honoured(settings: Settings) -> None:
+    job = _job(settings)
+    with job.work_dir():
+        first = pack_to_download(job, lambda: MAILS, [], lambda d, t: None)
+    packms.marker_path(settings, job).rename(
+        settings.download / "3" / f"{packms.MARKER_PREFIX}{job.job_id}"
+    )
+    with job.work_dir():
+        assert pack_to_download(job, lambda: MAILS, [], lambda d, t: None) == first
+    assert _outputs(settings) == [first]
