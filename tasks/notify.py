@@ -7,10 +7,13 @@ twice (a server that took it just before a crash) carries the same id and can be
 
 from __future__ import annotations
 
+import errno
 import json
+import logging
 import os
 import re
 import socket
+import stat
 from email.parser import BytesHeaderParser
 from email.utils import getaddresses
 from pathlib import Path
@@ -21,11 +24,18 @@ from tasks.app import app
 from tasks.base import NOTIFY_TYPE, Job, TaskdTask
 from tasks.errors import Retryable, TaskFailed
 from tasks.progress import utc_now
-from tasks.results import USER_RE
+from tasks.results import USER_RE, write_durably
 from tasks.smtp import SmtpTarget, SmtpUnavailable, send
+
+log = logging.getLogger(__name__)
 
 NOTIFY_SUFFIX = ".notify.eml"
 SENT_SUFFIX = ".notify.sent"
+MAX_MARKER_BYTES = 1 << 20
+"""A sent-marker holds a few names and a time; anything bigger was not written by taskd."""
+# task_queue/<user>/ is the user's: what stands there under the mail's name may be a link to
+# another file, or a FIFO that would block a plain open. Neither is followed or waited on.
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 _ADDRESS = re.compile(r"[^@\s<>()\[\],;:\"\\]+@[^@\s<>()\[\],;:\"\\]+")
 _LINE_END = re.compile(rb"\r?\n")
 
@@ -49,15 +59,63 @@ def check_address(entry: object) -> str | None:
 
 def split_recipients(entries: list[Any]) -> tuple[list[str], list[str]]:
     """Good addresses (deduplicated, in order) and the entries that are not one address."""
-    good: list[str] = []
+    good: dict[str, None] = {}  # a dict keeps the order and checks a repeat in constant time
     bad: list[str] = []
     for entry in entries:
         address = check_address(entry)
         if address is None:
             bad.append(repr(entry))
-        elif address not in good:
-            good.append(address)
-    return good, bad
+        else:
+            good.setdefault(address)
+    return list(good), bad
+
+
+def read_regular(path: Path, limit: int, setting: str) -> bytes:
+    """The bytes of `path` if it is a regular file (not a link to one) of at most `limit` bytes.
+
+    A missing file raises FileNotFoundError; anything else that is not such a file is a
+    TaskFailed naming it, so nothing is sent and the reason is the notify outcome.
+    """
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise _unreadable(path, exc) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise TaskFailed(
+            f"{path.name} is not a regular file ({_kind(mode)}); nothing was sent. "
+            "Write the mail as a plain file in the task's folder"
+        )
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        data = handle.read(limit + 1) or b""
+        while len(data) <= limit and (more := handle.read(limit + 1 - len(data))):
+            data += more
+    if len(data) > limit:
+        raise TaskFailed(
+            f"{path.name} is larger than {limit} bytes, the limit {setting} sets; nothing was "
+            "sent. Write a shorter mail (link to big files instead of attaching them)"
+        )
+    return data
+
+
+def _unreadable(path: Path, exc: OSError) -> TaskFailed:
+    if exc.errno == errno.ELOOP:
+        return TaskFailed(
+            f"{path.name} is a symbolic link; nothing was sent. Write the mail as a plain file "
+            "in the task's folder, not a link to one"
+        )
+    return TaskFailed(f"{path.name} cannot be read ({exc.strerror}); nothing was sent")
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a device or socket"
 
 
 def own_recipients(raw: bytes) -> list[Any]:
@@ -88,7 +146,8 @@ def prepare(raw: bytes, task: dict[str, Any], job_id: str) -> bytes:
 
 def _deliver(
     job: Job, raw: bytes, recipients: list[str], problems: list[str]
-) -> tuple[list[str], dict[str, str]]:
+) -> tuple[list[str], list[str]]:
+    """Send; returns who got it and what went wrong for the others (each naming its address)."""
     settings = job.settings
     if not settings.smtp_url:
         raise TaskFailed("no SMTP server is configured (TASKD_SMTP_URL); notify mails wait for it")
@@ -101,14 +160,15 @@ def _deliver(
         raise Retryable(
             str(exc), {states.META_RECIPIENTS: recipients, states.META_PROBLEMS: problems}
         ) from exc
+    failed = [f"{r} refused: {answer}" for r, answer in outcome.refused.items()]
+    failed += [f"{r}: {why}" for r, why in outcome.unsendable.items()]
     if outcome.later:
         waiting = ", ".join(f"{r} ({a})" for r, a in outcome.later.items())
-        refused = [f"{r} refused: {answer}" for r, answer in outcome.refused.items()]
         raise Retryable(
             f"SMTP server asked to try again later for {waiting}",
-            {states.META_RECIPIENTS: list(outcome.later), states.META_PROBLEMS: problems + refused},
+            {states.META_RECIPIENTS: list(outcome.later), states.META_PROBLEMS: problems + failed},
         )
-    return list(outcome.sent), outcome.refused
+    return list(outcome.sent), failed
 
 
 def sent_marker(mail: Path) -> Path:
@@ -118,15 +178,18 @@ def sent_marker(mail: Path) -> Path:
 
 
 def _remember_sent(marker: Path, result: dict[str, Any]) -> None:
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(result), encoding="utf-8")
-    os.replace(tmp, marker)
+    # Durable before the mail file goes: after a crash the marker, not a second send, answers.
+    # `<marker>.tmp` is the name the bridge knows to ignore.
+    write_durably(marker, json.dumps(result).encode("utf-8"))
 
 
 def _sent_before(marker: Path, task_job_id: object) -> dict[str, Any] | None:
     try:
-        result = json.loads(marker.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        result = json.loads(read_regular(marker, MAX_MARKER_BYTES, "taskd sets"))
+    except FileNotFoundError:
+        return None  # never sent: the normal case when the mail file is gone
+    except (OSError, ValueError, TaskFailed) as exc:
+        log.warning("%s is not a sent-marker taskd wrote; ignoring it: %s", marker.name, exc)
         return None
     return result if isinstance(result, dict) and result.get("job-id") == task_job_id else None
 
@@ -136,7 +199,7 @@ def run(job: Job) -> dict[str, Any]:
     path = mail_path(job)
     task_job_id = dict(job.extra.get("task") or {}).get(states.JOB_ID)
     try:
-        raw = path.read_bytes()
+        raw = read_regular(path, job.settings.max_notify_bytes, "TASKD_MAX_NOTIFY_BYTES")
     except FileNotFoundError:
         earlier = _sent_before(sent_marker(path), task_job_id)
         if earlier is not None:
@@ -145,7 +208,8 @@ def run(job: Job) -> dict[str, Any]:
     pending = job.extra.get(states.META_RECIPIENTS)
     entries = list(job.fields.get(states.NOTIFY) or []) or own_recipients(raw)
     good, bad = split_recipients(entries)
-    recipients = [r for r in good if r in pending] if isinstance(pending, list) else good
+    waiting = set(pending) if isinstance(pending, list) else None
+    recipients = good if waiting is None else [r for r in good if r in waiting]
     earlier = job.extra.get(states.META_PROBLEMS)
     if isinstance(earlier, list):  # a retry: the bad addresses were named by the first try
         problems = [str(p) for p in earlier]
@@ -153,8 +217,8 @@ def run(job: Job) -> dict[str, Any]:
         problems = [f"{b} is not one mail address; write it like name@example.com" for b in bad]
     if not recipients and not pending:
         raise TaskFailed("; ".join(problems) or f"{path.name} names no recipient (To/Cc)")
-    sent, refused = _deliver(job, raw, recipients, problems) if recipients else ([], {})
-    problems += [f"{r} refused: {answer}" for r, answer in refused.items()]
+    sent, failed = _deliver(job, raw, recipients, problems) if recipients else ([], [])
+    problems += failed
     result = {
         states.NOTIFIED_AT: utc_now(),
         states.NOTIFY_ERROR: "; ".join(problems) or None,

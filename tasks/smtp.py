@@ -6,14 +6,21 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse
 
 from tasks.errors import TaskFailed
 
+log = logging.getLogger(__name__)
+
 TRUE = ("1", "true", "yes", "on")
+NO_SMTPUTF8 = (
+    "not sent: the address has non-ASCII characters and the SMTP server does not offer "
+    "SMTPUTF8; give an ASCII address for this recipient, or a server that offers SMTPUTF8"
+)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class Outcome:
     sent: tuple[str, ...]
     later: dict[str, str]  # recipient -> the 4xx answer: try again
     refused: dict[str, str]  # recipient -> the 5xx answer: never
+    unsendable: dict[str, str] = field(default_factory=dict)  # recipient -> why it was not tried
 
 
 class SmtpUnavailable(Exception):
@@ -79,8 +87,61 @@ def _connect(target: SmtpTarget) -> smtplib.SMTP:
     return client
 
 
+def _ascii_form(address: str) -> str | None:
+    """An address a server without SMTPUTF8 takes: as it is, or its domain in IDNA (punycode).
+
+    None when the local part is not ASCII: only SMTPUTF8 can carry it.
+    """
+    if address.isascii():
+        return address
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        return None
+    try:
+        return f"{local}@{domain.encode('idna').decode('ascii')}"
+    except UnicodeError:
+        log.info("notify address %r: its domain has no IDNA form", address)
+        return None
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    sender: str
+    to: dict[str, str]  # address as the server gets it -> as the task named it
+    unsendable: dict[str, str]
+    options: tuple[str, ...]
+
+
+def _envelope(client: smtplib.SMTP, sender: str, recipients: list[str]) -> _Envelope:
+    """The envelope this server can take: SMTPUTF8 when it offers it and an address needs it."""
+    client.ehlo_or_helo_if_needed()
+    if all(a.isascii() for a in (sender, *recipients)):
+        return _Envelope(sender, {r: r for r in recipients}, {}, ())
+    if client.has_extn("smtputf8"):
+        return _Envelope(sender, {r: r for r in recipients}, {}, ("SMTPUTF8",))
+    wire_sender = _ascii_form(sender)
+    if wire_sender is None:
+        raise TaskFailed(
+            f"TASKD_MAIL_FROM {sender!r} has non-ASCII characters and the SMTP server does not "
+            "offer SMTPUTF8; set an ASCII sender address"
+        )
+    to: dict[str, str] = {}
+    unsendable: dict[str, str] = {}
+    for recipient in recipients:
+        wire = _ascii_form(recipient)
+        if wire is None:
+            unsendable[recipient] = NO_SMTPUTF8
+        else:
+            to[wire] = recipient
+    return _Envelope(wire_sender, to, unsendable, ())
+
+
 def send(target: SmtpTarget, sender: str, recipients: list[str], message: bytes) -> Outcome:
-    """Send to each recipient; say who got it, who may get it later, who never will."""
+    """Send to each recipient; say who got it, who may get it later, who never will.
+
+    An address with non-ASCII characters goes out with SMTPUTF8 when the server offers it;
+    otherwise it is named in `Outcome.unsendable` and the others still get the mail.
+    """
     try:
         client = _connect(target)
     except (OSError, smtplib.SMTPException) as exc:
@@ -88,11 +149,29 @@ def send(target: SmtpTarget, sender: str, recipients: list[str], message: bytes)
             f"cannot reach SMTP server {target.host}:{target.port}: {exc}"
         ) from exc
     try:
+        envelope, refused = _converse(client, target, sender, recipients, message)
+    finally:
+        _close(client)
+    named = {envelope.to.get(wire, wire): answer for wire, answer in refused.items()}
+    later = {r: _answer(c, m) for r, (c, m) in named.items() if 400 <= c < 500}
+    never = {r: _answer(c, m) for r, (c, m) in named.items() if not 400 <= c < 500}
+    sent = tuple(r for r in envelope.to.values() if r not in named)
+    return Outcome(sent, later, never, envelope.unsendable)
+
+
+def _converse(
+    client: smtplib.SMTP, target: SmtpTarget, sender: str, recipients: list[str], message: bytes
+) -> tuple[_Envelope, dict[str, tuple[int, bytes]]]:
+    try:
         if target.user:
             client.login(target.user, target.password or "")
-        refused = client.sendmail(sender, recipients, message)
+        envelope = _envelope(client, sender, recipients)
+        if not envelope.to:
+            return envelope, {}
+        options = list(envelope.options)
+        return envelope, client.sendmail(envelope.sender, list(envelope.to), message, options)
     except smtplib.SMTPRecipientsRefused as exc:
-        refused = exc.recipients
+        return envelope, exc.recipients
     except smtplib.SMTPAuthenticationError as exc:
         raise TaskFailed(
             f"SMTP server refused the login ({_answer(exc.smtp_code, exc.smtp_error)}); "
@@ -105,12 +184,11 @@ def send(target: SmtpTarget, sender: str, recipients: list[str], message: bytes)
         raise TaskFailed(f"SMTP server refused the mail: {answer}") from exc
     except (TimeoutError, OSError, smtplib.SMTPException) as exc:
         raise SmtpUnavailable(f"SMTP conversation failed: {exc}") from exc
-    finally:
-        try:
-            client.quit()
-        except (OSError, smtplib.SMTPException):
-            client.close()
-    later = {r: _answer(c, m) for r, (c, m) in refused.items() if 400 <= c < 500}
-    never = {r: _answer(c, m) for r, (c, m) in refused.items() if not 400 <= c < 500}
-    sent = tuple(r for r in recipients if r not in refused)
-    return Outcome(sent, later, never)
+
+
+def _close(client: smtplib.SMTP) -> None:
+    try:
+        client.quit()
+    except (OSError, smtplib.SMTPException) as exc:
+        log.debug("SMTP QUIT failed (%s); closing the connection", exc)
+        client.close()
