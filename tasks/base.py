@@ -29,7 +29,14 @@ from taskd import states
 from taskd.leases import RELEASE, TAKE_OR_KEEP
 from taskd.settings import Settings
 from taskd.tasktypes import NOTIFY, RetryPolicy, load_types
-from tasks.errors import Cancelled, Retryable, TaskFailed, as_retryable
+from tasks.errors import (
+    Cancelled,
+    Retryable,
+    TaskFailed,
+    as_retryable,
+    internal_error,
+    is_connection_error,
+)
 from tasks.progress import CLAIM_TTL_S, Progress, store_meta
 
 log = logging.getLogger(__name__)
@@ -121,7 +128,12 @@ class TaskdTask(Task):  # type: ignore[misc]
         worker = f"{self.request.hostname}"
         owner = f"{worker}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         client = self.backend.client
-        verdict = self._enter(client, job_id, owner, int(spec.get(states.RETRIES) or 0))
+        try:
+            verdict = self._enter(client, job_id, owner, int(spec.get(states.RETRIES) or 0))
+        except Reject:
+            raise
+        except Exception as exc:  # a bug or a Redis that answers nonsense: fail, not redeliver
+            self._fail_internal(client, job_id, str(spec.get("type") or self.name), exc)
         if verdict is not None:
             self._replay(job_id, verdict)
         beat = _Heartbeat(client, job_id, owner)
@@ -147,7 +159,9 @@ class TaskdTask(Task):  # type: ignore[misc]
                     pipe.set(states.claim_key(job_id), worker, nx=True, ex=CLAIM_TTL_S)
                     pipe.get(states.meta_key(job_id))
                     cancelled, done, claimed, meta = pipe.execute()
-            except Exception as exc:  # noqa: BLE001 - a blink of Redis: try again shortly
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise  # the same every time: trying again would loop for ever
                 errors += 1
                 if errors >= ENTER_TRIES:
                     raise Reject(
@@ -217,18 +231,17 @@ class TaskdTask(Task):  # type: ignore[misc]
             passing = as_retryable(exc)
             if passing is not None:
                 self._retry_or_fail(job, client, passing)
-            log.exception("job %s failed with an unexpected error", job_id)
-            self._fail(
-                client,
-                job_id,
-                TaskFailed(
-                    f"internal error ({type(exc).__name__}: {exc}); "
-                    f"the worker log has the details under job {job_id}"
-                ),
-            )
+            self._fail_internal(client, job_id, job.type, exc)
         result = {states.META_PROGRESS: 100, states.META_FIELDS: {**progress.fields, **fields}}
         self._finish(client, job_id, states.SUCCESS, result)
         return result
+
+    def _fail_internal(
+        self, client: Any, job_id: str, type_name: str, exc: BaseException
+    ) -> NoReturn:
+        """Fail for good on an exception no code expected; its traceback is logged once, here."""
+        log.error("job %s failed with an unexpected error", job_id, exc_info=exc)
+        self._fail(client, job_id, internal_error(type_name, exc, job_id))
 
     def _fail(self, client: Any, job_id: str, failure: TaskFailed) -> NoReturn:
         self._finish(client, job_id, states.FAILURE, failure.message)
@@ -247,7 +260,10 @@ class TaskdTask(Task):  # type: ignore[misc]
         meta = job.progress.retry_meta(retries + 1, at, exc.message, **exc.meta)
         try:
             store_meta(self, job.job_id, states.RETRY, meta, job.progress.owner)
-        except Exception as store_error:  # noqa: BLE001 - cannot record the wait: try again now
+        except Exception as store_error:
+            if not is_connection_error(store_error):
+                self._fail_internal(client, job.job_id, job.type, store_error)
+            # Redis out of reach: the wait cannot be recorded, so run again when it is back.
             raise Reject(f"cannot record the retry: {store_error}", requeue=True) from exc
         log.warning("job %s: %s; retry %d at %s", job.job_id, exc.message, retries + 1, at)
         raise Ignore()
