@@ -23,6 +23,12 @@ TEMP_SUFFIXES = ("~", "#")
 ERR = "ERR"
 RUNTIME_SEP = "_"
 BRIDGE_TEMP_SUFFIX = ".taskd-tmp"
+NAME_MAX = 255  # bytes in one file name (ext4, xfs, tmpfs, NFS all agree)
+# Integers longer than this are no count, size or time any task could mean; Python would take
+# seconds to convert some of them and refuses past 4300 digits.
+MAX_INT_DIGITS = 30
+MAX_ERROR_CHARS = 2000  # an `error` stays readable, and a file of errors cannot outgrow its input
+WORST_PROGRESS = "100"  # the widest progress part a running or finished name can have
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,22 @@ def notify_mail_name(task_id: str) -> str:
     return f"{task_id}.notify.eml"
 
 
+def name_bytes(name: str) -> int:
+    """How long a name is where the limit counts: its bytes on disk."""
+    return len(name.encode("utf-8", "surrogateescape"))
+
+
+def fits(name: str) -> bool:
+    return name_bytes(name) <= NAME_MAX
+
+
+def _progress_part(value: object) -> str:
+    """A progress as a name shows it; whatever a file says, an integer 0-100."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        return "0"
+    return str(int(max(0, min(100, value))))
+
+
 def _safe_part(value: object) -> str:
     text = str(value)
     return "".join("_" if ch in "/\\\x00" or ord(ch) < 32 else ch for ch in text)
@@ -77,7 +99,7 @@ def runtime_info(fields: Mapping[str, Any], parts: Iterable[str]) -> str:
     out: list[str] = []
     for part in parts:
         if part == states.PROGRESS_FIELD:
-            out.append(ERR if failed else str(int(fields.get(part) or 0)))
+            out.append(ERR if failed else _progress_part(fields.get(part)))
         elif fields.get(part) not in (None, ""):
             out.append(_safe_part(fields[part]))
     if failed and ERR not in out:
@@ -90,6 +112,37 @@ def render_name(
 ) -> str:
     """The file name that follows the content: `<task-id>-<runtime-info>.<TYPE>`."""
     return f"{task_id}-{runtime_info(fields, parts)}.{task_type}"
+
+
+def longest_name(
+    task_id: str, task_type: str, fields: Mapping[str, Any], parts: Iterable[str]
+) -> str:
+    """The longest name the task can take in its life: progress 100, or ERR on failure."""
+    parts = tuple(parts)
+    names = [
+        render_name(task_id, task_type, {**fields, states.PROGRESS_FIELD: 100}, parts),
+        render_name(task_id, task_type, {**fields, states.STATE: states.FAILURE}, parts),
+    ]
+    return max(names, key=name_bytes)
+
+
+def name_error(task_id: str, task_type: str, longest: str) -> str | None:
+    """Why a task cannot be taken under its name, or None when every name it needs fits."""
+    extra = name_bytes(longest) - name_bytes(task_id)
+    if name_bytes(longest) <= NAME_MAX:
+        return None
+    return (
+        f"the task-id is {name_bytes(task_id)} bytes long, too long for the names the task "
+        f"takes ({name_bytes(longest)} bytes, like {longest[:40]!r}...; at most {NAME_MAX}); "
+        f"use a task-id of at most {NAME_MAX - extra} bytes"
+    )
+
+
+def bounded(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """An error message cut to a readable length, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text) - limit} more characters)"
 
 
 class ParseError(ValueError):
@@ -118,19 +171,55 @@ def _no_constant(name: str) -> Any:
     raise ParseError(f"not valid JSON: {name} is not a JSON value; write a number or a string")
 
 
+def _bounded_int(text: str) -> int:
+    digits = len(text.lstrip("-"))
+    if digits > MAX_INT_DIGITS:
+        raise ParseError(
+            f"a number has {digits} digits, more than any field takes (at most "
+            f"{MAX_INT_DIGITS}); write a smaller number"
+        )
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ParseError(f"the number {text[:40]} is too large to be a number; write a smaller one")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ParseError(f"field {key!r} appears twice in one object; keep one of them")
+        out[key] = value
+    return out
+
+
+def _loads(text: str) -> Any:
+    return json.loads(
+        text,
+        parse_constant=_no_constant,
+        parse_int=_bounded_int,
+        parse_float=_finite_float,
+        object_pairs_hook=_unique_keys,
+    )
+
+
 def parse_content(text: str) -> dict[str, Any]:
     """One JSON object, order kept, the UI's trailing commas accepted."""
     try:
         # Plain JSON first (every file the bridge wrote): five times cheaper than the pass
         # that strips trailing commas, which only the UI's own files need.
-        value = json.loads(text, parse_constant=_no_constant)
+        value = _loads(text)
     except json.JSONDecodeError:
         value = None
     except RecursionError:
         raise ParseError("not valid JSON: nested too deeply") from None
     try:
         if value is None:
-            value = json.loads(strip_trailing_commas(text), parse_constant=_no_constant)
+            value = _loads(strip_trailing_commas(text))
     except json.JSONDecodeError as exc:
         raise ParseError(
             f"not valid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}"
@@ -166,8 +255,28 @@ def merge(fields: Mapping[str, Any], updates: Mapping[str, Any]) -> dict[str, An
     return out
 
 
+PRETTY_CHECK_CHARS = 16384
+
+
 def dump(fields: Mapping[str, Any]) -> bytes:
-    """Strict JSON, UTF-8 (no \\u escapes), indented."""
+    """Strict JSON, UTF-8 (no \\u escapes), indented.
+
+    Indenting every level multiplies deep nesting many times over (a 2 KB file of nested
+    lists becomes megabytes): past twice the compact size, only the top level is indented.
+    """
     text = json.dumps(fields, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    if len(text) > PRETTY_CHECK_CHARS:
+        flat = _top_level_indented(fields)
+        if len(text) > 2 * len(flat):
+            text = flat
     # A lone surrogate (from a \\ud800 escape in the UI's JSON) is written back as that escape.
     return text.encode("utf-8", "backslashreplace")
+
+
+def _top_level_indented(fields: Mapping[str, Any]) -> str:
+    lines = [
+        f"  {json.dumps(key, ensure_ascii=False)}: "
+        + json.dumps(value, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        for key, value in fields.items()
+    ]
+    return "{\n" + ",\n".join(lines) + "\n}\n" if lines else "{}\n"

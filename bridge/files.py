@@ -95,7 +95,8 @@ def read_all(path: Path) -> bytes:
 
 
 def atomic_write(path: Path, data: bytes, durable: bool, sync_dir: bool = True) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{BRIDGE_TEMP_SUFFIX}")
+    # A fixed-length name: a task's own name may already be near the file system's limit.
+    tmp = path.with_name(f".{secrets.token_hex(8)}{BRIDGE_TEMP_SUFFIX}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
     try:
         with os.fdopen(fd, "wb") as handle:
@@ -109,6 +110,70 @@ def atomic_write(path: Path, data: bytes, durable: bool, sync_dir: bool = True) 
         raise
     if durable and sync_dir:
         fsync_dir(path.parent)
+
+
+def keep_aside(path: Path, folder: Path, expect: os.stat_result) -> Path:
+    """Keep a file's bytes under `folder` before its name is reused: a hard link when the file
+    is the one judged (same inode), else a copy read through a no-follow descriptor.
+
+    The kept name comes from the file's identity, so doing it again after a crash finds the
+    first copy rather than making a second.
+    """
+    folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+    kept = folder / f"{expect.st_ino}-{expect.st_mtime_ns}.original"
+    if _same_file(kept, expect):
+        return kept
+    try:
+        os.link(path, kept, follow_symlinks=False)
+    except FileExistsError:
+        kept.unlink()
+        return keep_aside(path, folder, expect)
+    except OSError:
+        _copy_regular(path, kept, expect)
+        return kept
+    if not _same_file(kept, expect):  # swapped between the judging and the link
+        kept.unlink()
+        raise FileChangedError(errno.EAGAIN, "changed while it was being kept", str(path))
+    return kept
+
+
+class FileChangedError(OSError):
+    """The file is no longer the one that was judged; judge it again."""
+
+
+def _same_file(path: Path, expect: os.stat_result) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (expect.st_dev, expect.st_ino)
+
+
+def _copy_regular(path: Path, kept: Path, expect: os.stat_result) -> None:
+    src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(src)
+        if (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
+            raise FileChangedError(errno.EAGAIN, "changed while it was being kept", str(path))
+        tmp = kept.with_name(f".{secrets.token_hex(8)}{BRIDGE_TEMP_SUFFIX}")
+        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            while os.sendfile(dst, src, None, 1 << 24):
+                pass
+            os.fsync(dst)
+        finally:
+            os.close(dst)
+        os.replace(tmp, kept)
+    finally:
+        os.close(src)
+
+
+def identity(path: Path) -> os.stat_result:
+    """The lstat of a regular file (a symlink, FIFO or directory is refused)."""
+    st = os.lstat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+    return st
 
 
 def rename_noreplace(src: Path, dst: Path) -> None:

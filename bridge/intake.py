@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge import contract, files
-from bridge.judge import Verdict, judge, kept_content, too_large
+from bridge.judge import Verdict, judge, too_large
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType
 
@@ -35,6 +35,7 @@ class Pending:
     sig: tuple[int, int, int, int] | None = None
     closed_sig: tuple[int, int, int, int] | None = None
     owner_checked: tuple[int, int, int, int] | None = None
+    owned: dict[str, Any] | None = None  # the fields, when the bridge wrote this file
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,16 @@ class Decision:
     name: contract.TaskName | None = None
     verdict: Verdict = field(default_factory=Verdict)
     fields: dict[str, Any] = field(default_factory=dict)
+    keep_aside: bool = False  # too large to keep inline: the original is kept beside
+
+
+def owned_limit(max_task_bytes: int) -> int:
+    """The most the bridge reads to learn whether it wrote a file: what it writes is bounded
+    by a small multiple of the limit (a taken file's fields, expanded by indenting)."""
+    return 4 * max_task_bytes + OWN_SLACK_BYTES
+
+
+OWN_SLACK_BYTES = 65536
 
 
 class Intake:
@@ -98,9 +109,10 @@ class Intake:
             # A file the bridge wrote is complete by construction (atomic rename): resume it
             # at once, without the settle wait meant for the UI's writes.
             entry.owner_checked = sig
-            owned = _owned_fields(_read_quietly(path, self.settings.max_task_bytes))
-            if owned is not None:
-                return Decision(ADOPT, entry.name, fields=owned)
+            limit = owned_limit(self.settings.max_task_bytes)
+            entry.owned = _owned_fields(_read_quietly(path, limit))
+        if entry.owned is not None:
+            return Decision(ADOPT, entry.name, fields=entry.owned)
         quiet = now - entry.since
         if entry.closed_sig != sig and quiet < self.settings.settle:
             return Decision(WAIT)
@@ -110,9 +122,9 @@ class Intake:
         try:
             raw = files.read_regular(path, self.settings.max_task_bytes)
         except files.TooLarge as exc:
-            kept = kept_content(files.read_all(path))
+            # Never read whole: it may be any size. Its bytes are kept beside, once.
             error = too_large(exc.size, exc.limit)
-            return Decision(REJECT, entry.name, Verdict(fields=kept, error=error))
+            return Decision(REJECT, entry.name, Verdict(error=error), keep_aside=True)
         except files.NotRegularFile:
             return Decision(DROP)
         except FileNotFoundError:

@@ -6,6 +6,7 @@ Pure: the caller reads the bytes; `taskd check` and the bridge share this verdic
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,10 +86,85 @@ def judge_fields(
                 "make them the same"
             ),
         )
+    problems = _problems(fields, task_type)
+    if not problems:
+        longest = contract.longest_name(
+            name.stem, name.type, {**fields, **task_type.assign_ids(fields)}, task_type.runtime_info
+        )
+        too_long = contract.name_error(name.stem, name.type, longest)
+        problems = [too_long] if too_long else []
+    if problems:
+        error = contract.bounded("; ".join(problems))
+        return Verdict(fields=fields, task_type=task_type, error=error)
+    return Verdict(fields=fields, task_type=task_type)
+
+
+def _problems(fields: dict[str, Any], task_type: TaskType) -> list[str]:
     problems = task_type.validate(fields)
     timing = time_error(fields)
     if timing and not any(timing.split(":")[0] in p for p in problems):
         problems.append(timing)
-    if problems:
-        return Verdict(fields=fields, task_type=task_type, error="; ".join(problems))
-    return Verdict(fields=fields, task_type=task_type)
+    return problems
+
+
+def adoption_error(
+    fields: Mapping[str, Any],
+    name: contract.TaskName,
+    file_name: str,
+    types: Mapping[str, TaskType],
+) -> str | None:
+    """Why a file that says the bridge wrote it cannot be resumed as it is, or None.
+
+    Its task-id must be the one its name and directory give; a task still running must also
+    carry a job id and numbers the bridge could have written, and the UI's fields must pass
+    the type's schema (they were never judged if the file forged the bridge's fields).
+    """
+    task_id = fields.get(states.TASK_ID)
+    if not isinstance(task_id, str) or not _named_for(file_name, task_id, name.type):
+        return (
+            f"field 'task-id' is {str(task_id)[:80]!r}, but the file name {file_name[:80]!r} "
+            "is not that task's; taskd writes that field: remove it"
+        )
+    if fields.get(states.STATE) in states.TERMINAL:
+        return None
+    task_type = types.get(name.type)
+    if task_type is None:
+        known = ", ".join(sorted(types)) or "none"
+        return f"unknown task type {name.type!r} (file suffix); known types: {known}"
+    bad = _bridge_field_error(fields)
+    if bad:
+        return bad
+    own = {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
+    problems = [p for p in _problems(own, task_type) if "Additional properties" not in p]
+    return contract.bounded("; ".join(problems)) if problems else None
+
+
+def _named_for(file_name: str, task_id: str, type_name: str) -> bool:
+    suffix = f".{type_name}"
+    return bool(task_id) and (
+        file_name == f"{task_id}{suffix}"
+        or (file_name.startswith(f"{task_id}-") and file_name.endswith(suffix))
+    )
+
+
+def _bridge_field_error(fields: Mapping[str, Any]) -> str | None:
+    job_id = fields.get(states.JOB_ID)
+    if not isinstance(job_id, str) or not _is_uuid(job_id):
+        return f"field 'job-id' is {str(job_id)[:80]!r}, not a job id taskd wrote; remove it"
+    for key, top in ((states.PROGRESS_FIELD, 100), (states.RETRIES, 1000)):
+        value = fields.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            return f"field {key!r} is {str(value)[:40]!r}, not a whole number; remove it"
+        if value is not None and not 0 <= value <= top:
+            return f"field {key!r} is {value}, outside 0-{top}; remove it"
+    for key in (states.QUEUED_AT, states.STARTED_AT, states.RETRY_AT, states.WORKER):
+        if key in fields and not isinstance(fields[key], str):
+            return f"field {key!r} is not text; remove it"
+    return None
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        return str(uuid.UUID(text)) == text
+    except ValueError:
+        return False

@@ -51,9 +51,14 @@ def marker_task_id(marker: Path) -> str:
     return marker.name[1 : -len(SENT_SUFFIX)]
 
 
+MARKER_LIMIT = 65536
+FIELDS_LIMIT = 1 << 24
+
+
 def read_marker(marker: Path) -> dict[str, Any] | None:
+    """A worker's sent-marker; never follows a link or blocks on a FIFO put in its place."""
     try:
-        value = json.loads(marker.read_text(encoding="utf-8"))
+        value = json.loads(files.read_regular(marker, MARKER_LIMIT).decode("utf-8"))
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
@@ -70,7 +75,7 @@ def wants_mail(fields: dict[str, Any]) -> bool:
 
 def read_fields(path: Path) -> dict[str, Any] | None:
     try:
-        return contract.parse_content(contract.decode_utf8(files.read_all(path)))
+        return contract.parse_content(contract.decode_utf8(files.read_regular(path, FIELDS_LIMIT)))
     except (OSError, ValueError):
         return None
 

@@ -149,6 +149,14 @@ class Publisher:
     def mark_published(self, job_id: str) -> None:
         self.client.hset(states.job_key(job_id), "status", states.JOB_PUBLISHED)
 
+    def cancel(self, job_ids: list[str]) -> None:
+        """Mark jobs cancelled for good (a worker drops them), and stop mirroring them."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.set(states.cancel_key(job_id), "1", ex=states.CANCEL_TTL_S)
+            pipe.execute()
+        self.forget(job_ids)
+
     def forget(self, job_ids: Iterable[str]) -> None:
         """A job the bridge no longer mirrors (ended, or its file is gone)."""
         ids = list(job_ids)
@@ -158,6 +166,24 @@ class Publisher:
             pipe.srem(states.KEY_ACTIVE, *ids)
             pipe.delete(*[states.job_key(j) for j in ids])
             pipe.execute()
+
+    def owners_of(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+        """Whose each job is, for those Redis knows: (user, task-id) from its record, or
+        ("", "") when only its result or outcome is left (it cannot be told whose). One
+        round trip."""
+        ids = list(job_ids)
+        with self.client.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hmget(states.job_key(job_id), ["user", "task-id"])
+                pipe.exists(states.meta_key(job_id), states.done_key(job_id))
+            replies = pipe.execute()
+        out: dict[str, tuple[str, str]] = {}
+        for job_id, (user, task_id), traces in zip(ids, replies[::2], replies[1::2], strict=True):
+            if user is not None or task_id is not None:
+                out[job_id] = (_text(user) or "", _text(task_id) or "")
+            elif traces:
+                out[job_id] = ("", "")
+        return out
 
     def active_ids(self) -> set[str]:
         return {_text(m) or "" for m in self.client.smembers(states.KEY_ACTIVE)}

@@ -21,6 +21,7 @@ INSPECT = "inspect"  # a crash may have come between recording and sending: look
 RECOVER = "recover"  # its worker died (no lease for longer than the grace): run it again
 
 RUNNING = frozenset({states.STARTED, states.PROGRESS})
+MAX_DELAY_S = 10 * 366 * 24 * 3600  # ten years: past that a delay is a mistake, not a plan
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,12 @@ def time_error(fields: Mapping[str, Any]) -> str | None:
     if delay is not None and (
         isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0
     ):
-        return f"field 'delay': {delay!r} is not a number of seconds; write e.g. 600"
+        return f"field 'delay': {str(delay)[:40]!r} is not a number of seconds; write e.g. 600"
+    if delay is not None and delay > MAX_DELAY_S:
+        return (
+            f"field 'delay': {str(delay)[:40]} seconds is more than ten years "
+            f"({MAX_DELAY_S}); write a shorter delay or a 'run-at' time"
+        )
     return None
 
 
@@ -75,7 +81,10 @@ def not_before(fields: Mapping[str, Any]) -> datetime | None:
     delay = fields.get(states.DELAY)
     queued = parse_time(fields.get(states.QUEUED_AT))
     if isinstance(delay, int | float) and not isinstance(delay, bool) and delay > 0 and queued:
-        return queued + timedelta(seconds=float(delay))
+        try:
+            return queued + timedelta(seconds=float(min(delay, MAX_DELAY_S)))
+        except OverflowError:  # a queued-at near the end of time: never due
+            return datetime.max.replace(tzinfo=UTC)
     return None
 
 

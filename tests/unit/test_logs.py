@@ -103,7 +103,7 @@ def test_taking_a_file_logs_its_task_user_and_job_ids(
     path = bridge.settings.task_queue / "3" / "0001.SLOW"
     path.write_text('{"type": "SLOW"}')
     bridge.intake.note(path, 0.0, closed=True)
-    caplog.set_level(logging.INFO, logger="bridge.daemon")
+    caplog.set_level(logging.INFO, logger="bridge")
     bridge.intake_once(0.0)
     record = _one(caplog, "as job")
     job_id = next(iter(bridge.table.by_job))
@@ -117,7 +117,7 @@ def test_rejecting_a_file_logs_its_task_and_user_ids(
     path = bridge.settings.task_queue / "3" / "bad-1.SLOW"
     path.write_text('{"type": "SLOW", "steps": "many"}')
     bridge.intake.note(path, 0.0, closed=True)
-    caplog.set_level(logging.INFO, logger="bridge.daemon")
+    caplog.set_level(logging.INFO, logger="bridge")
     bridge.intake_once(0.0)
     record = _one(caplog, "rejected")
     out = json.loads(JsonFormatter().format(record))
@@ -136,7 +136,7 @@ def test_a_decision_the_bridge_cannot_carry_out_logs_the_file_ids(
         raise PermissionError(13, "Permission denied")
 
     monkeypatch.setattr(bridge.intake, "consider", broken)
-    caplog.set_level(logging.INFO, logger="bridge.daemon")
+    caplog.set_level(logging.INFO, logger="bridge")
     bridge.intake_once(0.0)
-    record = _one(caplog, "cannot take")
+    record = _one(caplog, "judging")
     assert (record.task_id, record.user_id) == ("0002", "3")  # type: ignore[attr-defined]

@@ -1,0 +1,153 @@
+"""What the bridge's passes share: settings, the Redis handle and its guard, the table of tracked
+jobs, the per-file guard, and the few indexes that outlive one pass.
+
+Passes import this module, never each other; the loop (`daemon`) owns the order they run in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+from celery import Celery
+from kombu.exceptions import OperationalError
+
+from bridge import contract, files, metrics
+from bridge.guard import Guard
+from bridge.intake import Intake
+from bridge.logs import ids
+from bridge.model import Table, Tracked
+from bridge.notify import Notifier
+from bridge.publish import Publisher
+from taskd import states
+from taskd.settings import Settings
+from taskd.tasktypes import TaskType, notify_type
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OperationalError)
+BACKOFF_MAX_S = 5.0
+OWNED_READ_LIMIT = 1 << 24  # a rare check of who holds a task-id reads at most this much
+T = TypeVar("T")
+
+
+def task_ids(task: Tracked) -> dict[str, str]:
+    """`extra=` for a log line about a tracked task."""
+    return ids(task.task_id, task.user, task.job_id)
+
+
+def path_ids(path: Path) -> dict[str, str]:
+    """`extra=` for a log line about a file that is, or may become, a task."""
+    name = contract.parse_name((path.parent.name, path.name))
+    return ids(name.stem, name.user) if name else ids(user_id=path.parent.name)
+
+
+@dataclass
+class RedisLink:
+    """Redis, guarded: a call while it is away returns None, logged once per outage."""
+
+    client: Any
+    metrics: metrics.Metrics
+    ok: bool = True
+    retry_at: float = 0.0
+    backoff: float = 0.5
+
+    def call(self, now: float, fn: Callable[[], T]) -> T | None:
+        if not self.ok and now < self.retry_at:
+            return None
+        try:
+            value = fn()
+        except REDIS_ERRORS as exc:
+            if self.ok:
+                log.warning(
+                    "Redis unreachable (%s); files keep their state and are caught up when it "
+                    "returns",
+                    exc,
+                )
+            self.ok = False
+            self.metrics.redis_seen(False)
+            self.retry_at = now + self.backoff
+            self.backoff = min(BACKOFF_MAX_S, self.backoff * 2)
+            return None
+        if not self.ok:
+            log.warning("Redis is back; catching up")
+            self.metrics.redis_seen(True)
+        self.ok, self.backoff = True, 0.5
+        return value
+
+
+@dataclass
+class Owners:
+    """Which file holds each task-id of a user, so a second file cannot take it.
+
+    Filled as files are taken, adopted or rejected; an entry is checked against the disk when
+    it is used, so a file deleted since never blocks its task-id.
+    """
+
+    by_id: dict[tuple[str, str], str] = field(default_factory=dict)
+
+    def note(self, user: str, task_id: str, path: Path) -> None:
+        self.by_id[(user, task_id)] = str(path)
+
+    def holder(self, user: str, task_id: str, path: Path) -> Path | None:
+        """The other file that holds `task_id`, if there still is one."""
+        held = self.by_id.get((user, task_id))
+        if held is None or held == str(path):
+            return None
+        holder = Path(held)
+        if holder.parent != path.parent or not _says_task(holder, task_id):
+            del self.by_id[(user, task_id)]
+            return None
+        return holder
+
+
+def _says_task(path: Path, task_id: str) -> bool:
+    try:
+        raw = files.read_regular(path, OWNED_READ_LIMIT)
+        fields = contract.parse_content(contract.decode_utf8(raw))
+    except (OSError, ValueError):
+        return False
+    return fields.get(states.TASK_ID) == task_id
+
+
+class Core:
+    """The state the passes share, and the few actions every pass may ask for."""
+
+    def __init__(
+        self, settings: Settings, types: Mapping[str, TaskType], app: Celery, client: Any
+    ) -> None:
+        self.settings = settings
+        self.types = types
+        self.app = app
+        self.client = client
+        self.metrics = metrics.Metrics(settings.mirror_interval)
+        self.redis = RedisLink(client, self.metrics)
+        self.guard = Guard()
+        self.table = Table()
+        self.owners = Owners()
+        self.intake = Intake(settings, types)
+        self.publisher = Publisher(app, client)
+        self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
+        self.pending_cancels: set[str] = set()
+        self.orphans: dict[str, float] = {}  # job id -> since when it has had no lease
+        self.recoveries: dict[str, int] = {}  # job id -> how often it was run again
+        self.unstarted: dict[str, float] = {}  # job id -> since when it has waited unstarted
+        self.adopting: dict[Path, dict[str, Any]] = {}  # files to resume once Redis is asked
+        self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
+        # Finished files (path -> a hash of their signature): a rescan stats them instead of
+        # reading them again. Strings and ints: a tree of 100,000 finished files is the norm.
+        self.settled: dict[str, int] = {}
+        self.run_id: str | None = None
+
+    def cancel(self, task: Tracked) -> None:
+        """The UI deleted the file: the job must never run, or stop, and send nothing. The
+        cancel pass tells Redis and the workers."""
+        self.table.drop(task)
+        self.pending_cancels.add(task.job_id)
+        notify = task.path.with_name(contract.notify_mail_name(task.task_id))
+        notify.unlink(missing_ok=True)
+        log.info("%s deleted: cancelling job %s", task.path.name, task.job_id, extra=task_ids(task))

@@ -1,0 +1,93 @@
+"""Publishing a tracked job when it is due: the first try, each retry, and a recovery after its
+worker died. Intake, mirror and notify all publish through here; `schedule.decide` decides.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from bridge import metrics, schedule, writer
+from bridge.core import Core, task_ids
+from bridge.mirror import STOPPED_ERROR
+from bridge.model import Tracked
+from bridge.schedule import Known
+from taskd import states
+
+log = logging.getLogger(__name__)
+
+MAX_RECOVERIES = 3
+
+
+def publish_when_due(
+    core: Core, task: Tracked, info: Known, now: float, batch: list[Tracked] | None = None
+) -> None:
+    """Publish a job exactly once (and each retry once), when it is due; a first try is
+    added to `batch` instead, when given, for the caller to publish with others."""
+    decision = schedule.decide(
+        task.fields,
+        info,
+        datetime.now(UTC),
+        _orphaned_for(core, task, info, now),
+        core.settings.recovery_grace,
+    )
+    if decision.action == schedule.RECOVER:
+        recover(core, task, decision.attempt, now)
+        return
+    if decision.action == schedule.KNOWN:
+        task.published = True
+        return
+    if decision.action == schedule.WAIT:
+        return
+    if decision.action == schedule.INSPECT and core.redis.call(
+        now, lambda: core.publisher.in_flight(task)
+    ):
+        core.redis.call(now, lambda: core.publisher.mark_published(task.job_id))
+        task.published = True
+        return
+    if task.published and decision.attempt == 0:
+        log.warning(
+            "job %s of %s is unknown to Redis: publishing it again",
+            task.job_id,
+            task.path.name,
+            extra=task_ids(task),
+        )
+        core.metrics.count(metrics.REPUBLISHED, metrics.REDIS_LOST)
+    if batch is not None and decision.attempt == 0 and not task.published:
+        batch.append(task)
+        return
+    core.redis.call(now, lambda: core.publisher.publish(task, decision.attempt))
+    after_publish(core, task)
+
+
+def after_publish(core: Core, task: Tracked) -> None:
+    if task.published and task.type is core.notifier.kind:
+        # From now on a notify job counts as started: if Redis loses it, the bridge waits
+        # the recovery grace for a worker still sending it to take its lease back.
+        task.fields[states.STATE] = states.STARTED
+
+
+def _orphaned_for(core: Core, task: Tracked, info: Known, now: float) -> float:
+    """How long the job has looked orphaned (no lease though started), 0 if it does not."""
+    if not schedule.orphaned(task.fields, info):
+        core.orphans.pop(task.job_id, None)
+        return 0.0
+    return now - core.orphans.setdefault(task.job_id, now)
+
+
+def recover(core: Core, task: Tracked, attempt: int, now: float) -> None:
+    """Run again a job whose worker died; give up after MAX_RECOVERIES (a job that kills
+    its worker every time must not loop for ever)."""
+    core.orphans.pop(task.job_id, None)
+    count = core.recoveries[task.job_id] = core.recoveries.get(task.job_id, 0) + 1
+    if count > MAX_RECOVERIES:
+        writer.fail(core, task, STOPPED_ERROR.format(n=MAX_RECOVERIES + 1), now)
+        return
+    log.warning(
+        "job %s of %s has had no live worker for the recovery grace: running it again",
+        task.job_id,
+        task.path.name,
+        extra=task_ids(task),
+    )
+    core.metrics.count(metrics.REPUBLISHED, metrics.WORKER_LOST)
+    core.redis.call(now, lambda: core.publisher.recover(task, attempt))

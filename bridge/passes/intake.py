@@ -1,0 +1,314 @@
+"""The intake pass: take, reject or resume (adopt) what is ready in task_queue/.
+
+Files taken in one pass share a directory fsync and two Redis round trips; none is published
+before all are durable. Every file's action runs under the guard: a file that breaks ends
+REJECTED with its error, and the others go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bridge import contract, dispatch, files, intake, metrics, watch, writer
+from bridge.core import Core, path_ids, task_ids
+from bridge.judge import adoption_error
+from bridge.logs import ids
+from bridge.mirror import utc_now
+from bridge.model import Tracked
+from bridge.schedule import Known
+from taskd import states
+
+log = logging.getLogger(__name__)
+
+ORIGINAL_FILE = "original-file"
+REJECTED_DIR = "rejected"
+
+
+def note_event(core: Core, seen: watch.Seen, now: float) -> None:
+    """Hand an event on: to intake, to the mails, or as a cancel. Nothing is read here."""
+    if seen.kind == watch.DIR:
+        for path in watch.scan(core.settings.task_queue, seen.path):
+            core.intake.note(path, now)
+    elif seen.kind == watch.DELETED:
+        core.intake.forget(seen.path)
+        task = core.table.by_path.get(seen.path)
+        if task is not None and not seen.path.exists():
+            core.cancel(task)
+    elif seen.kind == watch.MOVED and seen.dest is not None:
+        _moved(core, seen.path, seen.dest, now)
+    elif contract.is_notify_mail(seen.path.name):
+        core.mails[seen.path] = (now, seen.kind == watch.CLOSED)
+    elif seen.path not in core.table.by_path:
+        core.intake.note(seen.path, now, closed=seen.kind == watch.CLOSED)
+
+
+def _moved(core: Core, src: Path, dest: Path, now: float) -> None:
+    """Someone else renamed a file (`taskd retry`, say): follow it, never cancel for it."""
+    core.intake.forget(src)
+    task = core.table.by_path.get(src)
+    if task is not None and dest.parent == src.parent and dest.exists():
+        core.table.move(task, dest)
+    elif task is not None and not src.exists():
+        core.cancel(task)
+    note_event(core, watch.Seen(watch.CHANGED, dest), now)
+
+
+def intake_once(core: Core, now: float) -> None:
+    """Decide for every pending file, then act: resumed files first, so the task-ids they
+    hold are known before a new file may claim one."""
+    decided: list[tuple[Path, intake.Decision]] = []
+    for path in list(core.intake.pending):
+        key = str(path)
+        if not core.guard.ready(key, now):
+            continue
+        decision = core.guard.run(
+            key,
+            "judging",
+            now,
+            lambda path=path: core.intake.consider(path, now),  # type: ignore[misc]
+            end=lambda error, path=path: _reject_pending(core, path, error),  # type: ignore[misc]
+            log_ids=path_ids(path),
+        )
+        if decision is None:
+            _done_unless_held(core, path)
+        elif decision.action == intake.WAIT:
+            continue
+        else:
+            decided.append((path, decision))
+    decided.sort(key=lambda item: item[1].action != intake.ADOPT)
+    taken: list[Tracked] = []
+    for path, decision in decided:
+        core.guard.run(
+            str(path),
+            _doing(decision.action),
+            now,
+            lambda p=path, d=decision: _carry_out(core, p, d, now, taken),  # type: ignore[misc]
+            end=lambda error, p=path: _reject_pending(core, p, error),  # type: ignore[misc]
+            log_ids=path_ids(path),
+        )
+        _done_unless_held(core, path)
+    verify_adopting(core, now)
+    if taken:
+        _publish_taken(core, taken, now)
+
+
+def _doing(action: str) -> str:
+    return {intake.TAKE: "taking", intake.REJECT: "rejecting", intake.ADOPT: "resuming"}.get(
+        action, "looking at"
+    )
+
+
+def _done_unless_held(core: Core, path: Path) -> None:
+    if str(path) not in core.guard.troubles:
+        core.intake.forget(path)
+
+
+def _carry_out(
+    core: Core, path: Path, decision: intake.Decision, now: float, taken: list[Tracked]
+) -> None:
+    if decision.action == intake.TAKE:
+        take(core, path, decision, now, taken)
+    elif decision.action == intake.REJECT:
+        assert decision.name is not None
+        reject(
+            core,
+            path,
+            decision.name,
+            decision.verdict.fields,
+            decision.verdict.error,
+            keep_aside=decision.keep_aside,
+        )
+    elif decision.action == intake.ADOPT:
+        assert decision.name is not None
+        adopt(core, path, decision.name, decision.fields)
+
+
+def _publish_taken(core: Core, taken: list[Tracked], now: float) -> None:
+    for directory in {task.path.parent for task in taken}:
+        try:
+            files.fsync_dir(directory)
+        except OSError as exc:
+            log.error("cannot fsync %s (%s); publishing anyway", directory, exc)
+    due: list[Tracked] = []
+    for task in taken:
+        core.guard.run(
+            str(task.path),
+            "publishing",
+            now,
+            lambda t=task: dispatch.publish_when_due(core, t, Known(None, None), now, due),  # type: ignore[misc]
+            end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
+            log_ids=task_ids(task),
+        )
+    if due:
+        core.redis.call(now, lambda: core.publisher.publish_many(due))
+    for task in due:
+        dispatch.after_publish(core, task)
+
+
+def take(
+    core: Core, path: Path, decision: intake.Decision, now: float, taken: list[Tracked]
+) -> None:
+    """Rewrite and rename a new file; the caller fsyncs the directory and publishes, once for
+    all the files of its pass."""
+    name, task_type = decision.name, decision.verdict.task_type
+    assert name is not None and task_type is not None
+    holder = core.owners.holder(name.user, name.stem, path)
+    if holder is not None:
+        error = f"task-id {name.stem!r} is already used by {holder.name}; use another task-id"
+        reject(core, path, name, decision.verdict.fields, error)
+        return
+    fields = contract.merge(
+        decision.verdict.fields,
+        {
+            states.TASK_ID: name.stem,
+            states.STATE: states.QUEUED,
+            states.PROGRESS_FIELD: 0,
+            states.JOB_ID: str(uuid.uuid4()),
+            states.QUEUED_AT: utc_now(),
+            **task_type.assign_ids(decision.verdict.fields),
+        },
+    )
+    new_path = path.with_name(
+        contract.render_name(name.stem, name.type, fields, task_type.runtime_info)
+    )
+    if os_exists(new_path):
+        error = f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
+        reject(core, path, name, decision.verdict.fields, error)
+        return
+    files.rewrite_then_rename(path, new_path, contract.dump(fields), sync_dir=False)
+    task = Tracked(name.user, name.stem, task_type, new_path, fields, last_write=now)
+    core.table.add(task)
+    core.owners.note(name.user, name.stem, new_path)
+    core.metrics.count(metrics.TAKEN)
+    log.info("took %s as job %s", new_path.name, task.job_id, extra=task_ids(task))
+    taken.append(task)
+
+
+def os_exists(path: Path) -> bool:
+    try:
+        return files.signature(path) is not None
+    except files.NotRegularFile:
+        return True
+
+
+def _reject_pending(core: Core, path: Path, error: str) -> None:
+    """End a file the intake could not handle: REJECTED with the error, its bytes kept."""
+    entry = core.intake.pending.get(path)
+    name = entry.name if entry else contract.parse_name((path.parent.name, path.name))
+    if name is None or files.signature(path) is None:
+        return
+    reject(core, path, name, {}, error, keep_aside=True)
+
+
+def reject(
+    core: Core,
+    path: Path,
+    name: contract.TaskName,
+    kept: dict[str, Any],
+    error: str | None,
+    keep_aside: bool = False,
+) -> None:
+    """REJECTED, renamed `<task-id>-ERR.<TYPE>`; what the UI wrote is kept inline while it
+    stays small, else beside the queue, once (file-contract.md)."""
+    ending = {
+        states.TASK_ID: name.stem,
+        states.STATE: states.REJECTED,
+        states.FINISHED_AT: utc_now(),
+        states.ERROR: contract.bounded(error or "rejected"),
+    }
+    data = contract.dump(contract.merge(kept, ending))
+    inline_limit = core.settings.max_task_bytes + intake.OWN_SLACK_BYTES
+    if keep_aside or len(data) > inline_limit:
+        folder = core.settings.data_root / REJECTED_DIR / name.user
+        original = files.keep_aside(path, folder, files.identity(path))
+        where = str(original.relative_to(core.settings.data_root))
+        data = contract.dump({**ending, ORIGINAL_FILE: where})
+    task_type = core.types.get(name.type)
+    parts = task_type.runtime_info if task_type else (states.PROGRESS_FIELD,)
+    new_name = contract.render_name(name.stem, name.type, ending, parts)
+    new_path = path.with_name(new_name)
+    if not contract.fits(new_name) or os_exists(new_path):
+        new_path = path  # keep the name rather than replace another file or overflow it
+    files.rewrite_then_rename(path, new_path, data)
+    if core.owners.holder(name.user, name.stem, new_path) is None:
+        core.owners.note(name.user, name.stem, new_path)  # never instead of a live holder
+    core.metrics.count(metrics.REJECTED)
+    log.warning(
+        "rejected %r: %s", new_path.name, ending[states.ERROR], extra=ids(name.stem, name.user)
+    )
+
+
+def adopt(core: Core, path: Path, name: contract.TaskName, fields: dict[str, Any]) -> None:
+    """A file the bridge wrote (it restarted, or `taskd retry` requeued it): resume it if it
+    checks out, else reject it with the UI's fields kept."""
+    error = adoption_error(fields, name, path.name, core.types)
+    if error is not None:
+        ui_fields = {k: v for k, v in fields.items() if k not in states.OWNED_MARKERS}
+        reject(core, path, _as_new(name, path, fields), ui_fields, error)
+        return
+    task_id = str(fields[states.TASK_ID])
+    if fields.get(states.STATE) in states.TERMINAL:
+        # Ended files are never judged again, even two that say one task-id (a reused id
+        # rejected beside the task that holds it).
+        if core.owners.holder(name.user, task_id, path) is None:
+            core.owners.note(name.user, task_id, path)
+        sig = files.signature(path)
+        if sig is not None:
+            core.settled[str(path)] = hash(sig)
+        return
+    core.owners.note(name.user, task_id, path)  # a running task holds its id before any
+    core.adopting[path] = fields
+
+
+def _as_new(name: contract.TaskName, path: Path, fields: dict[str, Any]) -> contract.TaskName:
+    """The name a rejected resume is filed under: its own task-id when it is believable."""
+    task_id = fields.get(states.TASK_ID)
+    if isinstance(task_id, str) and path.name.startswith(f"{task_id}-"):
+        return contract.TaskName(name.user, task_id, name.type)
+    return name
+
+
+def verify_adopting(core: Core, now: float) -> None:
+    """Resume running files whose job, if Redis knows it, is this user's and this task's."""
+    if not core.adopting:
+        return
+    pending = dict(core.adopting)
+    job_ids = [str(fields[states.JOB_ID]) for fields in pending.values()]
+    answer = core.redis.call(now, lambda: core.publisher.owners_of(job_ids))
+    if answer is None:
+        return  # Redis is away: try again on a later pass
+    core.adopting.clear()
+    for path, fields in pending.items():
+        core.guard.run(
+            str(path),
+            "resuming",
+            now,
+            lambda p=path, f=fields: _resume(core, p, f, answer),  # type: ignore[misc]
+            end=lambda error, p=path: _reject_pending(core, p, error),  # type: ignore[misc]
+            log_ids=path_ids(path),
+        )
+
+
+def _resume(core: Core, path: Path, fields: dict[str, Any], owners: dict[str, Any]) -> None:
+    name = contract.parse_name((path.parent.name, path.name))
+    if name is None or files.signature(path) is None:
+        return
+    job_id, task_id = str(fields[states.JOB_ID]), str(fields[states.TASK_ID])
+    owner = owners.get(job_id)
+    if owner is not None and owner != (name.user, task_id):
+        error = f"field 'job-id': job {job_id} belongs to another task; taskd writes it: remove it"
+        ui_fields = {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
+        reject(core, path, _as_new(name, path, fields), ui_fields, error)
+        return
+    task = Tracked(name.user, task_id, core.types[name.type], path, fields)
+    known = core.table.by_job.get(task.job_id)
+    if known is not None and known.path != path and known.path.exists():
+        error = f"task-id {task_id!r} is already used by {known.path.name}; use another task-id"
+        ui_fields = {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
+        reject(core, path, _as_new(name, path, fields), ui_fields, error)
+        return
+    core.table.add(task)
+    log.info("resumed %s, job %s", path.name, task.job_id, extra=task_ids(task))

@@ -1,0 +1,80 @@
+"""Writing a tracked task's new fields into its file: the name first, then the content.
+
+Used by every pass that changes a running task (mirror, recovery, the guard ending a task); the
+bytes themselves are written by `files`, the only code that writes task files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from bridge import contract, files, metrics
+from bridge.core import Core, task_ids
+from bridge.mirror import utc_now
+from bridge.model import Tracked
+from taskd import states
+
+log = logging.getLogger(__name__)
+
+RATE_SLACK = 0.95
+
+
+def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> None:
+    """Merge `updates` into the task's file, at most once a tick unless the state ends.
+
+    An OSError is raised to the caller's guard (which holds the file back while the disk is
+    full, say); a file gone under the bridge is a cancel.
+    """
+    fields = contract.merge(task.fields, updates)
+    if fields == task.fields:
+        return
+    state_changed = fields[states.STATE] != task.state
+    terminal = fields[states.STATE] in states.TERMINAL
+    if not terminal and now - task.last_write < RATE_SLACK * core.settings.mirror_interval:
+        return
+    new_path = task.path.with_name(
+        contract.render_name(task.task_id, task.type.name, fields, task.type.runtime_info)
+    )
+    # The name first, then the content (file-contract.md); each step is tracked on its own,
+    # so a rewrite that fails after the rename is retried under the new name.
+    try:
+        files.rename_noreplace(task.path, new_path)
+    except FileNotFoundError:
+        core.cancel(task)
+        return
+    except FileExistsError:
+        new_path = task.path  # another file took the name: keep ours, the content still says
+    core.table.move(task, new_path)
+    core.owners.note(task.user, task.task_id, new_path)
+    files.atomic_write(new_path, contract.dump(fields), durable=state_changed)
+    task.fields, task.last_write = fields, now
+    if terminal:
+        ended(core, task, now)
+
+
+def ended(core: Core, task: Tracked, now: float) -> None:
+    """A task's file says it ended: stop mirroring it, and send its notify mail if there is one."""
+    core.table.drop(task)
+    core.redis.call(now, lambda: core.publisher.forget([task.job_id]))
+    core.metrics.count(metrics.ENDED, task.fields[states.STATE])
+    log.info("%s ended %s", task.path.name, task.fields[states.STATE], extra=task_ids(task))
+    # A notify job, if its mail is there: published by the next tick, once Redis was asked.
+    core.notifier.job_for(task.path, task.fields)
+
+
+def fail(core: Core, task: Tracked, error: str, now: float) -> None:
+    """End a running task FAILURE with `error` (what the guard calls when its work broke)."""
+    write(
+        core,
+        task,
+        {
+            states.STATE: states.FAILURE,
+            states.FINISHED_AT: utc_now(),
+            states.ERROR: contract.bounded(error),
+        },
+        now,
+    )
+    if task.job_id in core.table.by_job:  # the write could not happen: still stop mirroring
+        ended(core, task, now)
