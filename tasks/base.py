@@ -6,7 +6,7 @@ finished is not redone (its outcome is restored), and two deliveries of one job 
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import json
 import logging
 import os
@@ -67,15 +67,32 @@ class Job:
     def work_dir(self) -> Iterator[Path]:
         """The task's tmp-space: created empty, gone when the body ends, whatever the ending."""
         path = self.tmp_space
-        shutil.rmtree(path, ignore_errors=True)
+        _remove_tree(path)
         path.mkdir(parents=True)
         try:
             yield path
         finally:
-            shutil.rmtree(path, ignore_errors=True)
-            # Another job of this task-id may still work there, or it is gone already.
-            with contextlib.suppress(OSError):
-                path.parent.rmdir()
+            _remove_tree(path)
+            _remove_if_empty(path.parent)
+
+
+def _remove_tree(path: Path) -> None:
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        pass  # nothing left from an earlier run, or already cleaned: the usual case
+    except OSError as exc:
+        # Leftovers cost disk, not correctness: the next run of the job clears them again.
+        log.warning("cannot remove tmp-space %s: %s", path, exc)
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError as exc:
+        # Another job of this task-id may still work there, or it is gone already.
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOENT):
+            log.warning("cannot remove %s: %s", folder, exc)
 
 
 @cache
@@ -284,7 +301,8 @@ def _later_try_waits(meta: bytes | None, attempt: int) -> bool:
         return False
     try:
         stored = json.loads(meta)
-    except ValueError:
+    except ValueError as exc:
+        log.warning("job meta is not JSON (%s); taking this delivery as current", exc)
         return False
     result = stored.get("result") if isinstance(stored, dict) else None
     return (

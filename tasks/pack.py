@@ -12,6 +12,7 @@ import csv
 import errno
 import hashlib
 import io
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ from typing import IO, Any, BinaryIO
 from isal import igzip_threaded
 
 from tasks.spillset import SpillSet, digest
+
+log = logging.getLogger(__name__)
 
 BLOCK_SIZE = 1 << 20
 """Read, hash and compress in blocks this big: ISA-L runs at full speed, memory stays flat."""
@@ -342,7 +345,7 @@ def _link_unique(source: Path, directory: Path, stem: str, suffix: str) -> Path:
         try:
             os.link(source, target)
         except FileExistsError:
-            continue
+            continue  # the name is taken: the next number is the way forward, nothing failed
         return target
     raise PackError(f"no free name for {stem!r} in {directory} up to ({MAX_CLASH_NUMBER})")
 
@@ -597,8 +600,10 @@ def _gzip_writer(sink: _HashingSink, level: int, threads: int) -> Iterator[IO[by
         yield gz
     except BaseException:
         # The error that stopped the pack is the one to report, not a failing close after it.
-        with contextlib.suppress(Exception):
+        try:
             gz.close()
+        except Exception as close_error:  # noqa: BLE001 - logged; the first error is raised
+            log.debug("closing the gzip stream after a failed pack: %s", close_error)
         raise
     gz.close()
 

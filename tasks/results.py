@@ -7,6 +7,7 @@ streamed to a scratch file first: a search has no cap on its matches and memory 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -15,6 +16,8 @@ from typing import Any
 
 from taskd.settings import Settings
 from tasks.errors import TaskFailed
+
+log = logging.getLogger(__name__)
 
 RETRIEVE_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 USER_RE = re.compile(r"[A-Za-z0-9_]+")
@@ -130,7 +133,10 @@ class ResultSet:
             if line.rstrip("\n") == _MAILS_LINE:
                 try:
                     header = json.loads("".join(head).rstrip().rstrip(",") + "\n}")
-                except ValueError:
+                except ValueError as exc:
+                    # Not laid out as write_result_set writes: read whole below, which names
+                    # any real damage.
+                    log.debug("result set %s: header not on lines of its own: %s", self.path, exc)
                     break
                 if isinstance(header, dict):
                     return header

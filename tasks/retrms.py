@@ -68,7 +68,7 @@ def done_before(job: Job, wants_pack: bool) -> dict[str, Any] | None:
         with open(target, encoding="utf-8") as handle:
             head = handle.read(4096)
     except FileNotFoundError:
-        return None
+        return None  # no result set yet: the normal first delivery
     if f'"job-id": "{job.job_id}"' not in head:
         return None
     result_set = results.ResultSet(target, str(job.fields["retrieve-id"]), job.user_id)

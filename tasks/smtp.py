@@ -171,7 +171,7 @@ def _converse(
         options = list(envelope.options)
         return envelope, client.sendmail(envelope.sender, list(envelope.to), message, options)
     except smtplib.SMTPRecipientsRefused as exc:
-        return envelope, exc.recipients
+        return envelope, exc.recipients  # every one refused: reported per address, below
     except smtplib.SMTPAuthenticationError as exc:
         raise TaskFailed(
             f"SMTP server refused the login ({_answer(exc.smtp_code, exc.smtp_error)}); "
