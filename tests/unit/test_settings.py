@@ -153,3 +153,23 @@ def test_with_returns_a_changed_copy(tmp_path: Path) -> None:
     changed = s.with_(data_root=tmp_path)
     assert changed.task_queue == tmp_path / "task_queue"
     assert s.data_root == Path("/usr/local/mozart/data")
+
+
+@pytest.mark.parametrize(
+    ("variable", "attribute", "default"),
+    [
+        ("TASKD_MAX_PACK_FILES", "max_pack_files", 10_000),
+        ("TASKD_MAX_PACK_MAILS", "max_pack_mails", 1_000_000),
+        ("TASKD_MAX_PACK_BYTES", "max_pack_bytes", 20 << 30),
+        ("TASKD_MAX_NOTIFY_BYTES", "max_notify_bytes", 10 << 20),
+    ],
+)
+def test_pack_and_notify_limits_are_read_and_checked(
+    variable: str, attribute: str, default: int
+) -> None:
+    assert getattr(Settings.from_env({}), attribute) == default
+    assert getattr(Settings.from_env({variable: "7"}), attribute) == 7
+    with pytest.raises(SettingsError, match=f"{variable}=0 must be a positive whole number"):
+        Settings.from_env({variable: "0"})
+    with pytest.raises(SettingsError, match=f"{variable}='lots' is not a whole number"):
+        Settings.from_env({variable: "lots"})
