@@ -143,10 +143,12 @@ def cmd_flower(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from bridge import contract, files
     from bridge.judge import judge, too_large
+    from taskd.formats import checker
     from taskd.tasktypes import load_types
 
     settings = _settings(args)
     types = load_types(settings.schema_dirs)
+    formats = checker(settings.mail_db_path)
     bad = 0
     for path in args.files:
         name = contract.parse_name(("check", path.name))
@@ -164,7 +166,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"{path}: cannot read: {exc.strerror or exc}")
             bad += 1
             continue
-        verdict = judge(raw, name, types)
+        verdict = judge(raw, name, types, formats)
         print(f"{path}: ok" if verdict.ok else f"{path}: {verdict.error}")
         bad += not verdict.ok
     return EXIT_BAD if bad else EXIT_OK

@@ -9,6 +9,8 @@ and judges; the bridge carries the decision out.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any
 
 from bridge import contract, files
 from bridge.judge import Verdict, judge, too_large
+from taskd import formats
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType
 
@@ -60,6 +63,7 @@ class Intake:
     def __init__(self, settings: Settings, types: Mapping[str, TaskType]) -> None:
         self.settings = settings
         self.types = types
+        self.formats = formats.checker(settings.mail_db_path)
         self.pending: dict[Path, Pending] = {}
         self._ignored: set[Path] = set()
         self._root = str(settings.task_queue).rstrip("/") + "/"
@@ -94,6 +98,9 @@ class Intake:
 
     def consider(self, path: Path, now: float) -> Decision:
         entry = self.pending[path]
+        if not _real_directory(path.parent):
+            self._ignore_once(path, "its user directory is a link, not a directory")
+            return Decision(DROP)
         try:
             sig = files.signature(path)
         except files.NotRegularFile:
@@ -129,7 +136,7 @@ class Intake:
             return Decision(DROP)
         except FileNotFoundError:
             return Decision(DROP)
-        verdict = judge(raw, entry.name, self.types)
+        verdict = judge(raw, entry.name, self.types, self.formats)
         if verdict.ok:
             return Decision(TAKE, entry.name, verdict)
         if verdict.incomplete and quiet < self.settings.reject_after:
@@ -140,6 +147,14 @@ class Intake:
                 error=f"{verdict.error} (unchanged for {self.settings.reject_after:g} s)",
             )
         return Decision(REJECT, entry.name, verdict)
+
+
+def _real_directory(path: Path) -> bool:
+    """A user directory must be one: through a link the bridge would write wherever it points."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _read_quietly(path: Path, limit: int) -> bytes:

@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from jsonschema import FormatChecker
+
 from bridge import contract
 from bridge.schedule import time_error
 from taskd import states
@@ -44,7 +46,12 @@ def too_large(size: int, limit: int) -> str:
     )
 
 
-def judge(raw: bytes, name: contract.TaskName, types: Mapping[str, TaskType]) -> Verdict:
+def judge(
+    raw: bytes,
+    name: contract.TaskName,
+    types: Mapping[str, TaskType],
+    formats: FormatChecker | None = None,
+) -> Verdict:
     try:
         text = contract.decode_utf8(raw)
     except UnicodeDecodeError as exc:
@@ -57,11 +64,14 @@ def judge(raw: bytes, name: contract.TaskName, types: Mapping[str, TaskType]) ->
         fields = contract.parse_content(text)
     except contract.ParseError as exc:
         return Verdict(fields=kept_content(raw), error=str(exc), incomplete=True)
-    return judge_fields(fields, name, types)
+    return judge_fields(fields, name, types, formats)
 
 
 def judge_fields(
-    fields: dict[str, Any], name: contract.TaskName, types: Mapping[str, TaskType]
+    fields: dict[str, Any],
+    name: contract.TaskName,
+    types: Mapping[str, TaskType],
+    formats: FormatChecker | None = None,
 ) -> Verdict:
     reserved = contract.reserved_fields(fields)
     if reserved:
@@ -86,7 +96,7 @@ def judge_fields(
                 "make them the same"
             ),
         )
-    problems = _problems(fields, task_type)
+    problems = _problems(fields, task_type, formats)
     if not problems:
         longest = contract.longest_name(
             name.stem, name.type, {**fields, **task_type.assign_ids(fields)}, task_type.runtime_info
@@ -99,8 +109,10 @@ def judge_fields(
     return Verdict(fields=fields, task_type=task_type)
 
 
-def _problems(fields: dict[str, Any], task_type: TaskType) -> list[str]:
-    problems = task_type.validate(fields)
+def _problems(
+    fields: dict[str, Any], task_type: TaskType, formats: FormatChecker | None = None
+) -> list[str]:
+    problems = task_type.validate(fields, formats)
     timing = time_error(fields)
     if timing and not any(timing.split(":")[0] in p for p in problems):
         problems.append(timing)
@@ -112,6 +124,7 @@ def adoption_error(
     name: contract.TaskName,
     file_name: str,
     types: Mapping[str, TaskType],
+    formats: FormatChecker | None = None,
 ) -> str | None:
     """Why a file that says the bridge wrote it cannot be resumed as it is, or None.
 
@@ -135,7 +148,7 @@ def adoption_error(
     if bad:
         return bad
     own = {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
-    problems = [p for p in _problems(own, task_type) if "Additional properties" not in p]
+    problems = [p for p in _problems(own, task_type, formats) if "Additional properties" not in p]
     return contract.bounded("; ".join(problems)) if problems else None
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import stat
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -64,6 +66,14 @@ def read_marker(marker: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def is_regular(path: Path) -> bool:
+    """A regular file itself, not whatever a link in its place points to."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
 def wants_mail(fields: dict[str, Any]) -> bool:
     """Ended, and no outcome of its notify mail recorded yet."""
     return (
@@ -108,8 +118,8 @@ class Notifier:
         if not wants_mail(fields) or not isinstance(fields.get(states.JOB_ID), str):
             return None
         task_id = str(fields[states.TASK_ID])
-        if not task_path.with_name(task_id + SUFFIX).is_file():
-            return None
+        if not is_regular(task_path.with_name(task_id + SUFFIX)):
+            return None  # absent, or a link or FIFO in its place: never followed or sent
         job_id = notify_job_id(fields[states.JOB_ID])
         if job_id in self.jobs:
             return None

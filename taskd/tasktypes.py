@@ -19,6 +19,7 @@ from typing import Any
 import jsonschema
 
 import schemas as _schemas_pkg
+from taskd import formats as formats_module
 
 TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 SCHEMA_SUFFIX = ".schema.json"
@@ -86,9 +87,13 @@ class TaskType:
                 out[key] = "".join(secrets.choice(ID_ALPHABET) for _ in range(ID_FORMATS[fmt]))
         return out
 
-    def validate(self, content: Mapping[str, Any]) -> list[str]:
+    def validate(
+        self, content: Mapping[str, Any], formats: jsonschema.FormatChecker | None = None
+    ) -> list[str]:
         """Every schema error, each as a sentence naming the field and how to fix it."""
-        validator = jsonschema.Draft202012Validator(self.schema)
+        validator = jsonschema.Draft202012Validator(
+            self.schema, format_checker=formats or formats_module.checker()
+        )
         errors = sorted(validator.iter_errors(content), key=lambda e: list(e.absolute_path))
         return [describe_error(e, self.schema) for e in errors]
 
@@ -124,9 +129,12 @@ def describe_error(error: jsonschema.ValidationError, schema: Mapping[str, Any])
         hint = _hint(schema, [*path, missing[0]]) if missing else ""
         return f"field {name!r} is missing" + (f": {hint}" if hint else "")
     if error.validator == "additionalProperties":
-        where = field_path(path) or "the task"
-        return f"{where}: {error.message}; remove it or check its spelling"
+        where = field_path(path)
+        place = f"field {where!r}" if where else "the task"
+        return f"{place}: {error.message}; remove it or check its spelling"
     name = field_path(path) or "the task"
+    if error.validator == "format" and error.cause is not None:
+        return f"field {name!r}: {error.cause}"
     hint = _hint(schema, path)
     return f"field {name!r}: {error.message}" + (f" ({hint})" if hint else "")
 

@@ -244,7 +244,7 @@ def reject(
 def adopt(core: Core, path: Path, name: contract.TaskName, fields: dict[str, Any]) -> None:
     """A file the bridge wrote (it restarted, or `taskd retry` requeued it): resume it if it
     checks out, else reject it with the UI's fields kept."""
-    error = adoption_error(fields, name, path.name, core.types)
+    error = adoption_error(fields, name, path.name, core.types, core.intake.formats)
     if error is not None:
         ui_fields = {k: v for k, v in fields.items() if k not in states.OWNED_MARKERS}
         reject(core, path, _as_new(name, path, fields), ui_fields, error)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -289,3 +290,79 @@ def test_a_name_with_newlines_and_escapes_cannot_forge_log_lines(
     _passes(bridge, rounds=1)
     lines = [TextFormatter().format(r) for r in caplog.records]
     assert lines and all("\n" not in line and "\x1b" not in line for line in lines)
+
+
+# --- 4. links where a user controls them ----------------------------------------------------------
+
+
+def test_a_user_directory_that_is_a_link_is_never_entered(bridge: Bridge, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = outside / "x.SLOW"
+    target.write_text('{"type": "SLOW"}')
+    (bridge.settings.task_queue / "evil").symlink_to(outside)
+    bridge.intake.note(bridge.settings.task_queue / "evil" / "x.SLOW", 0.0, closed=True)
+    _passes(bridge, rounds=2)
+    assert [p.name for p in outside.iterdir()] == ["x.SLOW"]
+    assert target.read_text() == '{"type": "SLOW"}'
+
+
+def test_a_notify_mail_that_is_a_link_is_never_sent(bridge: Bridge, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.eml"
+    secret.write_text("To: a@example.org\n\nsecret\n")
+    folder = bridge.settings.task_queue / "3"
+    (folder / "n.notify.eml").symlink_to(secret)
+    task = folder / "n-100.SLOW"
+    fields = {"type": "SLOW", "task-id": "n", "state": "SUCCESS", "job-id": str(uuid.uuid4())}
+    assert bridge.core.notifier.job_for(task, fields) is None
+    (folder / "n.notify.eml").unlink()
+    (folder / "n.notify.eml").write_text("To: a@example.org\n\nhello\n")
+    assert bridge.core.notifier.job_for(task, fields) is not None
+
+
+# --- 8. criteria that can only fail end REJECTED at intake ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("criterion", "error"),
+    [
+        (
+            {"since": "2017-02-30"},
+            "field 'criterion.since': '2017-02-30' is not a day of the calendar",
+        ),
+        (
+            {"before": "20171345"},
+            "field 'criterion.before': '20171345' is not a day of the calendar",
+        ),
+        (
+            {"file": ["20170229"]},
+            "field 'criterion.file[0]': '20170229' is not a day of the calendar",
+        ),
+        (
+            {"group": "nobody"},
+            "field 'criterion.group': no group 'nobody' in the archive's groups.json",
+        ),
+    ],
+)
+def test_criteria_that_can_only_fail_are_rejected_when_taken(
+    bridge: Bridge, criterion: dict[str, Any], error: str
+) -> None:
+    mail_db = bridge.settings.mail_db_path
+    mail_db.mkdir(parents=True)
+    (mail_db / "groups.json").write_text('{"sales": ["yukoh"]}')
+    _drop(bridge, "r.RETRMS", {"type": "RETRMS", "criterion": criterion})
+    _passes(bridge, rounds=1)
+    _, fields = _only(bridge)
+    assert fields["state"] == "REJECTED"
+    assert fields["error"].startswith(error), fields["error"]
+
+
+def test_a_known_group_and_real_days_are_taken(bridge: Bridge) -> None:
+    mail_db = bridge.settings.mail_db_path
+    mail_db.mkdir(parents=True)
+    (mail_db / "groups.json").write_text('{"sales": ["yukoh"]}')
+    criterion = {"group": "sales", "since": "2016-02-29", "before": "20240101", "file": []}
+    _drop(bridge, "r.RETRMS", {"type": "RETRMS", "criterion": criterion})
+    _passes(bridge, rounds=1)
+    _, fields = _only(bridge)
+    assert fields["state"] == "QUEUED", fields.get("error")

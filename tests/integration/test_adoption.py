@@ -1,0 +1,98 @@
+"""Resuming a file that says the bridge wrote it, against a real redis-server: its job, if Redis
+knows it, must be this user's and this task's (file-contract.md, "New file or the bridge's own?").
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from bridge.daemon import Bridge
+from taskd import states
+from taskd.celeryconf import make_app
+from taskd.settings import Settings
+from taskd.tasktypes import load_types
+from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_server.url)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, redis_server: RedisServer, client: redis.Redis) -> Bridge:
+    settings = Settings(data_root=tmp_path, redis_url=redis_server.url, settle=0.0)
+    (settings.task_queue / "4").mkdir(parents=True)
+    return Bridge(settings, load_types([SUPPORT_SCHEMAS]), make_app(settings), client)
+
+
+def _running(bridge: Bridge, job_id: str, name: str = "b-ABCDEFGHJK_40.SLOW") -> Path:
+    path = bridge.settings.task_queue / "4" / name
+    fields: dict[str, Any] = {
+        "type": "SLOW",
+        "steps": 1,
+        "task-id": "b",
+        "state": "PROGRESS",
+        "progress": 40,
+        "job-id": job_id,
+        "queued-at": "2026-12-01T10:00:00Z",
+        "ticket": "ABCDEFGHJK",
+    }
+    path.write_text(json.dumps(fields))
+    return path
+
+
+def _state_of(bridge: Bridge) -> tuple[str, dict[str, Any]]:
+    (path,) = [p for p in (bridge.settings.task_queue / "4").iterdir()]
+    return path.name, json.loads(path.read_text())
+
+
+def test_a_job_id_of_another_users_task_is_rejected(bridge: Bridge, client: redis.Redis) -> None:
+    job_id = str(uuid.uuid4())
+    client.hset(states.job_key(job_id), mapping={"user": "3", "task-id": "a", "type": "SLOW"})
+    _running(bridge, job_id)
+    bridge.rescan_once(0.0)
+    name, fields = _state_of(bridge)
+    assert fields["state"] == "REJECTED"
+    assert fields["error"].startswith(f"field 'job-id': job {job_id} belongs to another task")
+    assert name == "b-ERR.SLOW" and fields["steps"] == 1
+    assert job_id not in bridge.table.by_job
+
+
+def test_a_job_id_whose_result_alone_is_left_is_rejected(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    # Another user's finished job: its record is gone, its result (with its output) is not.
+    job_id = str(uuid.uuid4())
+    meta = {"status": "SUCCESS", "result": {"fields": {"output": "/data/download/3/x.tar.gz"}}}
+    client.set(states.meta_key(job_id), json.dumps(meta))
+    _running(bridge, job_id)
+    bridge.rescan_once(0.0)
+    _, fields = _state_of(bridge)
+    assert fields["state"] == "REJECTED" and "output" not in fields
+
+
+def test_the_tasks_own_job_is_resumed(bridge: Bridge, client: redis.Redis) -> None:
+    job_id = str(uuid.uuid4())
+    client.hset(states.job_key(job_id), mapping={"user": "4", "task-id": "b", "type": "SLOW"})
+    path = _running(bridge, job_id)
+    bridge.rescan_once(0.0)
+    assert bridge.table.by_job[job_id].path == path
+    assert _state_of(bridge)[1]["state"] == "PROGRESS"
+
+
+def test_a_job_redis_never_knew_is_resumed_to_be_published(bridge: Bridge) -> None:
+    # As after `taskd retry`, or a Redis that lost everything: the file is the truth.
+    job_id = str(uuid.uuid4())
+    _running(bridge, job_id)
+    bridge.rescan_once(0.0)
+    assert job_id in bridge.table.by_job
