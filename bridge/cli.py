@@ -258,6 +258,7 @@ def _celery_state(settings: Any, job_id: str) -> Any:
     import redis as redis_lib
 
     from taskd import states
+    from taskd.jobs import parse_meta
 
     client = redis_lib.Redis.from_url(
         settings.redis_url, socket_connect_timeout=3, socket_timeout=3
@@ -266,7 +267,7 @@ def _celery_state(settings: Any, job_id: str) -> Any:
         meta: Any = client.get(states.meta_key(job_id))
     except redis_lib.RedisError as exc:
         return {"error": f"Redis cannot be asked: {exc}"}
-    return json.loads(meta) if meta else None
+    return parse_meta(meta)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from taskd import states
+from bridge.contract import bounded
+from taskd import jobs, states
 
 STOPPED_ERROR = (
     "stopped {n} times before it could finish (its worker was killed, or it was revoked); "
@@ -26,15 +27,19 @@ def _iso(value: object) -> str | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
-        return value
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    except (ValueError, OverflowError):
+        return value[:40]
 
 
 def error_text(result: object) -> str:
-    """A failure's message as the worker raised it; never a traceback."""
+    """A failure's message as the worker raised it; never a traceback, never endless."""
+    return bounded(_error_text(result))
+
+
+def _error_text(result: object) -> str:
     if isinstance(result, dict):
         message = result.get("exc_message")
         if isinstance(message, list | tuple):
@@ -49,20 +54,21 @@ def error_text(result: object) -> str:
 
 
 def _task_fields(result: dict[str, Any]) -> dict[str, Any]:
-    fields = result.get(states.META_FIELDS)
-    if not isinstance(fields, dict):
-        return {}
-    return {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
+    return {k: v for k, v in jobs.fields(result).items() if k not in states.BRIDGE_FIELDS}
 
 
-def _running(meta_result: Any, current: dict[str, Any], now_iso: str) -> dict[str, Any]:
-    result = meta_result if isinstance(meta_result, dict) else {}
-    worker = result.get(states.META_WORKER) or result.get("hostname")
+def _text_of(result: dict[str, Any], key: str) -> str | None:
+    value = result.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _running(result: dict[str, Any], current: dict[str, Any], now_iso: str) -> dict[str, Any]:
+    worker = _text_of(result, states.META_WORKER) or _text_of(result, "hostname")
     progress = result.get(states.META_PROGRESS, current.get(states.PROGRESS_FIELD, 0))
     return {
-        states.PROGRESS_FIELD: max(0, min(99, int(progress or 0))),
+        states.PROGRESS_FIELD: min(99, jobs.count(progress)),
         states.STARTED_AT: current.get(states.STARTED_AT)
-        or result.get(states.META_STARTED_AT)
+        or _iso(result.get(states.META_STARTED_AT))
         or now_iso,
         states.WORKER: worker or current.get(states.WORKER),
         states.RETRY_AT: None,
@@ -77,32 +83,34 @@ def updates_for(
     """File fields implied by a job's backend meta; empty while it waits in the queue."""
     if not meta:
         return {}
-    status = meta.get("status")
-    result = meta.get("result")
+    status = jobs.status(meta)
+    result = jobs.result(meta)
     finished = _iso(meta.get("date_done")) or now_iso
     if status in (states.STARTED, states.PROGRESS):
         return {states.STATE: status, **_running(result, current, now_iso)}
     if status == states.SUCCESS:
-        fields = _task_fields(result) if isinstance(result, dict) else {}
+        fields = _task_fields(result)
         return {
             states.STATE: states.SUCCESS,
             states.PROGRESS_FIELD: 100,
-            states.STARTED_AT: current.get(states.STARTED_AT) or finished,
+            states.STARTED_AT: current.get(states.STARTED_AT)
+            or _iso(result.get(states.META_STARTED_AT))
+            or finished,
+            states.WORKER: current.get(states.WORKER) or _text_of(result, states.META_WORKER),
             states.FINISHED_AT: finished,
             states.RETRY_AT: None,
             states.ERROR: None,
             **fields,
         }
     if status == states.RETRY:
-        info = result if isinstance(result, dict) else {}
         return {
             states.STATE: states.RETRY,
-            states.RETRIES: info.get("retries"),
-            states.RETRY_AT: info.get("retry-at"),
-            states.ERROR: info.get("error") or error_text(result),
+            states.RETRIES: jobs.count(result.get(states.META_RETRIES)),
+            states.RETRY_AT: _text_of(result, states.META_RETRY_AT),
+            states.ERROR: _text_of(result, states.META_ERROR) or error_text(meta.get("result")),
         }
     if status == states.FAILURE:
-        error = error_text(result)
+        error = error_text(meta.get("result"))
         return {
             states.STATE: states.FAILURE,
             states.FINISHED_AT: finished,

@@ -22,7 +22,7 @@ from typing import Any
 from bridge import contract, files
 from bridge.mirror import error_text
 from bridge.model import Tracked
-from taskd import states
+from taskd import jobs, states
 from taskd.tasktypes import TaskType
 
 log = logging.getLogger(__name__)
@@ -162,11 +162,10 @@ class Notifier:
         """Task-file fields the notify job's state calls for; None while it has no news."""
         if not meta:
             return None
-        raw = meta.get("result")
-        result: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        status = meta.get("status")
+        result = jobs.result(meta)
+        status = jobs.status(meta)
         if status == states.SUCCESS:
-            fields = result.get(states.META_FIELDS) or {}
+            fields = jobs.fields(result)
             return {
                 states.NOTIFIED_AT: fields.get(states.NOTIFIED_AT),
                 states.NOTIFY_ERROR: fields.get(states.NOTIFY_ERROR),
@@ -178,5 +177,8 @@ class Notifier:
                 job.extra[key] = result.get(key)
             return {states.NOTIFY_RETRY_AT: result.get(states.META_RETRY_AT)}
         if status in (states.FAILURE, states.CELERY_REVOKED):
-            return {states.NOTIFY_ERROR: error_text(result), states.NOTIFY_RETRY_AT: None}
+            return {
+                states.NOTIFY_ERROR: error_text(meta.get("result")),
+                states.NOTIFY_RETRY_AT: None,
+            }
         return None

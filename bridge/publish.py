@@ -8,7 +8,6 @@ for in its queue before it is sent again.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -17,8 +16,9 @@ from celery import Celery
 
 from bridge.model import Tracked
 from bridge.schedule import Known
-from taskd import states
+from taskd import jobs, states
 from taskd.celeryconf import PRIORITY_STEPS, kombu_priority
+from taskd.jobs import JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -47,16 +47,8 @@ class Publisher:
             return
         with self.client.pipeline(transaction=True) as pipe:
             for task in tasks:
-                pipe.hset(
-                    states.job_key(task.job_id),
-                    mapping={
-                        "status": states.JOB_PUBLISHING,
-                        states.JOB_ATTEMPT: attempt,
-                        "user": task.user,
-                        "task-id": task.task_id,
-                        "type": task.type.name,
-                    },
-                )
+                record = JobRecord(task.user, task.task_id, task.type.name, attempt=attempt)
+                pipe.hset(states.job_key(task.job_id), mapping=record.mapping())
             pipe.sadd(states.KEY_ACTIVE, *[task.job_id for task in tasks])
             pipe.execute()
         with self.app.producer_or_acquire() as producer:
@@ -64,7 +56,7 @@ class Publisher:
                 self._send(task, attempt, producer)
         with self.client.pipeline(transaction=False) as pipe:
             for task in tasks:
-                pipe.hset(states.job_key(task.job_id), "status", states.JOB_PUBLISHED)
+                pipe.hset(states.job_key(task.job_id), jobs.RECORD_STATUS, states.JOB_PUBLISHED)
             pipe.execute()
         for task in tasks:
             task.published = True
@@ -100,7 +92,7 @@ class Publisher:
         with self.client.pipeline(transaction=False) as pipe:
             pipe.info("server")
             for job_id in ids:
-                pipe.hmget(states.job_key(job_id), ["status", states.JOB_ATTEMPT])
+                pipe.hmget(states.job_key(job_id), [jobs.RECORD_STATUS, jobs.RECORD_ATTEMPT])
                 pipe.exists(states.claim_key(job_id))
             if ids:
                 pipe.mget([states.meta_key(j) for j in ids])
@@ -114,8 +106,8 @@ class Publisher:
             status, attempt = record
             out[job_id] = Known(
                 record=_text(status),
-                meta=json.loads(meta) if meta else None,
-                attempt=int(attempt or 0),
+                meta=jobs.parse_meta(meta),
+                attempt=jobs.count(_text(attempt)),
                 leased=bool(leased),
             )
         return out, run_id
@@ -147,7 +139,7 @@ class Publisher:
         return {job_id for job_id in job_ids if job_id.encode() in blob}
 
     def mark_published(self, job_id: str) -> None:
-        self.client.hset(states.job_key(job_id), "status", states.JOB_PUBLISHED)
+        self.client.hset(states.job_key(job_id), jobs.RECORD_STATUS, states.JOB_PUBLISHED)
 
     def cancel(self, job_ids: list[str]) -> None:
         """Mark jobs cancelled for good (a worker drops them), and stop mirroring them."""
@@ -174,7 +166,7 @@ class Publisher:
         ids = list(job_ids)
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
-                pipe.hmget(states.job_key(job_id), ["user", "task-id"])
+                pipe.hmget(states.job_key(job_id), [jobs.RECORD_USER, jobs.RECORD_TASK_ID])
                 pipe.exists(states.meta_key(job_id), states.done_key(job_id))
             replies = pipe.execute()
         out: dict[str, tuple[str, str]] = {}

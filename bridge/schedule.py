@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from taskd import states
+from taskd import jobs, states
 
 KNOWN = "known"  # Redis has it (queued, running, waiting for a retry, or done)
 WAIT = "wait"  # not due yet
@@ -93,7 +93,7 @@ def orphaned(fields: Mapping[str, Any], known: Known) -> bool:
     lost it): its worker may be dead. Only a grace period tells a dead worker from a slow one."""
     if known.leased:
         return False
-    status = (known.meta or {}).get("status")
+    status = jobs.status(known.meta)
     # REVOKED with its file still there was no cancel (that deletes the file): a pool process
     # killed under the job (Celery reports it as terminated) or a revoke from a tool. Run it again.
     if status in RUNNING or status == states.CELERY_REVOKED:
@@ -123,15 +123,13 @@ def decide(
     if orphaned(fields, known):
         if orphaned_for < grace:
             return Decision(WAIT)
-        return Decision(RECOVER, int(fields.get(states.RETRIES) or 0))
+        return Decision(RECOVER, jobs.count(fields.get(states.RETRIES)))
     if known.leased and known.meta is None and known.record is None:
         # Redis lost its record, but a worker runs it and has taken its lease back.
         return Decision(KNOWN)
-    meta = known.meta or {}
-    if meta.get("status") == states.RETRY:
-        raw = meta.get("result")
-        result: dict[str, Any] = raw if isinstance(raw, dict) else {}
-        retries = int(result.get(states.META_RETRIES) or 0)
+    if jobs.status(known.meta) == states.RETRY:
+        result = jobs.result(known.meta)
+        retries = jobs.count(result.get(states.META_RETRIES))
         if known.attempt >= retries:
             return Decision(KNOWN)  # this retry was published already
         due = parse_time(result.get(states.META_RETRY_AT))
@@ -145,4 +143,4 @@ def decide(
         return Decision(WAIT, due=due)
     if known.record == states.JOB_PUBLISHING:
         return Decision(INSPECT)
-    return Decision(PUBLISH, int(fields.get(states.RETRIES) or 0))
+    return Decision(PUBLISH, jobs.count(fields.get(states.RETRIES)))

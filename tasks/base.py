@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
-from taskd import states
+from taskd import jobs, states
 from taskd.leases import RELEASE, TAKE_OR_KEEP
 from taskd.settings import Settings
 from taskd.tasktypes import NOTIFY, RetryPolicy, load_types
@@ -249,7 +249,7 @@ class TaskdTask(Task):  # type: ignore[misc]
             if passing is not None:
                 self._retry_or_fail(job, client, passing)
             self._fail_internal(client, job_id, job.type, exc)
-        result = {states.META_PROGRESS: 100, states.META_FIELDS: {**progress.fields, **fields}}
+        result = jobs.finished({**progress.fields, **fields}, progress.worker, progress.started_at)
         self._finish(client, job_id, states.SUCCESS, result)
         return result
 
@@ -299,16 +299,13 @@ def _later_try_waits(meta: bytes | None, attempt: int) -> bool:
     """This delivery is a copy of an earlier try: the job already waits for a later one."""
     if not meta:
         return False
-    try:
-        stored = json.loads(meta)
-    except ValueError as exc:
-        log.warning("job meta is not JSON (%s); taking this delivery as current", exc)
+    stored = jobs.parse_meta(meta)
+    if stored is None:
+        log.warning("job meta is not a JSON object; taking this delivery as current")
         return False
-    result = stored.get("result") if isinstance(stored, dict) else None
     return (
-        stored.get("status") == states.RETRY
-        and isinstance(result, dict)
-        and int(result.get(states.META_RETRIES) or 0) > attempt
+        jobs.status(stored) == states.RETRY
+        and jobs.count(jobs.result(stored).get(states.META_RETRIES)) > attempt
     )
 
 

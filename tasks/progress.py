@@ -19,7 +19,7 @@ from typing import Any
 
 from celery.events.state import Task as EventTask
 
-from taskd import states
+from taskd import jobs, states
 from taskd.leases import TAKE_OR_KEEP
 from tasks.errors import Cancelled
 
@@ -96,12 +96,7 @@ class Progress:
         self._warned = False
 
     def meta(self) -> dict[str, Any]:
-        return {
-            states.META_PROGRESS: self.percent,
-            states.META_FIELDS: dict(self.fields),
-            states.META_WORKER: self.worker,
-            states.META_STARTED_AT: self.started_at,
-        }
+        return jobs.running(self.percent, self.fields, self.worker, self.started_at)
 
     def __call__(
         self, percent: float, force: bool = False, detail: str | None = None, **fields: Any

@@ -15,6 +15,7 @@ from bridge.core import Core
 from bridge.logs import ids
 from bridge.notify import is_sent_marker
 from taskd import states
+from taskd.jobs import JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,16 @@ def cancel_orphans(core: Core, now: float) -> None:
 
 def _job_file_exists(core: Core, now: float, job_id: str) -> bool:
     """Look for the job's file by the user and task-id Redis recorded (a rare, exact check)."""
-    record = core.redis.call(now, lambda: core.client.hgetall(states.job_key(job_id)))
-    if record is None:
+    raw = core.redis.call(now, lambda: core.client.hgetall(states.job_key(job_id)))
+    if raw is None:
         return True  # Redis went away: decide another time
-    user = (record.get(b"user") or b"").decode("utf-8", "replace")
-    task_id = (record.get(b"task-id") or b"").decode("utf-8", "replace")
+    record = JobRecord.parse(raw)
+    if record is None:
+        return False
+    user, task_id = record.user, record.task_id
     if not contract.USER_RE.fullmatch(user) or not task_id or "/" in task_id:
         return False
-    if record.get(b"type") == core.notifier.kind.name.encode():
+    if record.type == core.notifier.kind.name:
         return core.notifier.owns(job_id, user, task_id, core.settings.task_queue)
     limit = intake.owned_limit(core.settings.max_task_bytes)
     for path in (core.settings.task_queue / user).glob(f"{glob_escape(task_id)}*"):

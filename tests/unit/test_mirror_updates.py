@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from bridge.contract import merge
 from bridge.mirror import updates_for
-from taskd import states
+from taskd import jobs, states
 
 NOW = "2024-05-01T10:00:00Z"
 QUEUED_FILE: dict[str, Any] = {
@@ -183,3 +184,32 @@ def test_a_job_waiting_for_a_retry_shows_state_retry() -> None:
         "result": {"exc_type": "Retryable", "exc_message": ["SMTP down"]},
     }
     assert updates_for(meta, RUNNING_FILE, NOW).get(states.STATE) == states.RETRY
+
+
+def test_a_job_that_ends_before_any_tick_gets_its_worker_and_real_start() -> None:
+    result = jobs.finished({"output": "/d/x.tar.gz"}, "w1@host", "2026-11-25T20:01:50Z")
+    meta = {"status": "SUCCESS", "result": result, "date_done": "2026-11-25T20:01:56"}
+    updates = updates_for(meta, {"type": "PACKMS", "state": "QUEUED"}, "2026-11-25T20:02:00Z")
+    assert updates["worker"] == "w1@host"
+    assert updates["started-at"] == "2026-11-25T20:01:50Z"
+    assert updates["finished-at"] == "2026-11-25T20:01:56Z"
+    assert updates["output"] == "/d/x.tar.gz" and updates["progress"] == 100
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        {"progress": "abc", "worker": 7, "started-at": "year 99999"},
+        {"progress": 1e308, "fields": ["not", "an", "object"]},
+        {"retries": 10**40, "retry-at": 5, "error": None},
+        "just text",
+        None,
+    ],
+)
+@pytest.mark.parametrize("status", ["PROGRESS", "SUCCESS", "RETRY", "FAILURE"])
+def test_a_damaged_meta_never_raises_and_yields_bounded_fields(status: str, result: Any) -> None:
+    updates = updates_for({"status": status, "result": result}, {"state": "QUEUED"}, "now")
+    assert updates["state"] == status
+    progress = updates.get("progress", 0)
+    assert isinstance(progress, int) and 0 <= progress <= 100
+    assert len(json.dumps(updates)) < 4096

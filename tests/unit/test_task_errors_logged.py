@@ -41,4 +41,4 @@ def test_a_damaged_job_meta_is_logged_not_silently_ignored(
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="tasks.base"):
         assert _later_try_waits(b"{not json", 0) is False
-    assert "job meta is not JSON" in caplog.text
+    assert "job meta is not a JSON object" in caplog.text

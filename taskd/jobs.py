@@ -1,0 +1,123 @@
+"""What crosses the process boundary about one job, written and parsed only here.
+
+- The job record, `taskd:job:<id>`: a hash the bridge writes when it publishes (who asked for
+  the job and which retry was sent), read back by the bridge and by `taskd status`.
+- The result meta, `celery-task-meta-<id>`: Celery's JSON (`status`, `result`, `date_done`),
+  whose `result` a taskd task fills with its progress, fields, worker and start time while it
+  runs, when it ends, and when it waits for a retry.
+
+Whatever is in Redis is parsed defensively: a field of the wrong kind reads as absent, never as
+an exception in the reader.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from taskd import states
+
+RECORD_STATUS = "status"
+RECORD_ATTEMPT = states.JOB_ATTEMPT
+RECORD_USER = "user"
+RECORD_TASK_ID = "task-id"
+RECORD_TYPE = "type"
+MAX_COUNT = 1_000_000  # no retry count or percentage is larger; a larger one is garbage
+
+
+def _text(value: bytes | str | None) -> str | None:
+    if value is None:
+        return None
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def count(value: object, default: int = 0) -> int:
+    """A whole number from a field that should hold one (bounded, never negative)."""
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, float) and value == value and abs(value) < MAX_COUNT:
+        value = int(value)
+    if isinstance(value, str) and value.isdigit() and len(value) < 8:
+        value = int(value)
+    if not isinstance(value, int):
+        return default
+    return max(0, min(MAX_COUNT, value))
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    user: str
+    task_id: str
+    type: str
+    status: str = states.JOB_PUBLISHING
+    attempt: int = 0
+
+    def mapping(self) -> dict[str, str | int]:
+        return {
+            RECORD_STATUS: self.status,
+            RECORD_ATTEMPT: self.attempt,
+            RECORD_USER: self.user,
+            RECORD_TASK_ID: self.task_id,
+            RECORD_TYPE: self.type,
+        }
+
+    @classmethod
+    def parse(cls, raw: Mapping[Any, Any] | None) -> JobRecord | None:
+        """From HGETALL's answer (bytes or text keys); None when there is no record."""
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        return cls(
+            user=fields.get(RECORD_USER) or "",
+            task_id=fields.get(RECORD_TASK_ID) or "",
+            type=fields.get(RECORD_TYPE) or "",
+            status=fields.get(RECORD_STATUS) or "",
+            attempt=count(fields.get(RECORD_ATTEMPT)),
+        )
+
+
+def parse_meta(raw: bytes | str | None) -> dict[str, Any] | None:
+    """A result meta as stored; None when absent or not a JSON object."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def status(meta: Mapping[str, Any] | None) -> str | None:
+    value = (meta or {}).get("status")
+    return value if isinstance(value, str) else None
+
+
+def result(meta: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The meta's `result` when it is an object (a task's own report), else {}."""
+    value = (meta or {}).get("result")
+    return value if isinstance(value, dict) else {}
+
+
+def fields(result_: Mapping[str, Any]) -> dict[str, Any]:
+    value = result_.get(states.META_FIELDS)
+    return value if isinstance(value, dict) else {}
+
+
+def running(
+    percent: int, fields_: Mapping[str, Any], worker: str, started_at: str
+) -> dict[str, Any]:
+    """The `result` of a running job's meta (state PROGRESS)."""
+    return {
+        states.META_PROGRESS: percent,
+        states.META_FIELDS: dict(fields_),
+        states.META_WORKER: worker,
+        states.META_STARTED_AT: started_at,
+    }
+
+
+def finished(fields_: Mapping[str, Any], worker: str, started_at: str) -> dict[str, Any]:
+    """The `result` of a job that succeeded: its worker and start time go with it, so a job
+    that ends before the bridge ever saw it run still gets both in its file."""
+    return running(100, fields_, worker, started_at)
