@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from taskd import states
+from taskd.atomic import BRIDGE_TEMP_SUFFIX  # noqa: F401 - the contract names it
 
 USER_RE = re.compile(r"[A-Za-z0-9_]+")
 TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -22,7 +23,6 @@ TEMP_PREFIXES = (".", "#", "~")
 TEMP_SUFFIXES = ("~", "#")
 ERR = "ERR"
 RUNTIME_SEP = "_"
-BRIDGE_TEMP_SUFFIX = ".taskd-tmp"
 NAME_MAX = 255  # bytes in one file name (ext4, xfs, tmpfs, NFS all agree)
 # Integers longer than this are no count, size or time any task could mean; Python would take
 # seconds to convert some of them and refuses past 4300 digits.

@@ -11,11 +11,10 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import secrets
 import stat
 from pathlib import Path
 
-from bridge.contract import BRIDGE_TEMP_SUFFIX
+from taskd import atomic
 
 _RENAME_NOREPLACE = 1
 _AT_FDCWD = -100
@@ -34,11 +33,7 @@ class TooLarge(OSError):
 
 
 def fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic.fsync_path(directory)
 
 
 def signature(path: Path) -> tuple[int, int, int, int] | None:
@@ -95,21 +90,9 @@ def read_all(path: Path) -> bytes:
 
 
 def atomic_write(path: Path, data: bytes, durable: bool, sync_dir: bool = True) -> None:
-    # A fixed-length name: a task's own name may already be near the file system's limit.
-    tmp = path.with_name(f".{secrets.token_hex(8)}{BRIDGE_TEMP_SUFFIX}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if durable and sync_dir:
-        fsync_dir(path.parent)
+    atomic.write_atomic(
+        path, data, durable=durable, sync_dir=sync_dir, suffix=atomic.BRIDGE_TEMP_SUFFIX
+    )
 
 
 def keep_aside(path: Path, folder: Path, expect: os.stat_result) -> Path:
@@ -155,15 +138,18 @@ def _copy_regular(path: Path, kept: Path, expect: os.stat_result) -> None:
         st = os.fstat(src)
         if (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
             raise FileChangedError(errno.EAGAIN, "changed while it was being kept", str(path))
-        tmp = kept.with_name(f".{secrets.token_hex(8)}{BRIDGE_TEMP_SUFFIX}")
-        dst = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        tmp = atomic.temp_beside(kept, atomic.BRIDGE_TEMP_SUFFIX)
+        dst = os.open(tmp, atomic.TEMP_FLAGS, 0o640)
         try:
             while os.sendfile(dst, src, None, 1 << 24):
                 pass
             os.fsync(dst)
+            os.replace(tmp, kept)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         finally:
             os.close(dst)
-        os.replace(tmp, kept)
     finally:
         os.close(src)
 

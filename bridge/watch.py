@@ -30,7 +30,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 
-from bridge.contract import BRIDGE_TEMP_SUFFIX, USER_RE
+from bridge.contract import USER_RE
+from taskd.atomic import BRIDGE_TEMP_SUFFIX, WORKER_TEMP_SUFFIX
 
 CHANGED = "changed"
 CLOSED = "closed"
@@ -39,7 +40,7 @@ MOVED = "moved"
 DIR = "dir"
 STOP_POLL_S = 0.2
 # The bridge's own rewrite temps, and a worker's sent-marker temp (tasks/notify.py).
-TEMP_SUFFIXES = (BRIDGE_TEMP_SUFFIX, ".notify.sent.tmp")
+TEMP_SUFFIXES = (BRIDGE_TEMP_SUFFIX, WORKER_TEMP_SUFFIX, ".notify.sent.tmp")
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from typing import IO, Any, BinaryIO
 
 from isal import igzip_threaded
 
+from taskd import atomic
 from tasks.spillset import SpillSet, digest
 
 log = logging.getLogger(__name__)
@@ -361,12 +362,7 @@ def _publish_across(tmp_file: Path, directory: Path, stem: str, suffix: str) -> 
         staging.unlink(missing_ok=True)
 
 
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+_fsync_path = atomic.fsync_path
 
 
 # --- the tar.gz stream -------------------------------------------------------------------------

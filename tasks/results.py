@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from taskd import atomic
 from taskd.settings import Settings
 from tasks.errors import TaskFailed
 
@@ -35,34 +36,10 @@ def result_path(settings: Settings, user_id: str, retrieve_id: str) -> Path:
     return settings.retrieve / user_id / f"{retrieve_id}.json"
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_durably(target: Path, data: bytes) -> None:
-    """A small file written whole or not at all, and on disk when this returns.
-
-    Written as `<target>.tmp` (whatever has that name is removed first and the file created
-    exclusively, so a symlink planted there is never followed), fsynced, renamed over `target`,
-    and the folder fsynced so the rename survives a crash.
-    """
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        with os.fdopen(os.open(tmp, flags, 0o644), "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
+    """A small file written whole or not at all, and on disk when this returns (taskd.atomic:
+    an exclusive, no-follow temp file beside it, fsynced, renamed over it, the folder fsynced)."""
+    atomic.write_atomic(target, data)
 
 
 def write_result_set(
@@ -86,7 +63,7 @@ def write_result_set(
         os.fsync(out.fileno())
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(body, target)
-    _fsync_dir(target.parent)
+    atomic.fsync_path(target.parent)
     lines.unlink()
     return count
 

@@ -128,7 +128,9 @@ def test_the_sent_marker_is_written_whole_and_never_through_a_planted_link(
     assert victim.read_text() == "keep me"
     marker = folder / ".t1.notify.sent"
     assert json.loads(marker.read_text())["job-id"] == "task-job-1"
-    assert sorted(p.name for p in folder.iterdir()) == [".t1.notify.sent"]
+    # Temp names are random: the planted name is never written, through or over.
+    assert sorted(p.name for p in folder.iterdir()) == [".t1.notify.sent", ".t1.notify.sent.tmp"]
+    assert (folder / ".t1.notify.sent.tmp").is_symlink()
 
 
 def test_a_fifo_planted_as_the_sent_marker_does_not_hang_the_task(
