@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from taskd import states
+from taskd import names, states
 from taskd.atomic import BRIDGE_TEMP_SUFFIX  # noqa: F401 - the contract names it
 
 USER_RE = re.compile(r"[A-Za-z0-9_]+")
@@ -61,11 +61,11 @@ def parse_name(parts: tuple[str, ...]) -> TaskName | None:
 
 
 def is_notify_mail(name: str) -> bool:
-    return name.endswith(".notify.eml") and not name.startswith(".")
+    return names.is_notify_mail(name)
 
 
 def notify_mail_name(task_id: str) -> str:
-    return f"{task_id}.notify.eml"
+    return names.notify_mail(task_id)
 
 
 def name_bytes(name: str) -> int:

@@ -22,15 +22,14 @@ from typing import Any
 from bridge import contract, files
 from bridge.mirror import error_text
 from bridge.model import Tracked
-from taskd import jobs, states
+from taskd import jobs, names, states
 from taskd.tasktypes import TaskType
 
 log = logging.getLogger(__name__)
 
 NOTIFY_NAMESPACE = uuid.UUID("9b7a8c55-d57f-4bd8-8a1b-6e0f0c6d3a11")
 ENDED = frozenset({states.SUCCESS, states.FAILURE})
-SUFFIX = ".notify.eml"
-SENT_SUFFIX = ".notify.sent"  # tasks/notify.py leaves it once the server took the mail
+SUFFIX = names.NOTIFY_SUFFIX
 
 
 def notify_job_id(task_job_id: str) -> str:
@@ -42,15 +41,15 @@ def task_id_of(mail: Path) -> str:
 
 
 def sent_marker(task_path: Path, task_id: str) -> Path:
-    return task_path.with_name(f".{task_id}{SENT_SUFFIX}")
+    return task_path.with_name(names.sent_marker(task_id))
 
 
 def is_sent_marker(name: str) -> bool:
-    return name.startswith(".") and name.endswith(SENT_SUFFIX)
+    return names.is_sent_marker(name)
 
 
 def marker_task_id(marker: Path) -> str:
-    return marker.name[1 : -len(SENT_SUFFIX)]
+    return names.sent_marker_task_id(marker.name)
 
 
 MARKER_LIMIT = 65536

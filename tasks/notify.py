@@ -19,7 +19,7 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
-from taskd import states
+from taskd import names, states
 from tasks.app import app
 from tasks.base import NOTIFY_TYPE, Job, TaskdTask
 from tasks.errors import Retryable, TaskFailed
@@ -29,8 +29,6 @@ from tasks.smtp import SmtpTarget, SmtpUnavailable, send
 
 log = logging.getLogger(__name__)
 
-NOTIFY_SUFFIX = ".notify.eml"
-SENT_SUFFIX = ".notify.sent"
 MAX_MARKER_BYTES = 1 << 20
 """A sent-marker holds a few names and a time; anything bigger was not written by taskd."""
 # task_queue/<user>/ is the user's: what stands there under the mail's name may be a link to
@@ -43,7 +41,7 @@ _LINE_END = re.compile(rb"\r?\n")
 def mail_path(job: Job) -> Path:
     if not USER_RE.fullmatch(job.user_id) or "/" in job.task_id or job.task_id.startswith("."):
         raise TaskFailed(f"task {job.user_id}/{job.task_id} has no valid notify path")
-    return job.settings.task_queue / job.user_id / f"{job.task_id}{NOTIFY_SUFFIX}"
+    return job.settings.task_queue / job.user_id / names.notify_mail(job.task_id)
 
 
 def check_address(entry: object) -> str | None:
@@ -174,7 +172,7 @@ def _deliver(
 def sent_marker(mail: Path) -> Path:
     """Written once the server took the mail, before the mail file is deleted: a run of the same
     job after a crash (or after Redis forgot it) finds what was sent instead of failing."""
-    return mail.with_name(f".{mail.name[: -len(NOTIFY_SUFFIX)]}{SENT_SUFFIX}")
+    return mail.with_name(names.sent_marker(names.notify_task_id(mail.name)))
 
 
 def _remember_sent(marker: Path, result: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from taskd import states
+from taskd import names, states
 from taskd.settings import Settings
 from tasks import pack, results
 from tasks.app import app
@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 MARKER_PREFIX = ".taskd-output-"
 """Older versions marked outputs as `download/<user-id>/.taskd-output-<job-id>`; still honoured."""
-MARKER_DIR = Path(".taskd") / "outputs"
+MARKER_DIR = Path(names.PRIVATE_DIR) / names.OUTPUTS_DIR
 """`<data-root>/.taskd/outputs/<user-id>/<job-id>` names what a job published, so a second
 delivery of the same job finds its output instead of publishing another. Kept out of
 `download/`, which holds the users' outputs only."""
