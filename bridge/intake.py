@@ -112,22 +112,29 @@ class Intake:
             entry.sig = sig  # first look: quiet since it was noted
         elif sig != entry.sig:
             entry.sig, entry.since = sig, now
+        raw: bytes | None = None
         if entry.owner_checked != sig:
             # A file the bridge wrote is complete by construction (atomic rename): resume it
             # at once, without the settle wait meant for the UI's writes.
             entry.owner_checked = sig
-            limit = owned_limit(self.settings.max_task_bytes)
-            entry.owned = _owned_fields(_read_quietly(path, limit))
+            raw = _read_quietly(path, owned_limit(self.settings.max_task_bytes))
+            entry.owned = _owned_fields(raw or b"")
         if entry.owned is not None:
             return Decision(ADOPT, entry.name, fields=entry.owned)
         quiet = now - entry.since
         if entry.closed_sig != sig and quiet < self.settings.settle:
             return Decision(WAIT)
-        return self._read_and_judge(path, entry, quiet)
+        if raw is not None and len(raw) > self.settings.max_task_bytes:
+            raw = None  # too large: judged by its size alone, below
+        return self._read_and_judge(path, entry, quiet, raw)
 
-    def _read_and_judge(self, path: Path, entry: Pending, quiet: float) -> Decision:
+    def _read_and_judge(
+        self, path: Path, entry: Pending, quiet: float, raw: bytes | None = None
+    ) -> Decision:
+        """Judge the file; `raw` is its content when this pass has read it already."""
         try:
-            raw = files.read_regular(path, self.settings.max_task_bytes)
+            if raw is None:
+                raw = files.read_regular(path, self.settings.max_task_bytes)
         except files.TooLarge as exc:
             # Never read whole: it may be any size. Its bytes are kept beside, once.
             error = too_large(exc.size, exc.limit)
@@ -157,11 +164,11 @@ def _real_directory(path: Path) -> bool:
         return False
 
 
-def _read_quietly(path: Path, limit: int) -> bytes:
+def _read_quietly(path: Path, limit: int) -> bytes | None:
     try:
         return files.read_regular(path, limit)
     except OSError:
-        return b""
+        return None  # gone, too large or not regular: the judging says which
 
 
 def _owned_fields(raw: bytes) -> dict[str, Any] | None:

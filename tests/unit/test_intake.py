@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from bridge import files
 from bridge.contract import BRIDGE_TEMP_SUFFIX, TaskName
 from bridge.intake import ADOPT, DROP, REJECT, TAKE, WAIT, Decision, Intake
 from taskd import states
@@ -324,3 +325,20 @@ def test_forget_removes_a_pending_file(intake: Intake, user_dir: Path) -> None:
     intake.note(path, T0)
     intake.forget(path)
     assert intake.pending == {}
+
+
+def test_a_closed_new_file_is_read_once_to_be_taken(
+    intake: Intake, user_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _write(user_dir / "0001.SLOW", COMPLETE_RAW)
+    reads: list[Path] = []
+    real = files.read_regular
+
+    def counted(where: Path, limit: int) -> bytes:
+        reads.append(where)
+        return real(where, limit)
+
+    monkeypatch.setattr(files, "read_regular", counted)
+    intake.note(path, T0, closed=True)
+    assert intake.consider(path, T0).action == TAKE
+    assert reads == [path]
