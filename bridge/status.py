@@ -7,6 +7,7 @@ Gathering only: rendering is `bridge.statusview`'s job.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -19,6 +20,8 @@ from bridge import contract, files
 from bridge.schedule import not_before, parse_time
 from taskd import states
 from taskd.celeryconf import PRIORITY_STEPS
+
+log = logging.getLogger(__name__)
 
 NEW = "NEW"
 """A file the bridge has not taken yet (or one still being written)."""
@@ -104,7 +107,8 @@ def read_task_files(
             continue
         try:
             entries = list(os.scandir(user.path))
-        except OSError:
+        except OSError as exc:
+            log.warning("cannot list %s (%s); its tasks are left out", user.path, exc)
             continue
         for entry in entries:
             task = _read_one(user.name, entry, max_bytes)

@@ -7,6 +7,7 @@ may come with no close event, so the driver also rescans on a timer.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import threading
@@ -32,6 +33,8 @@ from watchdog.observers import Observer
 
 from bridge.contract import USER_RE
 from taskd.atomic import BRIDGE_TEMP_SUFFIX, WORKER_TEMP_SUFFIX
+
+log = logging.getLogger(__name__)
 
 CHANGED = "changed"
 CLOSED = "closed"
@@ -133,8 +136,12 @@ def scan_entries(root: Path, top: Path | None = None) -> Iterator[os.DirEntry[st
     base = top or root
     try:
         entries = list(os.scandir(base))
-    except (FileNotFoundError, NotADirectoryError, PermissionError):
+    except (FileNotFoundError, NotADirectoryError):
+        return  # removed since it was listed: nothing in it to take
+    except PermissionError as exc:
+        _unreadable_once(base, exc)
         return
+    _UNREADABLE.discard(base)
     for entry in entries:
         if entry.name.endswith(BRIDGE_TEMP_SUFFIX):
             continue
@@ -144,17 +151,29 @@ def scan_entries(root: Path, top: Path | None = None) -> Iterator[os.DirEntry[st
             yield entry
 
 
+_UNREADABLE: set[Path] = set()
+
+
+def _unreadable_once(folder: Path, exc: OSError) -> None:
+    """A folder the bridge may not list holds tasks it can never take: say so, once."""
+    if folder not in _UNREADABLE:
+        _UNREADABLE.add(folder)
+        log.error(
+            "cannot list %s (%s): its task files are not taken; fix its permissions", folder, exc
+        )
+
+
 def leftovers(root: Path) -> Iterator[Path]:
     """Temp files a process killed mid-write left in the user directories."""
     try:
         users = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
     except FileNotFoundError:
-        return
+        return  # no queue yet: nothing left behind
     for user in users:
         try:
             entries = list(os.scandir(user.path))
-        except FileNotFoundError:
-            continue
+        except (FileNotFoundError, PermissionError):
+            continue  # gone, or unreadable (scan_entries says so): nothing to sweep
         for entry in entries:
             if entry.name.startswith(".") and entry.name.endswith(TEMP_SUFFIXES):
                 yield Path(entry.path)
