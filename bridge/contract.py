@@ -17,7 +17,9 @@ from taskd.atomic import BRIDGE_TEMP_SUFFIX  # noqa: F401 - the contract names i
 
 USER_RE = re.compile(r"[A-Za-z0-9_]+")
 TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]*")
-NAME_RE = re.compile(r"(?P<stem>.+)\.(?P<type>[A-Z][A-Z0-9_]*)")
+# DOTALL: a name with a newline is still a task file, rejected for it rather than ignored.
+NAME_RE = re.compile(r"(?P<stem>.+)\.(?P<type>[A-Z][A-Z0-9_]*)", re.DOTALL)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # Editors and copy tools leave these beside real files; none is ever a task.
 TEMP_PREFIXES = (".", "#", "~")
 TEMP_SUFFIXES = ("~", "#")
@@ -128,6 +130,12 @@ def longest_name(
 
 def name_error(task_id: str, task_type: str, longest: str) -> str | None:
     """Why a task cannot be taken under its name, or None when every name it needs fits."""
+    control = _CONTROL.search(task_id)
+    if control:
+        return (
+            f"the task-id has a control character ({control.group()!r}) in it; "
+            "name the file with printable characters only"
+        )
     extra = name_bytes(longest) - name_bytes(task_id)
     if name_bytes(longest) <= NAME_MAX:
         return None
@@ -167,24 +175,37 @@ def decode_utf8(raw: bytes) -> str:
     return raw.decode("utf-8")
 
 
-def _no_constant(name: str) -> Any:
-    raise ParseError(f"not valid JSON: {name} is not a JSON value; write a number or a string")
+class ValueProblem(ParseError):
+    """Complete JSON holding a value no task can mean (a number too large); never a file
+    still being written, so it is rejected at once."""
 
 
-def _bounded_int(text: str) -> int:
+class _BadNumber:
+    """A number kept as its text while parsing, so the field that holds it can be named."""
+
+    def __init__(self, text: str, problem: str) -> None:
+        self.text, self.problem = text, problem
+
+
+def _no_constant(name: str) -> _BadNumber:
+    return _BadNumber(name, f"{name} is not a JSON value; write a number or a string")
+
+
+def _bounded_int(text: str) -> int | _BadNumber:
     digits = len(text.lstrip("-"))
     if digits > MAX_INT_DIGITS:
-        raise ParseError(
-            f"a number has {digits} digits, more than any field takes (at most "
-            f"{MAX_INT_DIGITS}); write a smaller number"
+        return _BadNumber(
+            text,
+            f"a number of {digits} digits is more than any field takes (at most "
+            f"{MAX_INT_DIGITS}); write a smaller number",
         )
     return int(text)
 
 
-def _finite_float(text: str) -> float:
+def _finite_float(text: str) -> float | _BadNumber:
     value = float(text)
     if value in (float("inf"), float("-inf")):
-        raise ParseError(f"the number {text[:40]} is too large to be a number; write a smaller one")
+        return _BadNumber(text, f"{text[:40]} is too large to be a number; write a smaller one")
     return value
 
 
@@ -192,19 +213,53 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ParseError(f"field {key!r} appears twice in one object; keep one of them")
+            raise ValueProblem(f"field {key!r} appears twice in one object; keep one of them")
         out[key] = value
     return out
 
 
+def _bad_number(value: Any, path: str = "") -> tuple[str, _BadNumber] | None:
+    """The first number too large to mean anything, with the field path that holds it."""
+    if isinstance(value, _BadNumber):
+        return path, value
+    items: Any = ()
+    if isinstance(value, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    for where, inner in items:
+        found = _bad_number(inner, where)
+        if found is not None:
+            return found
+    return None
+
+
 def _loads(text: str) -> Any:
-    return json.loads(
+    found: list[bool] = []
+
+    def mark(parse: Any) -> Any:
+        def hook(raw: str) -> Any:
+            value = parse(raw)
+            if isinstance(value, _BadNumber):
+                found.append(True)
+            return value
+
+        return hook
+
+    value = json.loads(
         text,
-        parse_constant=_no_constant,
-        parse_int=_bounded_int,
-        parse_float=_finite_float,
+        parse_constant=mark(_no_constant),
+        parse_int=mark(_bounded_int),
+        parse_float=mark(_finite_float),
         object_pairs_hook=_unique_keys,
     )
+    if found:
+        bad = _bad_number(value)
+        assert bad is not None
+        where, number = bad
+        place = f"field {where!r}" if where else "the content"
+        raise ValueProblem(f"{place}: {number.problem}")
+    return value
 
 
 def parse_content(text: str) -> dict[str, Any]:

@@ -137,6 +137,7 @@ class Core:
         self.recoveries: dict[str, int] = {}  # job id -> how often it was run again
         self.unstarted: dict[str, float] = {}  # job id -> since when it has waited unstarted
         self.adopting: dict[Path, dict[str, Any]] = {}  # files to resume once Redis is asked
+        self.touched: set[Path] = set()  # tracked files an event says changed
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
         # Finished files (path -> a hash of their signature): a rescan stats them instead of
         # reading them again. Strings and ints: a tree of 100,000 finished files is the norm.
@@ -144,8 +145,8 @@ class Core:
         self.run_id: str | None = None
 
     def cancel(self, task: Tracked) -> None:
-        """The UI deleted the file: the job must never run, or stop, and send nothing. The
-        cancel pass tells Redis and the workers."""
+        """The UI deleted (or replaced) the file: the job must never run, or stop, and send
+        nothing. The cancel pass tells Redis and the workers."""
         self.table.drop(task)
         self.pending_cancels.add(task.job_id)
         notify = task.path.with_name(contract.notify_mail_name(task.task_id))

@@ -1,6 +1,7 @@
 """The one guard every per-file action of every pass runs under.
 
-What goes wrong with one file stays with that file. A passing trouble of the machine (a full or
+What goes wrong with one file stays with that file. A file that vanished between looking and
+acting (the UI deleted or renamed it) is simply gone. A passing trouble of the machine (a full or
 read-only disk, permissions, too many open files) leaves the file as it is and tries it again
 later, backing off to a cap, logged once per change of error. Anything else ends the file: the
 caller's `end` writes it REJECTED or FAILURE with an error a person can act on, logged once with
@@ -88,6 +89,11 @@ class Guard:
         extra = log_ids or ids()
         try:
             value = action()
+        except FileNotFoundError as exc:
+            # Deleted or renamed by someone else between looking and acting: nothing to end.
+            self.troubles.pop(key, None)
+            log.info("%s %s: it went away meanwhile (%s)", what, key, exc.strerror, extra=extra)
+            return None
         except Exception as exc:  # one file's failure never reaches the loop
             if transient(exc):
                 self._hold(key, what, now, exc, extra)

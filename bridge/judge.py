@@ -62,6 +62,8 @@ def judge(
         )
     try:
         fields = contract.parse_content(text)
+    except contract.ValueProblem as exc:  # complete, and wrong: no need to wait
+        return Verdict(fields=kept_content(raw), error=str(exc))
     except contract.ParseError as exc:
         return Verdict(fields=kept_content(raw), error=str(exc), incomplete=True)
     return judge_fields(fields, name, types, formats)

@@ -64,7 +64,8 @@ class TextFormatter(logging.Formatter):
         known = ids_of(record)
         if not known:
             return line
-        return line + " " + " ".join(f"{key}={value}" for key, value in known.items())
+        pairs = " ".join(f"{key}={value}" for key, value in known.items())
+        return line + " " + escape_controls(pairs)
 
 
 def setup(fmt: str = "text", level: int = logging.INFO) -> None:

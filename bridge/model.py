@@ -19,6 +19,7 @@ class Tracked:
     fields: dict[str, Any]
     published: bool = False
     last_write: float = float("-inf")
+    written: tuple[int, int, int, int] | None = None  # the file's signature after our last write
     extra: dict[str, Any] = field(default_factory=dict)  # more for the worker (notify: who)
 
     @property

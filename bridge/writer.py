@@ -47,9 +47,11 @@ def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> 
     except FileExistsError:
         new_path = task.path  # another file took the name: keep ours, the content still says
     core.table.move(task, new_path)
+    task.written = files.signature(new_path)  # a rename moves the ctime: still ours
     core.owners.note(task.user, task.task_id, new_path)
     files.atomic_write(new_path, contract.dump(fields), durable=state_changed)
     task.fields, task.last_write = fields, now
+    task.written = files.signature(new_path)
     if terminal:
         ended(core, task, now)
 

@@ -67,6 +67,9 @@ BRIDGE_FIELDS: tuple[str, ...] = (
 )
 # A file carrying any of these was written by the bridge; the UI never writes them.
 OWNED_MARKERS = frozenset({TASK_ID, STATE, JOB_ID, QUEUED_AT})
+# What tasks report into their files (file-contract.md): a new file's own values for these, like
+# those of the bridge's fields, never stand, or the file would show an outcome nobody produced.
+RESULT_FIELDS = ("output", "matched", "tmp-space")
 
 # Keys of the meta a task stores with state PROGRESS (and returns on SUCCESS).
 META_PROGRESS = "progress"

@@ -20,6 +20,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--chaos-scale", default="1", help="size of the chaos suite (10: ten times larger)"
     )
+    parser.addoption(
+        "--fuzz-scale", default="1", help="size of the hostile fuzz suite (10: ten times longer)"
+    )
 
 
 @pytest.fixture(scope="session")

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ORIGINAL_FILE = "original-file"
 REJECTED_DIR = "rejected"
+INLINE_SLACK = 8192  # the bridge's own fields and an error message
 
 
 def note_event(core: Core, seen: watch.Seen, now: float) -> None:
@@ -41,7 +42,9 @@ def note_event(core: Core, seen: watch.Seen, now: float) -> None:
         _moved(core, seen.path, seen.dest, now)
     elif contract.is_notify_mail(seen.path.name):
         core.mails[seen.path] = (now, seen.kind == watch.CLOSED)
-    elif seen.path not in core.table.by_path:
+    elif seen.path in core.table.by_path:
+        core.touched.add(seen.path)  # the bridge's own write, or someone else's: see below
+    else:
         core.intake.note(seen.path, now, closed=seen.kind == watch.CLOSED)
 
 
@@ -56,9 +59,33 @@ def _moved(core: Core, src: Path, dest: Path, now: float) -> None:
     note_event(core, watch.Seen(watch.CHANGED, dest), now)
 
 
+def overwritten_once(core: Core, now: float) -> None:
+    """A file the bridge tracks changed, and not by the bridge: the UI (or anyone) replaced the
+    task. As with a delete, its job is cancelled; the new content is judged as a new file."""
+    touched, core.touched = core.touched, set()
+    for path in touched:
+        task = core.table.by_path.get(path)
+        if task is None:
+            continue
+        try:
+            sig = files.signature(path)
+        except OSError:
+            sig = None  # a link or FIFO put in its place: not the bridge's file either
+        if sig is not None and sig == task.written:
+            continue
+        log.warning(
+            "%r was overwritten by someone else: cancelling its job, judging the new content",
+            path.name,
+            extra=task_ids(task),
+        )
+        core.cancel(task)
+        core.intake.note(path, now)
+
+
 def intake_once(core: Core, now: float) -> None:
     """Decide for every pending file, then act: resumed files first, so the task-ids they
     hold are known before a new file may claim one."""
+    overwritten_once(core, now)
     decided: list[tuple[Path, intake.Decision]] = []
     for path in list(core.intake.pending):
         key = str(path)
@@ -160,15 +187,20 @@ def take(
         error = f"task-id {name.stem!r} is already used by {holder.name}; use another task-id"
         reject(core, path, name, decision.verdict.fields, error)
         return
+    own = {
+        k: v
+        for k, v in decision.verdict.fields.items()
+        if k not in states.BRIDGE_FIELDS and k not in states.RESULT_FIELDS
+    }
     fields = contract.merge(
-        decision.verdict.fields,
+        own,
         {
             states.TASK_ID: name.stem,
             states.STATE: states.QUEUED,
             states.PROGRESS_FIELD: 0,
             states.JOB_ID: str(uuid.uuid4()),
             states.QUEUED_AT: utc_now(),
-            **task_type.assign_ids(decision.verdict.fields),
+            **task_type.assign_ids(own),
         },
     )
     new_path = path.with_name(
@@ -180,6 +212,7 @@ def take(
         return
     files.rewrite_then_rename(path, new_path, contract.dump(fields), sync_dir=False)
     task = Tracked(name.user, name.stem, task_type, new_path, fields, last_write=now)
+    task.written = files.signature(new_path)
     core.table.add(task)
     core.owners.note(name.user, name.stem, new_path)
     core.metrics.count(metrics.TAKEN)
@@ -220,10 +253,10 @@ def reject(
         states.ERROR: contract.bounded(error or "rejected"),
     }
     data = contract.dump(contract.merge(kept, ending))
-    inline_limit = core.settings.max_task_bytes + intake.OWN_SLACK_BYTES
-    if keep_aside or len(data) > inline_limit:
+    judged = files.identity(path)
+    if keep_aside or len(data) > _inline_budget(core, judged.st_size):
         folder = core.settings.data_root / REJECTED_DIR / name.user
-        original = files.keep_aside(path, folder, files.identity(path))
+        original = files.keep_aside(path, folder, judged)
         where = str(original.relative_to(core.settings.data_root))
         data = contract.dump({**ending, ORIGINAL_FILE: where})
     task_type = core.types.get(name.type)
@@ -239,6 +272,12 @@ def reject(
     log.warning(
         "rejected %r: %s", new_path.name, ending[states.ERROR], extra=ids(name.stem, name.user)
     )
+
+
+def _inline_budget(core: Core, size: int) -> int:
+    """The most a rejected file may be with its original inside: a few times what the UI wrote
+    (escaping, base64), never past the size a file of the bridge's is read at."""
+    return min(core.settings.max_task_bytes + intake.OWN_SLACK_BYTES, 3 * size + INLINE_SLACK)
 
 
 def adopt(core: Core, path: Path, name: contract.TaskName, fields: dict[str, Any]) -> None:
@@ -304,6 +343,7 @@ def _resume(core: Core, path: Path, fields: dict[str, Any], owners: dict[str, An
         reject(core, path, _as_new(name, path, fields), ui_fields, error)
         return
     task = Tracked(name.user, task_id, core.types[name.type], path, fields)
+    task.written = files.signature(path)
     known = core.table.by_job.get(task.job_id)
     if known is not None and known.path != path and known.path.exists():
         error = f"task-id {task_id!r} is already used by {known.path.name}; use another task-id"

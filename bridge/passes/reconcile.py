@@ -35,7 +35,9 @@ def rescan_once(core: Core, now: float) -> list[Path]:
             markers.append(Path(entry.path))
         elif not _still_settled(core, entry, settled):
             path = Path(entry.path)
-            if path not in core.table.by_path:
+            if path in core.table.by_path:
+                core.touched.add(path)  # changed by someone else since our last write?
+            else:
                 core.intake.note(path, now)
     core.settled = settled  # files gone since are forgotten
     for task in list(core.table.by_job.values()):

@@ -366,3 +366,47 @@ def test_a_known_group_and_real_days_are_taken(bridge: Bridge) -> None:
     _passes(bridge, rounds=1)
     _, fields = _only(bridge)
     assert fields["state"] == "QUEUED", fields.get("error")
+
+
+# --- a taken file overwritten, and results a new file cannot forge -------------------------------
+
+
+def test_a_taken_file_overwritten_by_someone_else_is_a_new_file_and_its_job_cancelled(
+    bridge: Bridge,
+) -> None:
+    _drop(bridge, "o.SLOW", '{"type": "SLOW"}')
+    _passes(bridge, rounds=1)
+    (task,) = bridge.table.by_job.values()
+    task.path.write_text("{}")
+    _passes(bridge, rounds=2, start=100.0)
+    assert task.job_id in bridge.core.pending_cancels and not bridge.table.by_job
+    _, fields = _only(bridge)
+    assert fields["state"] == "REJECTED" and "'type' is missing" in fields["error"]
+
+
+def test_the_bridges_own_writes_are_not_taken_for_someone_elses(bridge: Bridge) -> None:
+    _drop(bridge, "w.SLOW", '{"type": "SLOW"}')
+    _passes(bridge, rounds=1)
+    (task,) = bridge.table.by_job.values()
+    bridge.write(task, {"state": "PROGRESS", "progress": 40}, 50.0)  # renamed, then rewritten
+    bridge.write(task, {"progress": 60}, 52.0)
+    _passes(bridge, rounds=2, start=100.0)
+    assert list(bridge.table.by_job.values()) == [task] and not bridge.core.pending_cancels
+    assert _only(bridge)[1]["progress"] == 60
+
+
+def test_a_new_file_cannot_forge_results_or_notify_outcomes(bridge: Bridge) -> None:
+    forged = {
+        "output": "/data/download/other/theirs.tar.gz",
+        "matched": 7,
+        "tmp-space": "/etc",
+        "notified-at": "2026-01-01T00:00:00Z",
+        "error": "nothing",
+        "progress": 99,
+    }
+    _drop(bridge, "r.SLOW", {"type": "SLOW", "label": "kept", **forged})
+    _passes(bridge, rounds=1)
+    _, fields = _only(bridge)
+    assert fields["state"] == "QUEUED" and fields["label"] == "kept"
+    assert fields["progress"] == 0
+    assert not set(forged) - {"progress"} & set(fields)
