@@ -176,11 +176,12 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from bridge.retry import RetryError, retry_file
     from taskd.tasktypes import load_types
 
-    types = load_types(_settings(args).schema_dirs)
+    settings = _settings(args)
+    types = load_types(settings.schema_dirs)
     bad = 0
     for path in args.files:
         try:
-            print(f"{path}: queued again as {retry_file(path, types).name}")
+            print(f"{path}: queued again as {retry_file(path, types, settings.task_queue).name}")
         except RetryError as exc:
             print(f"{path}: {exc}")
             bad += 1

@@ -20,6 +20,7 @@ TYPE_RE = re.compile(r"[A-Z][A-Z0-9_]*")
 # DOTALL: a name with a newline is still a task file, rejected for it rather than ignored.
 NAME_RE = re.compile(r"(?P<stem>.+)\.(?P<type>[A-Z][A-Z0-9_]*)", re.DOTALL)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # bytes of a name that were not UTF-8
 # Editors and copy tools leave these beside real files; none is ever a task.
 TEMP_PREFIXES = (".", "#", "~")
 TEMP_SUFFIXES = ("~", "#")
@@ -29,6 +30,7 @@ NAME_MAX = 255  # bytes in one file name (ext4, xfs, tmpfs, NFS all agree)
 # Integers longer than this are no count, size or time any task could mean; Python would take
 # seconds to convert some of them and refuses past 4300 digits.
 MAX_INT_DIGITS = 30
+MAX_DEPTH = 32  # a task is a flat record; deep nesting only exhausts parsers and picklers
 MAX_ERROR_CHARS = 2000  # an `error` stays readable, and a file of errors cannot outgrow its input
 WORST_PROGRESS = "100"  # the widest progress part a running or finished name can have
 
@@ -128,14 +130,25 @@ def longest_name(
     return max(names, key=name_bytes)
 
 
-def name_error(task_id: str, task_type: str, longest: str) -> str | None:
-    """Why a task cannot be taken under its name, or None when every name it needs fits."""
+def id_error(task_id: str) -> str | None:
+    """Why a task-id cannot be used, whatever its length: bytes that are not UTF-8 (Redis,
+    JSON and mail headers cannot carry them) or control characters (they forge log lines)."""
+    if _SURROGATE.search(task_id):
+        return "the file name is not UTF-8; name the file with UTF-8 characters only"
     control = _CONTROL.search(task_id)
     if control:
         return (
             f"the task-id has a control character ({control.group()!r}) in it; "
             "name the file with printable characters only"
         )
+    return None
+
+
+def name_error(task_id: str, task_type: str, longest: str) -> str | None:
+    """Why a task cannot be taken under its name, or None when every name it needs fits."""
+    bad_id = id_error(task_id)
+    if bad_id:
+        return bad_id
     extra = name_bytes(longest) - name_bytes(task_id)
     if name_bytes(longest) <= NAME_MAX:
         return None
@@ -283,7 +296,28 @@ def parse_content(text: str) -> dict[str, Any]:
         raise ParseError("not valid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ParseError(f"the content must be one JSON object {{...}}, not {type(value).__name__}")
+    too_deep = _deeper_than(value, MAX_DEPTH)
+    if too_deep is not None:
+        raise ValueProblem(
+            f"field {too_deep[:80]!r} is nested more than {MAX_DEPTH} levels deep; "
+            "a task file holds a flat record: flatten it"
+        )
     return value
+
+
+def _deeper_than(value: Any, limit: int) -> str | None:
+    """The path of the first value nested deeper than `limit`, or None (no recursion: the
+    depth is what is being checked)."""
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
+    while stack:
+        node, path, depth = stack.pop()
+        if depth > limit:
+            return path
+        if isinstance(node, dict):
+            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
+    return None
 
 
 def owned_by_bridge(fields: Mapping[str, Any]) -> bool:

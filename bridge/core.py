@@ -138,6 +138,7 @@ class Core:
         self.unstarted: dict[str, float] = {}  # job id -> since when it has waited unstarted
         self.adopting: dict[Path, dict[str, Any]] = {}  # files to resume once Redis is asked
         self.touched: set[Path] = set()  # tracked files an event says changed
+        self.intake_cut = False  # the last intake pass ran out of time: run the next at once
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
         # Finished files (path -> a hash of their signature): a rescan stats them instead of
         # reading them again. Strings and ints: a tree of 100,000 finished files is the norm.

@@ -138,7 +138,9 @@ class Bridge:
                 now = time.monotonic()
                 next_mirror, next_rescan = self.tick(now, next_mirror, next_rescan)
                 wake = min(next_mirror, next_rescan)
-                if self._busy(now):
+                if self.core.intake_cut:
+                    wake = now
+                elif self._busy(now):
                     wake = min(wake, now + 0.05)
                 self.watcher.wait(max(0.0, wake - time.monotonic()), stop)
         finally:

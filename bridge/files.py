@@ -52,8 +52,9 @@ def signature_of(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def read_regular(path: Path, limit: int) -> bytes:
-    """Read a regular file of at most `limit` bytes; never opens a FIFO or follows a symlink."""
+def read_regular(path: Path, limit: int, expect: os.stat_result | None = None) -> bytes:
+    """Read a regular file of at most `limit` bytes; never opens a FIFO or follows a symlink.
+    With `expect`, what is opened must be that very file (else FileChangedError)."""
     st = os.lstat(path)
     if not stat.S_ISREG(st.st_mode):
         raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
@@ -64,6 +65,8 @@ def read_regular(path: Path, limit: int) -> bytes:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
+        if expect is not None and (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
+            raise FileChangedError(errno.EAGAIN, "replaced while it was being read", str(path))
         # Plain reads sized from fstat: a rescan reads thousands of small files, and a
         # buffered file object costs more than the read (one byte more shows a file grown).
         chunks: list[bytes] = []
@@ -103,7 +106,7 @@ def keep_aside(path: Path, folder: Path, expect: os.stat_result) -> Path:
     first copy rather than making a second.
     """
     folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-    kept = folder / f"{expect.st_ino}-{expect.st_mtime_ns}.original"
+    kept = folder / kept_name(expect)
     if _same_file(kept, expect):
         return kept
     try:
@@ -152,6 +155,16 @@ def _copy_regular(path: Path, kept: Path, expect: os.stat_result) -> None:
             os.close(dst)
     finally:
         os.close(src)
+
+
+def kept_name(st: os.stat_result) -> str:
+    return f"{st.st_ino}-{st.st_mtime_ns}.original"
+
+
+def foreign_links(path: Path, st: os.stat_result, kept_folder: Path) -> bool:
+    """Whether the file has names other than `path` and the bridge's own kept copy of it."""
+    own = 1 if _same_file(kept_folder / kept_name(st), st) else 0
+    return st.st_nlink - own > 1
 
 
 def identity(path: Path) -> os.stat_result:

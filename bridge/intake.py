@@ -57,6 +57,7 @@ def owned_limit(max_task_bytes: int) -> int:
 
 
 OWN_SLACK_BYTES = 65536
+REJECTED_DIR = "rejected"  # originals of rejected files too large to keep inline, by user
 
 
 class Intake:
@@ -64,6 +65,7 @@ class Intake:
         self.settings = settings
         self.types = types
         self.formats = formats.checker(settings.mail_db_path)
+        self.rejected = settings.data_root / REJECTED_DIR
         self.pending: dict[Path, Pending] = {}
         self._ignored: set[Path] = set()
         self._root = str(settings.task_queue).rstrip("/") + "/"
@@ -96,18 +98,33 @@ class Intake:
             self._ignored.add(path)
             log.info("ignoring %s: %s", path, reason)
 
-    def consider(self, path: Path, now: float) -> Decision:
-        entry = self.pending[path]
+    def _look(self, path: Path, entry: Pending) -> os.stat_result | Decision:
+        """The file's lstat, or the decision when it is no task file to read."""
         if not _real_directory(path.parent):
             self._ignore_once(path, "its user directory is a link, not a directory")
             return Decision(DROP)
         try:
-            sig = files.signature(path)
+            st = files.identity(path)
         except files.NotRegularFile:
             self._ignore_once(path, "not a regular file (symlink, FIFO, device or directory)")
             return Decision(DROP)
-        if sig is None:
+        except FileNotFoundError:
             return Decision(DROP)
+        if files.foreign_links(path, st, self.rejected / entry.name.user):
+            # Another name for a file that may be anyone's: never read, kept beside as it is.
+            error = (
+                "the file is a hard link to another file; write the task file itself, "
+                "not a link to one"
+            )
+            return Decision(REJECT, entry.name, Verdict(error=error), keep_aside=True)
+        return st
+
+    def consider(self, path: Path, now: float) -> Decision:
+        entry = self.pending[path]
+        st = self._look(path, entry)
+        if isinstance(st, Decision):
+            return st
+        sig = files.signature_of(st)
         if entry.sig is None:
             entry.sig = sig  # first look: quiet since it was noted
         elif sig != entry.sig:
@@ -117,7 +134,7 @@ class Intake:
             # A file the bridge wrote is complete by construction (atomic rename): resume it
             # at once, without the settle wait meant for the UI's writes.
             entry.owner_checked = sig
-            raw = _read_quietly(path, owned_limit(self.settings.max_task_bytes))
+            raw = _read_quietly(path, owned_limit(self.settings.max_task_bytes), st)
             entry.owned = _owned_fields(raw or b"")
         if entry.owned is not None:
             return Decision(ADOPT, entry.name, fields=entry.owned)
@@ -126,15 +143,20 @@ class Intake:
             return Decision(WAIT)
         if raw is not None and len(raw) > self.settings.max_task_bytes:
             raw = None  # too large: judged by its size alone, below
-        return self._read_and_judge(path, entry, quiet, raw)
+        return self._read_and_judge(path, entry, quiet, st, raw)
 
     def _read_and_judge(
-        self, path: Path, entry: Pending, quiet: float, raw: bytes | None = None
+        self,
+        path: Path,
+        entry: Pending,
+        quiet: float,
+        st: os.stat_result,
+        raw: bytes | None = None,
     ) -> Decision:
         """Judge the file; `raw` is its content when this pass has read it already."""
         try:
             if raw is None:
-                raw = files.read_regular(path, self.settings.max_task_bytes)
+                raw = files.read_regular(path, self.settings.max_task_bytes, expect=st)
         except files.TooLarge as exc:
             # Never read whole: it may be any size. Its bytes are kept beside, once.
             error = too_large(exc.size, exc.limit)
@@ -164,9 +186,9 @@ def _real_directory(path: Path) -> bool:
         return False
 
 
-def _read_quietly(path: Path, limit: int) -> bytes | None:
+def _read_quietly(path: Path, limit: int, st: os.stat_result) -> bytes | None:
     try:
-        return files.read_regular(path, limit)
+        return files.read_regular(path, limit, expect=st)
     except OSError:
         return None  # gone, too large or not regular: the judging says which
 

@@ -9,14 +9,17 @@ import base64
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from jsonschema import FormatChecker
 
 from bridge import contract
-from bridge.schedule import time_error
+from bridge.schedule import parse_time, time_error
 from taskd import states
 from taskd.tasktypes import TaskType
+
+QUEUED_AT_SLACK = timedelta(hours=1)  # clocks of hosts sharing a data root may differ a little
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,9 @@ def adoption_error(
         )
     if fields.get(states.STATE) in states.TERMINAL:
         return None
+    bad_id = contract.id_error(task_id)
+    if bad_id:
+        return bad_id
     task_type = types.get(name.type)
     if task_type is None:
         known = ", ".join(sorted(types)) or "none"
@@ -175,6 +181,12 @@ def _bridge_field_error(fields: Mapping[str, Any]) -> str | None:
     for key in (states.QUEUED_AT, states.STARTED_AT, states.RETRY_AT, states.WORKER):
         if key in fields and not isinstance(fields[key], str):
             return f"field {key!r} is not text; remove it"
+    queued = parse_time(fields.get(states.QUEUED_AT))
+    if queued is None or queued > datetime.now(UTC) + QUEUED_AT_SLACK:
+        return (
+            f"field 'queued-at' is {str(fields.get(states.QUEUED_AT))[:40]!r}, not a time taskd "
+            "could have written; remove it"
+        )
     return None
 
 

@@ -32,8 +32,25 @@ ENDED = frozenset({states.SUCCESS, states.FAILURE})
 SUFFIX = names.NOTIFY_SUFFIX
 
 
-def notify_job_id(task_job_id: str) -> str:
-    return str(uuid.uuid5(NOTIFY_NAMESPACE, f"{task_job_id}:notify"))
+def notify_job_id(task_job_id: str, user: str, task_id: str) -> str:
+    """The notify job of one task of one user: a copy of another user's ended file (same job
+    id) gets a job of its own, and can never take the owner's mail's place."""
+    return str(uuid.uuid5(NOTIFY_NAMESPACE, f"{user}/{task_id}/{task_job_id}:notify"))
+
+
+def _kind_of(path: Path) -> str | None:
+    """What stands where a notify mail should be, when it is not a regular file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
 
 
 def task_id_of(mail: Path) -> str:
@@ -111,15 +128,29 @@ class Notifier:
 
     def __post_init__(self) -> None:
         self.jobs: dict[str, Tracked] = {}
+        # Ended tasks whose mail is no regular file: (task file, why), for the notify pass to
+        # write as `notify-error`.
+        self.refused: list[tuple[Path, str]] = []
 
     def job_for(self, task_path: Path, fields: dict[str, Any]) -> Tracked | None:
         """A notify job for an ended task whose mail exists; None if there is nothing to send."""
         if not wants_mail(fields) or not isinstance(fields.get(states.JOB_ID), str):
             return None
         task_id = str(fields[states.TASK_ID])
-        if not is_regular(task_path.with_name(task_id + SUFFIX)):
-            return None  # absent, or a link or FIFO in its place: never followed or sent
-        job_id = notify_job_id(fields[states.JOB_ID])
+        mail = task_path.with_name(task_id + SUFFIX)
+        if not is_regular(mail):  # absent, or a link or FIFO in its place: never followed
+            kind = _kind_of(mail)
+            if kind is not None:
+                self.refused.append(
+                    (
+                        task_path,
+                        f"{mail.name} is {kind}; nothing was sent. "
+                        "Write the mail as a plain file in the task's folder",
+                    )
+                )
+            return None
+        user = task_path.parent.name
+        job_id = notify_job_id(fields[states.JOB_ID], user, task_id)
         if job_id in self.jobs:
             return None
         keep = (states.TASK_ID, states.STATE, states.JOB_ID, states.ERROR, "output")
@@ -144,7 +175,7 @@ class Notifier:
         for _path, fields in task_files(task_queue / task_user, task_id):
             if (
                 isinstance(fields.get(states.JOB_ID), str)
-                and notify_job_id(fields[states.JOB_ID]) == job_id
+                and notify_job_id(fields[states.JOB_ID], task_user, task_id) == job_id
             ):
                 return True
         return False

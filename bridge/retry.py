@@ -62,14 +62,17 @@ def requeued(fields: Mapping[str, Any], now_iso: str) -> dict[str, Any]:
     return contract.merge(fields, updates)
 
 
-def retry_file(path: Path, types: Mapping[str, TaskType]) -> Path:
-    """Requeue one FAILURE file; returns its new path."""
+def retry_file(path: Path, types: Mapping[str, TaskType], task_queue: Path) -> Path:
+    """Requeue one FAILURE file of `task_queue/<user-id>/`; returns its new path."""
+    folder = path.absolute().parent
+    if folder.parent != task_queue.absolute() or not contract.USER_RE.fullmatch(folder.name):
+        raise RetryError(f"not a task file of {task_queue}/<user-id>/ (see --data-root)")
     name = contract.parse_name(("u", path.name))
     task_type = types.get(name.type) if name else None
     if task_type is None:
         raise RetryError("not a task file of a known type")
     try:
-        fields = contract.parse_content(contract.decode_utf8(files.read_all(path)))
+        fields = contract.parse_content(contract.decode_utf8(files.read_regular(path, 1 << 24)))
     except (OSError, ValueError) as exc:
         raise RetryError(f"cannot read it: {exc}") from None
     new_fields = requeued(fields, utc_now())

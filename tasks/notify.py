@@ -80,12 +80,18 @@ def read_regular(path: Path, limit: int, setting: str) -> bytes:
         raise
     except OSError as exc:
         raise _unreadable(path, exc) from None
-    mode = os.fstat(fd).st_mode
-    if not stat.S_ISREG(mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise TaskFailed(
-            f"{path.name} is not a regular file ({_kind(mode)}); nothing was sent. "
+            f"{path.name} is not a regular file ({_kind(st.st_mode)}); nothing was sent. "
             "Write the mail as a plain file in the task's folder"
+        )
+    if st.st_nlink > 1:  # another name for a file that may live anywhere on this disk
+        os.close(fd)
+        raise TaskFailed(
+            f"{path.name} is a hard link to another file; nothing was sent. Write the mail "
+            "as a plain file of its own in the task's folder"
         )
     with os.fdopen(fd, "rb", buffering=0) as handle:
         data = handle.read(limit + 1) or b""

@@ -141,7 +141,7 @@ class _CheckedFile:
     """(st_dev, st_ino) when checked: the file packed must be this very one."""
 
 
-def _file_member(raw: str, roots: Iterable[Path]) -> pack.Member:
+def _file_member(raw: str, roots: Iterable[Path]) -> tuple[tuple[int, int], pack.Member]:
     real, root = allowed_root(raw, roots)
     fd = open_below(root, real, raw)
     try:
@@ -150,7 +150,7 @@ def _file_member(raw: str, roots: Iterable[Path]) -> pack.Member:
         os.close(fd)
     checked = _CheckedFile(raw, root, real, (st.st_dev, st.st_ino))
     opener = functools.partial(_open_checked, checked)
-    return pack.Member(f"files/{real.name}", st.st_size, opener, st.st_mtime)
+    return checked.identity, pack.Member(f"files/{real.name}", st.st_size, opener, st.st_mtime)
 
 
 def _open_checked(checked: _CheckedFile) -> BinaryIO:
@@ -178,7 +178,13 @@ def file_members(files: list[str], settings: Settings) -> list[pack.Member]:
             f"field 'files': {len(files)} entries, more than the limit of "
             f"{settings.max_pack_files} (TASKD_MAX_PACK_FILES); split them over several tasks"
         )
-    return [_file_member(raw, settings.allowed_file_roots) for raw in files]
+    # A file listed twice (by the same path or another way to it) is packed once: repeats
+    # must not turn a small task file into gigabytes of copies.
+    members: dict[tuple[int, int], pack.Member] = {}
+    for raw in files:
+        identity, member = _file_member(raw, settings.allowed_file_roots)
+        members.setdefault(identity, member)
+    return list(members.values())
 
 
 def _mail(store: FileMailStore, mail: dict[str, Any]) -> StoredMessage:

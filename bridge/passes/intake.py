@@ -7,8 +7,11 @@ REJECTED with its error, and the others go on.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from taskd import states
 log = logging.getLogger(__name__)
 
 ORIGINAL_FILE = "original-file"
-REJECTED_DIR = "rejected"
+PASS_BUDGET_S = 0.5  # judging, then as long again acting, before the pass yields
 INLINE_SLACK = 8192  # the bridge's own fields and an error message
 
 
@@ -86,8 +89,13 @@ def intake_once(core: Core, now: float) -> None:
     """Decide for every pending file, then act: resumed files first, so the task-ids they
     hold are known before a new file may claim one."""
     overwritten_once(core, now)
+    started = time.monotonic()
+    core.intake_cut = False
     decided: list[tuple[Path, intake.Decision]] = []
-    for path in list(core.intake.pending):
+    for path in _by_turns(core.intake.pending):
+        if time.monotonic() - started > PASS_BUDGET_S:
+            core.intake_cut = True  # the rest next pass, at once: others' files wait no longer
+            break
         key = str(path)
         if not core.guard.ready(key, now):
             continue
@@ -108,6 +116,9 @@ def intake_once(core: Core, now: float) -> None:
     decided.sort(key=lambda item: item[1].action != intake.ADOPT)
     taken: list[Tracked] = []
     for path, decision in decided:
+        if decision.action != intake.ADOPT and time.monotonic() - started > 2 * PASS_BUDGET_S:
+            core.intake_cut = True  # left pending: judged again next pass
+            break
         core.guard.run(
             str(path),
             _doing(decision.action),
@@ -120,6 +131,18 @@ def intake_once(core: Core, now: float) -> None:
     verify_adopting(core, now)
     if taken:
         _publish_taken(core, taken, now)
+
+
+def _by_turns(pending: Iterable[Path]) -> list[Path]:
+    """Pending files, one user's at a time in turn: a user who drops thousands of files does
+    not make another user's one file wait behind them."""
+    by_user: dict[Path, list[Path]] = {}
+    for path in pending:
+        by_user.setdefault(path.parent, []).append(path)
+    queues = list(by_user.values())
+    if len(queues) == 1:
+        return queues[0]
+    return [p for turn in itertools.zip_longest(*queues) for p in turn if p is not None]
 
 
 def _doing(action: str) -> str:
@@ -170,7 +193,19 @@ def _publish_taken(core: Core, taken: list[Tracked], now: float) -> None:
             log_ids=task_ids(task),
         )
     if due:
-        core.redis.call(now, lambda: core.publisher.publish_many(due))
+        try:
+            core.redis.call(now, lambda: core.publisher.publish_many(due))
+        except Exception:  # noqa: BLE001 - one job could not be sent: find it, alone
+            log.warning("publishing %d jobs together failed: publishing them one by one", len(due))
+            for task in due:
+                core.guard.run(
+                    str(task.path),
+                    "publishing",
+                    now,
+                    lambda t=task: core.redis.call(now, lambda: core.publisher.publish(t)),  # type: ignore[misc]
+                    end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
+                    log_ids=task_ids(task),
+                )
     for task in due:
         dispatch.after_publish(core, task)
 
@@ -255,7 +290,7 @@ def reject(
     data = contract.dump(contract.merge(kept, ending))
     judged = files.identity(path)
     if keep_aside or len(data) > _inline_budget(core, judged.st_size):
-        folder = core.settings.data_root / REJECTED_DIR / name.user
+        folder = core.intake.rejected / name.user
         original = files.keep_aside(path, folder, judged)
         where = str(original.relative_to(core.settings.data_root))
         data = contract.dump({**ending, ORIGINAL_FILE: where})
@@ -346,7 +381,11 @@ def _resume(core: Core, path: Path, fields: dict[str, Any], owners: dict[str, An
     task.written = files.signature(path)
     known = core.table.by_job.get(task.job_id)
     if known is not None and known.path != path and known.path.exists():
-        error = f"task-id {task_id!r} is already used by {known.path.name}; use another task-id"
+        error = (
+            f"task-id {task_id!r} is already used by {known.path.name}; use another task-id"
+            if (known.user, known.task_id) == (name.user, task_id)
+            else f"field 'job-id': job {job_id} belongs to another task; taskd writes it: remove it"
+        )
         ui_fields = {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
         reject(core, path, _as_new(name, path, fields), ui_fields, error)
         return

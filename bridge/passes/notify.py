@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 def mails_once(core: Core, now: float) -> None:
     """Notify mails that settled: send those whose task has already ended."""
+    _refusals(core, now)
     for path, (since, closed) in list(core.mails.items()):
         if not closed and now - since < core.settings.settle:
             continue
@@ -35,6 +36,30 @@ def mails_once(core: Core, now: float) -> None:
         )
         if job is not None:  # published by the next tick, once Redis has been asked
             log.info("%r: its task has ended, sending it", path.name, extra=task_ids(job))
+
+
+def _refusals(core: Core, now: float) -> None:
+    """Ended tasks whose mail is a link, FIFO or folder: say so in the task file."""
+    refused, core.notifier.refused = core.notifier.refused, []
+    for task_path, error in refused:
+        core.guard.run(
+            str(task_path),
+            "refusing the notify mail of",
+            now,
+            lambda p=task_path, e=error: _write_refusal(core, p, e),  # type: ignore[misc]
+            log_ids=ids(user_id=task_path.parent.name),
+        )
+
+
+def _write_refusal(core: Core, task_path: Path, error: str) -> None:
+    limit = intake.owned_limit(core.settings.max_task_bytes)
+    fields = contract.parse_content(contract.decode_utf8(files.read_regular(task_path, limit)))
+    if states.NOTIFY_ERROR in fields or states.NOTIFIED_AT in fields:
+        return
+    files.atomic_write(
+        task_path, contract.dump(contract.merge(fields, {states.NOTIFY_ERROR: error})), True
+    )
+    log.warning("%r: %s", task_path.name, error, extra=ids(user_id=task_path.parent.name))
 
 
 def notify_once(core: Core, now: float, known: Mapping[str, Known]) -> None:

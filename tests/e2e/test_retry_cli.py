@@ -52,3 +52,16 @@ def test_taskd_check_says_which_files_are_bad(env: dict[str, str], tmp_path: Pat
     result = _taskd(env, "check", str(good), str(bad))
     assert result.returncode == 1
     assert f"{good}: ok" in result.stdout and "steps" in result.stdout
+
+
+def test_taskd_retry_touches_only_files_of_the_data_roots_queue(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    outside = tmp_path / "elsewhere" / "7"
+    outside.mkdir(parents=True)
+    failed = {"type": "SLOW", "task-id": "x", "state": "FAILURE", "job-id": "j", "error": "e"}
+    path = outside / "x-ERR.SLOW"
+    path.write_text(json.dumps(failed))
+    result = _taskd(env, "retry", str(path))
+    assert result.returncode == 1 and "not a task file of" in result.stdout
+    assert json.loads(path.read_text()) == failed and sorted(outside.iterdir()) == [path]

@@ -76,6 +76,17 @@ def _mail_path(tmp_path: Path) -> Path:
 # --- what is read ------------------------------------------------------------------------------
 
 
+def test_a_mail_file_that_is_a_hard_link_is_not_sent(tmp_path: Path, plain_server: Server) -> None:
+    secret = tmp_path / "elsewhere.eml"
+    secret.write_bytes(MAIL.replace(b"Your task is done.", b"SECRET"))
+    _mail_path(tmp_path).parent.mkdir(parents=True)
+    os.link(secret, _mail_path(tmp_path))
+    job = _job(tmp_path, plain_server.url, ["a@example.com"])
+    with pytest.raises(TaskFailed, match="t1.notify.eml is a hard link to another file"):
+        notify.run.run(job)
+    assert plain_server.handler.received == []
+
+
 def test_a_mail_file_that_is_a_symlink_is_not_followed_or_sent(
     tmp_path: Path, plain_server: Server
 ) -> None:

@@ -315,6 +315,8 @@ def test_a_notify_mail_that_is_a_link_is_never_sent(bridge: Bridge, tmp_path: Pa
     task = folder / "n-100.SLOW"
     fields = {"type": "SLOW", "task-id": "n", "state": "SUCCESS", "job-id": str(uuid.uuid4())}
     assert bridge.core.notifier.job_for(task, fields) is None
+    ((refused, why),) = bridge.core.notifier.refused
+    assert refused == task and why.startswith("n.notify.eml is a symbolic link; nothing was sent")
     (folder / "n.notify.eml").unlink()
     (folder / "n.notify.eml").write_text("To: a@example.org\n\nhello\n")
     assert bridge.core.notifier.job_for(task, fields) is not None
@@ -410,3 +412,63 @@ def test_a_new_file_cannot_forge_results_or_notify_outcomes(bridge: Bridge) -> N
     assert fields["state"] == "QUEUED" and fields["label"] == "kept"
     assert fields["progress"] == 0
     assert not set(forged) - {"progress"} & set(fields)
+
+
+def test_a_copy_of_another_users_ended_file_cannot_take_its_notify_job(bridge: Bridge) -> None:
+    job_id = str(uuid.uuid4())
+    fields = {"type": "SLOW", "task-id": "0001", "state": "SUCCESS", "job-id": job_id}
+    jobs = []
+    for user in ("3", "15"):
+        folder = bridge.settings.task_queue / user
+        folder.mkdir(exist_ok=True)
+        (folder / "0001.notify.eml").write_text("To: a@example.org\n\nhello\n")
+        jobs.append(bridge.core.notifier.job_for(folder / "0001-100.SLOW", fields))
+    owner, copy = jobs
+    assert owner is not None and copy is not None and owner.job_id != copy.job_id
+
+
+# --- what the attack on a running system found ----------------------------------------------------
+
+
+def test_a_hard_link_is_rejected_unread_and_kept_aside(bridge: Bridge, tmp_path: Path) -> None:
+    secret = tmp_path / "secret.txt"
+    secret.write_text("CANARY-outside")
+    os.link(secret, bridge.settings.task_queue / "3" / "h.SLOW")
+    _passes(bridge, rounds=2)
+    name, fields = _only(bridge)
+    assert fields["state"] == "REJECTED" and "hard link" in fields["error"]
+    assert "CANARY" not in json.dumps(fields)
+    assert secret.read_text() == "CANARY-outside"
+
+
+def test_nesting_deeper_than_a_task_needs_is_rejected(bridge: Bridge) -> None:
+    deep = '{"type": "SLOW", "x": ' + "[" * 40 + "]" * 40 + "}"
+    _drop(bridge, "d.SLOW", deep)
+    _passes(bridge, rounds=1)
+    _, fields = _only(bridge)
+    assert fields["state"] == "REJECTED"
+    assert "is nested more than 32 levels deep" in fields["error"]
+
+
+def test_a_name_that_is_not_utf8_is_rejected(bridge: Bridge) -> None:
+    folder = bridge.settings.task_queue / "3"
+    (folder / os.fsdecode(b"x1\xff.SLOW")).write_text('{"type": "SLOW"}')
+    _passes(bridge, rounds=1)
+    (raw,) = [p for p in os.listdir(os.fsencode(folder)) if not p.startswith(b".")]
+    fields = json.loads((folder / os.fsdecode(raw)).read_text())
+    assert fields["state"] == "REJECTED" and "not UTF-8" in fields["error"]
+
+
+def test_a_resumed_file_in_the_future_is_rejected(bridge: Bridge) -> None:
+    forged = {
+        "type": "SLOW",
+        "task-id": "q",
+        "state": "QUEUED",
+        "job-id": str(uuid.uuid4()),
+        "queued-at": "9999-12-31T23:59:59Z",
+        "delay": 10,
+    }
+    _drop(bridge, "q-0.SLOW", forged)
+    _passes(bridge, rounds=1)
+    _, fields = _only(bridge)
+    assert fields["state"] == "REJECTED" and "queued-at" in fields["error"]

@@ -334,9 +334,9 @@ def test_a_closed_new_file_is_read_once_to_be_taken(
     reads: list[Path] = []
     real = files.read_regular
 
-    def counted(where: Path, limit: int) -> bytes:
+    def counted(where: Path, limit: int, expect: Any = None) -> bytes:
         reads.append(where)
-        return real(where, limit)
+        return real(where, limit, expect)
 
     monkeypatch.setattr(files, "read_regular", counted)
     intake.note(path, T0, closed=True)

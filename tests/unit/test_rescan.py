@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,9 +34,9 @@ def test_finished_files_are_read_once_until_they_change(
     reads: list[Path] = []
     real_read = files.read_regular
 
-    def counting(path: Path, limit: int) -> bytes:
+    def counting(path: Path, limit: int, expect: Any = None) -> bytes:
         reads.append(path)
-        return real_read(path, limit)
+        return real_read(path, limit, expect)
 
     monkeypatch.setattr(files, "read_regular", counting)
     bridge.rescan_once(time.monotonic())
