@@ -7,6 +7,7 @@ enqueues paths; the HTTP thread (bridge/web.py) only reads the snapshot left in 
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
@@ -22,6 +23,9 @@ from taskd import states
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType
 
+log = logging.getLogger(__name__)
+TICK_FAILED_PAUSE_S = 1.0
+
 
 def _row(task: Tracked) -> metrics.TaskRow:
     progress = task.fields.get(states.PROGRESS_FIELD)
@@ -35,6 +39,7 @@ class Bridge:
     ) -> None:
         self.core = Core(settings, types, app, client)
         self.watcher = watch.Watcher(settings.task_queue)
+        self._last_failure: str | None = None
 
     # What tests and the HTTP endpoint read.
     @property
@@ -136,7 +141,11 @@ class Bridge:
         try:
             while not stop.is_set():
                 now = time.monotonic()
-                next_mirror, next_rescan = self.tick(now, next_mirror, next_rescan)
+                try:
+                    next_mirror, next_rescan = self.tick(now, next_mirror, next_rescan)
+                except Exception as exc:  # a bug outside any file's guard: never the loop
+                    self._tick_failed(exc, stop)
+                    continue
                 wake = min(next_mirror, next_rescan)
                 if self.core.intake_cut:
                     wake = now
@@ -145,6 +154,14 @@ class Bridge:
                 self.watcher.wait(max(0.0, wake - time.monotonic()), stop)
         finally:
             self.watcher.stop()
+
+    def _tick_failed(self, exc: Exception, stop: threading.Event) -> None:
+        """Log a failed tick once per kind of error, pause, and carry on."""
+        kind = f"{type(exc).__name__}: {exc}"
+        if kind != self._last_failure:
+            log.exception("a pass failed outside any file's guard (%s); carrying on", kind)
+            self._last_failure = kind
+        stop.wait(TICK_FAILED_PAUSE_S)
 
     def _busy(self, now: float) -> bool:
         """Work that cannot wait for the next tick: files settling, mails, a file held back

@@ -95,8 +95,9 @@ class Guard:
             log.info("%s %s: it went away meanwhile (%s)", what, key, exc.strerror, extra=extra)
             return None
         except Exception as exc:  # one file's failure never reaches the loop
-            if transient(exc):
-                self._hold(key, what, now, exc, extra)
+            if transient(exc) or end is None:
+                # Nothing to end it with: hold it back as a passing error, logged once.
+                self._hold(key, what, now, exc, extra, trace=not transient(exc))
                 return None
             self.troubles.pop(key, None)
             log.error("%s %s failed: %s", what, key, describe(exc), exc_info=True, extra=extra)
@@ -109,7 +110,13 @@ class Guard:
         return value
 
     def _hold(
-        self, key: str, what: str, now: float, exc: BaseException, extra: dict[str, str]
+        self,
+        key: str,
+        what: str,
+        now: float,
+        exc: BaseException,
+        extra: dict[str, str],
+        trace: bool = False,
     ) -> None:
         message = describe(exc)
         old = self.troubles.get(key)
@@ -121,6 +128,7 @@ class Guard:
                 key,
                 message,
                 BACKOFF_CAP_S,
+                exc_info=trace,
                 extra=extra,
             )
         self.troubles[key] = _Trouble(message, now + delay, delay)

@@ -184,4 +184,4 @@ class Publisher:
 def _text(value: bytes | str | None) -> str | None:
     if value is None:
         return None
-    return value.decode() if isinstance(value, bytes) else value
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value

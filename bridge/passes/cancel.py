@@ -17,5 +17,7 @@ def cancel_once(core: Core, now: float) -> None:
         core.app.control.revoke(ids, terminate=True, signal="SIGUSR1")
         return True
 
-    if core.redis.call(now, send):
+    if not core.guard.ready("cancels", now):
+        return
+    if core.guard.run("cancels", "sending", now, lambda: core.redis.call(now, send)):
         core.pending_cancels.difference_update(ids)
