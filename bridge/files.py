@@ -163,6 +163,8 @@ def kept_name(st: os.stat_result) -> str:
 
 def foreign_links(path: Path, st: os.stat_result, kept_folder: Path) -> bool:
     """Whether the file has names other than `path` and the bridge's own kept copy of it."""
+    if st.st_nlink <= 1:
+        return False
     own = 1 if _same_file(kept_folder / kept_name(st), st) else 0
     return st.st_nlink - own > 1
 

@@ -66,6 +66,7 @@ class Intake:
         self.types = types
         self.formats = formats.checker(settings.mail_db_path)
         self.rejected = settings.data_root / REJECTED_DIR
+        self._dirs_checked: dict[Path, bool] = {}  # this pass's user folders: real or a link
         self.pending: dict[Path, Pending] = {}
         self._ignored: set[Path] = set()
         self._root = str(settings.task_queue).rstrip("/") + "/"
@@ -90,6 +91,16 @@ class Intake:
             except OSError:
                 entry.closed_sig = None
 
+    def new_pass(self) -> None:
+        """Look at user folders afresh: one may have been swapped for a link since."""
+        self._dirs_checked.clear()
+
+    def _real_directory(self, path: Path) -> bool:
+        known = self._dirs_checked.get(path)
+        if known is None:
+            known = self._dirs_checked[path] = _real_directory(path)
+        return known
+
     def forget(self, path: Path) -> None:
         self.pending.pop(path, None)
 
@@ -100,7 +111,7 @@ class Intake:
 
     def _look(self, path: Path, entry: Pending) -> os.stat_result | Decision:
         """The file's lstat, or the decision when it is no task file to read."""
-        if not _real_directory(path.parent):
+        if not self._real_directory(path.parent):
             self._ignore_once(path, "its user directory is a link, not a directory")
             return Decision(DROP)
         try:

@@ -89,6 +89,7 @@ def intake_once(core: Core, now: float) -> None:
     """Decide for every pending file, then act: resumed files first, so the task-ids they
     hold are known before a new file may claim one."""
     overwritten_once(core, now)
+    core.intake.new_pass()
     started = time.monotonic()
     core.intake_cut = False
     decided: list[tuple[Path, intake.Decision]] = []
