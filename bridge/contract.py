@@ -194,84 +194,102 @@ class ValueProblem(ParseError):
 
 
 class _BadNumber:
-    """A number kept as its text while parsing, so the field that holds it can be named."""
+    """`NaN` or `Infinity` kept as its text while parsing, so the field can be named."""
 
-    def __init__(self, text: str, problem: str) -> None:
-        self.text, self.problem = text, problem
+    def __init__(self, text: str) -> None:
+        self.text = text
 
 
 def _no_constant(name: str) -> _BadNumber:
-    return _BadNumber(name, f"{name} is not a JSON value; write a number or a string")
-
-
-def _bounded_int(text: str) -> int | _BadNumber:
-    digits = len(text.lstrip("-"))
-    if digits > MAX_INT_DIGITS:
-        return _BadNumber(
-            text,
-            f"a number of {digits} digits is more than any field takes (at most "
-            f"{MAX_INT_DIGITS}); write a smaller number",
-        )
-    return int(text)
-
-
-def _finite_float(text: str) -> float | _BadNumber:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        return _BadNumber(text, f"{text[:40]} is too large to be a number; write a smaller one")
-    return value
+    return _BadNumber(name)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueProblem(f"field {key!r} appears twice in one object; keep one of them")
-        out[key] = value
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise ValueProblem(f"field {key!r} appears twice in one object; keep one of them")
+            seen.add(key)
     return out
 
 
-def _bad_number(value: Any, path: str = "") -> tuple[str, _BadNumber] | None:
-    """The first number too large to mean anything, with the field path that holds it."""
-    if isinstance(value, _BadNumber):
-        return path, value
+FLATTEN = "a task file holds a flat record: flatten it"
+_INF = float("inf")
+_INT_LIMIT = 10**MAX_INT_DIGITS
+
+
+def _problem_of(value: Any) -> str | None:
+    """What is wrong with one scalar, if anything (a number no task can mean)."""
+    kind = type(value)
+    if kind is int and not -_INT_LIMIT < value < _INT_LIMIT:
+        return f"a number of more than {MAX_INT_DIGITS} digits is more than any field takes"
+    if kind is float and (value == _INF or value == -_INF):
+        return "the number is too large to be a number; write a smaller one"
+    if kind is _BadNumber:
+        return f"{value.text} is not a JSON value; write a number or a string"
+    return None
+
+
+def _first_problem(root: Any) -> tuple[Any, str] | None:
+    """The first value nested too deep or no task can mean, with why; one pass, no recursion
+    (depth is what is checked)."""
+    stack: list[tuple[Any, int]] = [(root, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return node, f"nested more than {MAX_DEPTH} levels deep; {FLATTEN}"
+        for inner in node.values() if type(node) is dict else node:
+            kind = type(inner)
+            if kind is dict or kind is list:
+                stack.append((inner, depth + 1))
+            elif kind is not str:
+                problem = _problem_of(inner)
+                if problem is not None:
+                    return inner, problem
+    return None
+
+
+def _path_to(node: Any, target: Any, path: str = "", depth: int = 0) -> str | None:
+    """The field path of `target` (by identity) under `node`; only run to word an error."""
+    if node is target:
+        return path
+    if depth > MAX_DEPTH:
+        return None
     items: Any = ()
-    if isinstance(value, dict):
-        items = ((f"{path}.{k}" if path else str(k), v) for k, v in value.items())
-    elif isinstance(value, list):
-        items = ((f"{path}[{i}]", v) for i, v in enumerate(value))
+    if isinstance(node, dict):
+        items = ((f"{path}.{k}" if path else str(k), v) for k, v in node.items())
+    elif isinstance(node, list):
+        items = ((f"{path}[{i}]", v) for i, v in enumerate(node))
     for where, inner in items:
-        found = _bad_number(inner, where)
-        if found is not None:
-            return found
+        if inner is target or isinstance(inner, dict | list):
+            found = _path_to(inner, target, where, depth + 1)
+            if found is not None:
+                return found
     return None
 
 
 def _loads(text: str) -> Any:
-    found: list[bool] = []
-
-    def mark(parse: Any) -> Any:
-        def hook(raw: str) -> Any:
-            value = parse(raw)
-            if isinstance(value, _BadNumber):
-                found.append(True)
-            return value
-
-        return hook
-
-    value = json.loads(
-        text,
-        parse_constant=mark(_no_constant),
-        parse_int=mark(_bounded_int),
-        parse_float=mark(_finite_float),
-        object_pairs_hook=_unique_keys,
-    )
-    if found:
-        bad = _bad_number(value)
-        assert bad is not None
-        where, number = bad
-        place = f"field {where!r}" if where else "the content"
-        raise ValueProblem(f"{place}: {number.problem}")
+    try:
+        value = json.loads(text, parse_constant=_no_constant, object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, ValueProblem):
+        raise
+    except ValueError:  # an integer past Python's own digit limit
+        raise ValueProblem(
+            f"a number of more than {MAX_INT_DIGITS} digits is more than any field takes; "
+            "write a smaller number"
+        ) from None
+    if type(value) is dict or type(value) is list:
+        found = _first_problem(value)
+    else:
+        problem = _problem_of(value)
+        found = (value, problem) if problem else None
+    if found is not None:
+        bad, problem = found
+        where = _path_to(value, bad)
+        place = f"field {where[:80]!r}" if where else "the content"
+        raise ValueProblem(f"{place}: {problem}")
     return value
 
 
@@ -296,28 +314,7 @@ def parse_content(text: str) -> dict[str, Any]:
         raise ParseError("not valid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ParseError(f"the content must be one JSON object {{...}}, not {type(value).__name__}")
-    too_deep = _deeper_than(value, MAX_DEPTH)
-    if too_deep is not None:
-        raise ValueProblem(
-            f"field {too_deep[:80]!r} is nested more than {MAX_DEPTH} levels deep; "
-            "a task file holds a flat record: flatten it"
-        )
     return value
-
-
-def _deeper_than(value: Any, limit: int) -> str | None:
-    """The path of the first value nested deeper than `limit`, or None (no recursion: the
-    depth is what is being checked)."""
-    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
-    while stack:
-        node, path, depth = stack.pop()
-        if depth > limit:
-            return path
-        if isinstance(node, dict):
-            stack.extend((v, f"{path}.{k}" if path else str(k), depth + 1) for k, v in node.items())
-        elif isinstance(node, list):
-            stack.extend((v, f"{path}[{i}]", depth + 1) for i, v in enumerate(node))
-    return None
 
 
 def owned_by_bridge(fields: Mapping[str, Any]) -> bool:

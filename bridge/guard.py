@@ -44,6 +44,12 @@ BACKOFF_FIRST_S = 0.5
 BACKOFF_CAP_S = 30.0
 
 
+def _ids(given: dict[str, str] | Callable[[], dict[str, str]] | None) -> dict[str, str]:
+    if given is None:
+        return ids()
+    return given() if callable(given) else given
+
+
 def transient(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in TRANSIENT_ERRNOS
 
@@ -83,18 +89,20 @@ class Guard:
         now: float,
         action: Callable[[], T],
         end: Callable[[str], object] | None = None,
-        log_ids: dict[str, str] | None = None,
+        log_ids: dict[str, str] | Callable[[], dict[str, str]] | None = None,
     ) -> T | None:
-        """`action()`; on failure hold the file back (passing error) or `end(error)` it."""
-        extra = log_ids or ids()
+        """`action()`; on failure hold the file back (passing error) or `end(error)` it.
+        `log_ids` may be a function: the ids are worked out only when there is a line to log."""
         try:
             value = action()
         except FileNotFoundError as exc:
             # Deleted or renamed by someone else between looking and acting: nothing to end.
+            extra = _ids(log_ids)
             self.troubles.pop(key, None)
             log.info("%s %s: it went away meanwhile (%s)", what, key, exc.strerror, extra=extra)
             return None
         except Exception as exc:  # one file's failure never reaches the loop
+            extra = _ids(log_ids)
             if transient(exc) or end is None:
                 # Nothing to end it with: hold it back as a passing error, logged once.
                 self._hold(key, what, now, exc, extra, trace=not transient(exc))
@@ -106,7 +114,7 @@ class Guard:
             return None
         if key in self.troubles:
             del self.troubles[key]
-            log.warning("%s %s works again", what, key, extra=extra)
+            log.warning("%s %s works again", what, key, extra=_ids(log_ids))
         return value
 
     def _hold(

@@ -8,6 +8,7 @@ and judges; the bridge carries the decision out.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -66,8 +67,9 @@ class Intake:
         self.types = types
         self.formats = formats.checker(settings.mail_db_path)
         self.rejected = settings.data_root / REJECTED_DIR
-        self._dirs_checked: dict[Path, bool] = {}  # this pass's user folders: real or a link
+        self._dirs_checked: dict[str, bool] = {}  # this pass's user folders: real or a link
         self.pending: dict[Path, Pending] = {}
+        self._by_user: dict[str, dict[Path, None]] = {}  # the same, by user, in arrival order
         self._ignored: set[Path] = set()
         self._root = str(settings.task_queue).rstrip("/") + "/"
 
@@ -84,7 +86,10 @@ class Intake:
             return
         name = contract.parse_name(parts)
         assert name is not None
-        entry = self.pending.setdefault(path, Pending(name=name, since=now))
+        entry = self.pending.get(path)
+        if entry is None:
+            entry = self.pending[path] = Pending(name=name, since=now)
+            self._by_user.setdefault(name.user, {})[path] = None
         if closed:
             try:
                 entry.closed_sig = files.signature(path)
@@ -95,14 +100,29 @@ class Intake:
         """Look at user folders afresh: one may have been swapped for a link since."""
         self._dirs_checked.clear()
 
-    def _real_directory(self, path: Path) -> bool:
-        known = self._dirs_checked.get(path)
+    def _real_directory(self, user: str, path: Path) -> bool:
+        known = self._dirs_checked.get(user)
         if known is None:
-            known = self._dirs_checked[path] = _real_directory(path)
+            known = self._dirs_checked[user] = _real_directory(path.parent)
         return known
 
     def forget(self, path: Path) -> None:
-        self.pending.pop(path, None)
+        entry = self.pending.pop(path, None)
+        if entry is not None:
+            mine = self._by_user.get(entry.name.user)
+            if mine is not None:
+                mine.pop(path, None)
+                if not mine:
+                    del self._by_user[entry.name.user]
+
+    def turns(self, per_user: int) -> list[Path]:
+        """Up to `per_user` pending files of each user, one user's at a time in turn, so a
+        user who drops thousands of files does not hold up another's one. No pass costs more
+        than what it hands out."""
+        batches = [list(itertools.islice(mine, per_user)) for mine in self._by_user.values()]
+        if len(batches) == 1:
+            return batches[0]
+        return [p for turn in itertools.zip_longest(*batches) for p in turn if p is not None]
 
     def _ignore_once(self, path: Path, reason: str) -> None:
         if path not in self._ignored and path.name not in ("", "."):
@@ -111,7 +131,7 @@ class Intake:
 
     def _look(self, path: Path, entry: Pending) -> os.stat_result | Decision:
         """The file's lstat, or the decision when it is no task file to read."""
-        if not self._real_directory(path.parent):
+        if not self._real_directory(entry.name.user, path):
             self._ignore_once(path, "its user directory is a link, not a directory")
             return Decision(DROP)
         try:

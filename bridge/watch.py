@@ -18,6 +18,7 @@ from pathlib import Path
 
 from watchdog.events import (
     DirCreatedEvent,
+    DirDeletedEvent,
     DirMovedEvent,
     FileClosedEvent,
     FileClosedNoWriteEvent,
@@ -55,6 +56,18 @@ class Seen:
 
 def _text(path: bytes | str) -> str:
     return os.fsdecode(path)
+
+
+WANTED: list[type[FileSystemEvent]] = [
+    DirCreatedEvent,
+    DirMovedEvent,
+    DirDeletedEvent,
+    FileCreatedEvent,
+    FileModifiedEvent,
+    FileClosedEvent,
+    FileMovedEvent,
+    FileDeletedEvent,
+]
 
 
 class _Handler(FileSystemEventHandler):
@@ -95,7 +108,12 @@ class Watcher:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._observer.schedule(_Handler(self.events), str(self.root), recursive=True)
+        # Only the events the bridge acts on reach the inotify mask: the opens and
+        # no-write closes of its own reads (two per file read, a whole tree at start-up) would
+        # otherwise be parsed in the watcher's thread, competing with the loop for the GIL.
+        self._observer.schedule(
+            _Handler(self.events), str(self.root), recursive=True, event_filter=WANTED
+        )
         self._observer.start()
 
     def stop(self) -> None:

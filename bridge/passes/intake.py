@@ -7,11 +7,10 @@ REJECTED with its error, and the others go on.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,8 @@ from taskd import states
 log = logging.getLogger(__name__)
 
 ORIGINAL_FILE = "original-file"
-PASS_BUDGET_S = 0.5  # judging, then as long again acting, before the pass yields
+PASS_BUDGET_S = 1.0  # judging, then as long again acting, before the pass yields
+PER_USER_PER_PASS = 4096  # files of one user looked at in one pass, at most
 INLINE_SLACK = 8192  # the bridge's own fields and an error message
 
 
@@ -93,7 +93,7 @@ def intake_once(core: Core, now: float) -> None:
     started = time.monotonic()
     core.intake_cut = False
     decided: list[tuple[Path, intake.Decision]] = []
-    for path in _by_turns(core.intake.pending):
+    for path in core.intake.turns(PER_USER_PER_PASS):
         if time.monotonic() - started > PASS_BUDGET_S:
             core.intake_cut = True  # the rest next pass, at once: others' files wait no longer
             break
@@ -106,7 +106,7 @@ def intake_once(core: Core, now: float) -> None:
             now,
             lambda path=path: core.intake.consider(path, now),  # type: ignore[misc]
             end=lambda error, path=path: _reject_pending(core, path, error),  # type: ignore[misc]
-            log_ids=path_ids(path),
+            log_ids=partial(path_ids, path),
         )
         if decision is None:
             _done_unless_held(core, path)
@@ -126,24 +126,12 @@ def intake_once(core: Core, now: float) -> None:
             now,
             lambda p=path, d=decision: _carry_out(core, p, d, now, taken),  # type: ignore[misc]
             end=lambda error, p=path: _reject_pending(core, p, error),  # type: ignore[misc]
-            log_ids=path_ids(path),
+            log_ids=partial(path_ids, path),
         )
         _done_unless_held(core, path)
     verify_adopting(core, now)
     if taken:
         _publish_taken(core, taken, now)
-
-
-def _by_turns(pending: Iterable[Path]) -> list[Path]:
-    """Pending files, one user's at a time in turn: a user who drops thousands of files does
-    not make another user's one file wait behind them."""
-    by_user: dict[Path, list[Path]] = {}
-    for path in pending:
-        by_user.setdefault(path.parent, []).append(path)
-    queues = list(by_user.values())
-    if len(queues) == 1:
-        return queues[0]
-    return [p for turn in itertools.zip_longest(*queues) for p in turn if p is not None]
 
 
 def _doing(action: str) -> str:
@@ -191,7 +179,7 @@ def _publish_taken(core: Core, taken: list[Tracked], now: float) -> None:
             now,
             lambda t=task: dispatch.publish_when_due(core, t, Known(None, None), now, due),  # type: ignore[misc]
             end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
-            log_ids=task_ids(task),
+            log_ids=partial(task_ids, task),
         )
     if due:
         try:
@@ -205,7 +193,7 @@ def _publish_taken(core: Core, taken: list[Tracked], now: float) -> None:
                     now,
                     lambda t=task: core.redis.call(now, lambda: core.publisher.publish(t)),  # type: ignore[misc]
                     end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
-                    log_ids=task_ids(task),
+                    log_ids=partial(task_ids, task),
                 )
     for task in due:
         dispatch.after_publish(core, task)
@@ -363,7 +351,7 @@ def verify_adopting(core: Core, now: float) -> None:
             now,
             lambda p=path, f=fields: _resume(core, p, f, answer),  # type: ignore[misc]
             end=lambda error, p=path: _reject_pending(core, p, error),  # type: ignore[misc]
-            log_ids=path_ids(path),
+            log_ids=partial(path_ids, path),
         )
 
 

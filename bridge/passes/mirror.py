@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 
 from bridge import dispatch, schedule, writer
 from bridge.core import Core, task_ids
@@ -33,7 +34,7 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
             now,
             lambda t=task, i=info: _mirror_one(core, t, i, now, now_iso),  # type: ignore[misc]
             end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
-            log_ids=task_ids(task),
+            log_ids=partial(task_ids, task),
         )
     handed_out_once(core, now, tasks, known)
     core.metrics.mirrored(now, time.monotonic())
@@ -67,7 +68,7 @@ def handed_out_once(core: Core, now: float, tasks: list[Tracked], known: dict[st
                 now,
                 lambda t=task: dispatch.recover(core, t, _retries(t), now),  # type: ignore[misc]
                 end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
-                log_ids=task_ids(task),
+                log_ids=partial(task_ids, task),
             )
 
 

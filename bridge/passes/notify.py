@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ def notify_once(core: Core, now: float, known: Mapping[str, Known]) -> None:
             now,
             lambda j=job, i=info: _one(core, j, i, now),  # type: ignore[misc]
             end=lambda error, j=job: _give_up(core, j, error),  # type: ignore[misc]
-            log_ids=task_ids(job),
+            log_ids=partial(task_ids, job),
         )
 
 

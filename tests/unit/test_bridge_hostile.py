@@ -447,7 +447,7 @@ def test_nesting_deeper_than_a_task_needs_is_rejected(bridge: Bridge) -> None:
     _passes(bridge, rounds=1)
     _, fields = _only(bridge)
     assert fields["state"] == "REJECTED"
-    assert "is nested more than 32 levels deep" in fields["error"]
+    assert "nested more than 32 levels deep" in fields["error"]
 
 
 def test_a_name_that_is_not_utf8_is_rejected(bridge: Bridge) -> None:
