@@ -86,8 +86,9 @@ def overwritten_once(core: Core, now: float) -> None:
 
 
 def intake_once(core: Core, now: float) -> None:
-    """Decide for every pending file, then act: resumed files first, so the task-ids they
-    hold are known before a new file may claim one."""
+    """Decide for every pending file, then act: files the bridge wrote are resumed as they are
+    found (nothing of them is held for later), new files are taken or rejected after, so the
+    task-ids resumed files hold are known before a new file may claim one."""
     overwritten_once(core, now)
     core.intake.new_pass()
     started = time.monotonic()
@@ -110,28 +111,33 @@ def intake_once(core: Core, now: float) -> None:
         )
         if decision is None:
             _done_unless_held(core, path)
-        elif decision.action == intake.WAIT:
-            continue
-        else:
+        elif decision.action == intake.ADOPT:
+            _act(core, path, decision, now, [])
+        elif decision.action != intake.WAIT:
             decided.append((path, decision))
-    decided.sort(key=lambda item: item[1].action != intake.ADOPT)
     taken: list[Tracked] = []
     for path, decision in decided:
-        if decision.action != intake.ADOPT and time.monotonic() - started > 2 * PASS_BUDGET_S:
+        if time.monotonic() - started > 2 * PASS_BUDGET_S:
             core.intake_cut = True  # left pending: judged again next pass
             break
-        core.guard.run(
-            str(path),
-            _doing(decision.action),
-            now,
-            lambda p=path, d=decision: _carry_out(core, p, d, now, taken),  # type: ignore[misc]
-            end=lambda error, p=path: _reject_pending(core, p, error),  # type: ignore[misc]
-            log_ids=partial(path_ids, path),
-        )
-        _done_unless_held(core, path)
+        _act(core, path, decision, now, taken)
     verify_adopting(core, now)
     if taken:
         _publish_taken(core, taken, now)
+
+
+def _act(
+    core: Core, path: Path, decision: intake.Decision, now: float, taken: list[Tracked]
+) -> None:
+    core.guard.run(
+        str(path),
+        _doing(decision.action),
+        now,
+        lambda: _carry_out(core, path, decision, now, taken),
+        end=lambda error: _reject_pending(core, path, error),
+        log_ids=partial(path_ids, path),
+    )
+    _done_unless_held(core, path)
 
 
 def _doing(action: str) -> str:
