@@ -21,7 +21,7 @@ from bridge.guard import Guard
 from bridge.intake import Intake
 from bridge.logs import ids
 from bridge.model import Table, Tracked
-from bridge.notify import Notifier
+from bridge.notify import Notifier, is_regular
 from bridge.publish import Publisher
 from taskd import states
 from taskd.settings import Settings
@@ -154,5 +154,6 @@ class Core:
         self.table.drop(task)
         self.pending_cancels.add(task.job_id)
         notify = task.path.with_name(contract.notify_mail_name(task.task_id))
-        notify.unlink(missing_ok=True)
+        if is_regular(notify):  # a link or FIFO in its place is no mail: left as it is
+            notify.unlink(missing_ok=True)
         log.info("%s deleted: cancelling job %s", task.path.name, task.job_id, extra=task_ids(task))

@@ -296,8 +296,7 @@ WRITTEN: dict[tuple[int, int, int], float] = {}
 UNTOUCHED_GRACE_S = 2.0
 
 
-def note_written(path: Path) -> None:
-    st = os.lstat(path)
+def note_written(st: os.stat_result) -> None:
     WRITTEN[(st.st_ino, st.st_size, st.st_mtime_ns)] = time.monotonic()
 
 

@@ -130,8 +130,11 @@ class HostileMachine(RuleBasedStateMachine):
     def _write(self, directory: Path, name: str, content: bytes) -> Path:
         path = directory / name
         self._note(f"write {directory.name}/{name!r}: {content[:300]!r} ({len(content)} bytes)")
-        path.write_bytes(content)
-        note_written(path)
+        with open(path, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            # From the descriptor: the bridge may take and rename the file before a stat by name.
+            note_written(os.fstat(handle.fileno()))
         self.written += len(content)
         self.created += 1
         match = fs_stem(name)
