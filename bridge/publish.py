@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import Celery
+from kombu.exceptions import OperationalError
 
 from bridge.model import Tracked
 from bridge.schedule import Known
@@ -22,7 +23,10 @@ from taskd.jobs import JobRecord
 
 log = logging.getLogger(__name__)
 
-UNACKED_KEY = "unacked"  # kombu's Redis transport: messages delivered but not yet acked
+UNACKED_KEY = "unacked"
+# What kombu's Redis transport raises from a channel whose connection was lost under it (after
+# a Redis restart the channel can hold `connection = None`): an outage, not a bug of the job.
+BROKEN_CHANNEL = (AttributeError,)  # kombu's Redis transport: messages delivered but not yet acked
 
 
 def job_label(task: Tracked) -> dict[str, str]:
@@ -51,15 +55,29 @@ class Publisher:
                 pipe.hset(states.job_key(task.job_id), mapping=record.mapping())
             pipe.sadd(states.KEY_ACTIVE, *[task.job_id for task in tasks])
             pipe.execute()
-        with self.app.producer_or_acquire() as producer:
-            for task in tasks:
-                self._send(task, attempt, producer)
+        try:
+            with self.app.producer_or_acquire() as producer:
+                for task in tasks:
+                    self._send(task, attempt, producer)
+        except BROKEN_CHANNEL as exc:
+            self._reset_broker()
+            raise OperationalError(f"the broker connection broke ({exc!r})") from exc
         with self.client.pipeline(transaction=False) as pipe:
             for task in tasks:
                 pipe.hset(states.job_key(task.job_id), jobs.RECORD_STATUS, states.JOB_PUBLISHED)
             pipe.execute()
         for task in tasks:
             task.published = True
+
+    def _reset_broker(self) -> None:
+        """Drop the app's broker connections so the next send builds fresh ones."""
+        pool, self.app._pool = self.app._pool, None
+        self.app.amqp._producer_pool = None
+        if pool is not None:
+            try:
+                pool.force_close_all()
+            except Exception as exc:  # noqa: BLE001 - closing what is already broken
+                log.debug("closing the broken broker pool: %s", exc)
 
     def _send(self, task: Tracked, attempt: int, producer: Any) -> None:
         priority = task.fields.get("priority")
