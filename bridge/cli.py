@@ -271,6 +271,9 @@ def _celery_state(settings: Any, job_id: str) -> Any:
     return parse_meta(meta)
 
 
+SHOW_LIMIT = 1 << 24  # a task file the bridge wrote is far smaller; a FIFO or link is refused
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     from bridge import contract, files
     from taskd import states
@@ -283,7 +286,9 @@ def cmd_show(args: argparse.Namespace) -> int:
     fields: dict[str, Any] = {}
     if path is not None:
         try:
-            fields = contract.parse_content(contract.decode_utf8(files.read_all(path)))
+            fields = contract.parse_content(
+                contract.decode_utf8(files.read_regular(path, SHOW_LIMIT))
+            )
         except (OSError, ValueError) as exc:
             print(f"{path}: cannot read: {exc}", file=sys.stderr)
             return EXIT_BAD

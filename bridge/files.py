@@ -85,13 +85,6 @@ def read_regular(path: Path, limit: int, expect: os.stat_result | None = None) -
     return data
 
 
-def read_all(path: Path) -> bytes:
-    """The whole of a regular file, however large (to keep a rejected file's content)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
-
-
 def atomic_write(path: Path, data: bytes, durable: bool, sync_dir: bool = True) -> None:
     atomic.write_atomic(
         path, data, durable=durable, sync_dir=sync_dir, suffix=atomic.BRIDGE_TEMP_SUFFIX

@@ -11,23 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from bridge import contract, intake
 from bridge.daemon import Bridge
 from bridge.logs import TextFormatter
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType, load_types
+from tests.support.noredis import NoRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 LIMIT = 4096
-
-
-class _NoRedis:
-    """Redis is down: every call fails as a refused connection would."""
-
-    def pipeline(self, **_: Any) -> Any:
-        raise redis.exceptions.ConnectionError("connection refused")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +32,7 @@ def types() -> dict[str, TaskType]:
 def bridge(tmp_path: Path, types: dict[str, TaskType]) -> Bridge:
     settings = Settings(data_root=tmp_path, max_task_bytes=LIMIT, settle=0.0)
     (settings.task_queue / "3").mkdir(parents=True)
-    return Bridge(settings, types, app=None, client=_NoRedis())  # type: ignore[arg-type]
+    return Bridge(settings, types, app=None, client=NoRedis())  # type: ignore[arg-type]
 
 
 def _drop(bridge: Bridge, name: str, content: bytes | str | dict[str, Any]) -> Path:
@@ -240,14 +233,14 @@ def test_a_second_file_with_a_task_id_in_use_is_rejected(bridge: Bridge) -> None
 def test_a_task_id_in_use_is_known_after_a_restart(bridge: Bridge, types: Any) -> None:
     _drop(bridge, "0001.SLOW", '{"type": "SLOW"}')
     _passes(bridge, rounds=1)
-    again = Bridge(bridge.settings, types, app=None, client=_NoRedis())  # type: ignore[arg-type]
+    again = Bridge(bridge.settings, types, app=None, client=NoRedis())  # type: ignore[arg-type]
     _drop(again, "0001.SLOW", '{"type": "SLOW"}')
     _passes(again, rounds=2, start=100.0)
     states = sorted(json.loads(raw)["state"] for raw in _files(again).values())
     assert states == ["QUEUED", "REJECTED"]
     # Both say task 0001; a third start resumes them as they are, whichever it reads first.
     before = _files(again)
-    third = Bridge(bridge.settings, types, app=None, client=_NoRedis())  # type: ignore[arg-type]
+    third = Bridge(bridge.settings, types, app=None, client=NoRedis())  # type: ignore[arg-type]
     _passes(third, rounds=2, start=200.0)
     assert _files(third) == before
 

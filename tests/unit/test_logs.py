@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
 from bridge import intake
 from bridge.daemon import Bridge
 from bridge.logs import JsonFormatter, TextFormatter, ids
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType, load_types
+from tests.support.noredis import NoRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 JOB = "0b6e4c1e-5f5e-4f4c-9d37-6f0c2a7d9e11"
@@ -72,13 +72,6 @@ def test_text_lines_end_with_the_ids_as_key_value_pairs() -> None:
 # --- the bridge's own event lines -------------------------------------------------------------
 
 
-class _NoRedis:
-    """Redis is down: every call fails as a refused connection would."""
-
-    def pipeline(self, **_: Any) -> Any:
-        raise redis.exceptions.ConnectionError("connection refused")
-
-
 @pytest.fixture(scope="module")
 def types() -> dict[str, TaskType]:
     return load_types([ROOT / "tests" / "support" / "schemas"])
@@ -88,7 +81,7 @@ def types() -> dict[str, TaskType]:
 def bridge(tmp_path: Path, types: dict[str, TaskType]) -> Bridge:
     settings = Settings(data_root=tmp_path)
     (settings.task_queue / "3").mkdir(parents=True)
-    return Bridge(settings, types, app=None, client=_NoRedis())  # type: ignore[arg-type]
+    return Bridge(settings, types, app=None, client=NoRedis())  # type: ignore[arg-type]
 
 
 def _one(caplog: pytest.LogCaptureFixture, words: str) -> logging.LogRecord:
