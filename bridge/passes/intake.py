@@ -8,6 +8,7 @@ REJECTED with its error, and the others go on.
 from __future__ import annotations
 
 import logging
+import os
 import time
 import uuid
 from functools import partial
@@ -236,7 +237,7 @@ def take(
     new_path = path.with_name(
         contract.render_name(name.stem, name.type, fields, task_type.runtime_info)
     )
-    if os_exists(new_path):
+    if os.path.lexists(new_path):
         error = f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
         reject(core, path, name, decision.verdict.fields, error)
         return
@@ -248,13 +249,6 @@ def take(
     core.metrics.count(metrics.TAKEN)
     log.info("took %s as job %s", new_path.name, task.job_id, extra=task_ids(task))
     taken.append(task)
-
-
-def os_exists(path: Path) -> bool:
-    try:
-        return files.signature(path) is not None
-    except files.NotRegularFile:
-        return True
 
 
 def _reject_pending(core: Core, path: Path, error: str) -> None:
@@ -293,7 +287,7 @@ def reject(
     parts = task_type.runtime_info if task_type else (states.PROGRESS_FIELD,)
     new_name = contract.render_name(name.stem, name.type, ending, parts)
     new_path = path.with_name(new_name)
-    if not contract.fits(new_name) or os_exists(new_path):
+    if not contract.fits(new_name) or os.path.lexists(new_path):
         new_path = path  # keep the name rather than replace another file or overflow it
     files.rewrite_then_rename(path, new_path, data)
     if core.owners.holder(name.user, name.stem, new_path) is None:
