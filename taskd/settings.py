@@ -6,6 +6,7 @@ Precedence is argument > environment > default, resolved at call time.
 from __future__ import annotations
 
 import math
+import re
 import os
 import socket
 from collections.abc import Mapping
@@ -81,6 +82,18 @@ def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
         raise SettingsError(f"{name}={raw!r} is not a whole number") from None
 
 
+def redact_url(url: str) -> str:
+    """`url` with any password replaced by `***`: fit for messages, logs and pages."""
+    # user:password@ (or a lone token@) after the scheme, and a password= query parameter.
+    url = re.sub(r"^([a-z][a-z0-9+.-]*://)([^/:@?#]*:)?[^/?#]*@", _mask_userinfo, url, flags=re.I)
+    return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
+
+
+def _mask_userinfo(match: re.Match[str]) -> str:
+    user = match.group(2)
+    return f"{match.group(1)}{user or ''}***@"
+
+
 def _paths(raw: str) -> tuple[Path, ...]:
     return tuple(Path(p) for p in raw.split(":") if p)
 
@@ -117,7 +130,8 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             raise SettingsError(
-                f"TASKD_REDIS_URL={self.redis_url!r} is not a Redis URL; write redis://host:port/db"
+                f"TASKD_REDIS_URL={redact_url(self.redis_url)!r} is not a Redis URL; "
+                "write redis://host:port/db"
             )
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"TASKD_LOG_FORMAT={self.log_format!r}: use text or json")
