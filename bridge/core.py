@@ -23,7 +23,7 @@ from bridge.logs import ids
 from bridge.model import Table, Tracked
 from bridge.notify import Notifier, is_regular
 from bridge.publish import Publisher
-from taskd import states
+from taskd import roots, states
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType, notify_type
 
@@ -133,7 +133,8 @@ class Core:
         self.table = Table()
         self.owners = Owners()
         self.intake = Intake(settings, types)
-        self.publisher = Publisher(app, client)
+        self.root_id = roots.root_id(settings.data_root)
+        self.publisher = Publisher(app, client, self.root_id)
         self.notifier = Notifier(notify_type(settings.notify_retry_intervals))
         self.pending_cancels: set[str] = set()
         self.orphans: dict[str, float] = {}  # job id -> since when it has had no lease

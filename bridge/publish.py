@@ -35,9 +35,10 @@ def job_label(task: Tracked) -> dict[str, str]:
 
 
 class Publisher:
-    def __init__(self, app: Celery, client: Any) -> None:
+    def __init__(self, app: Celery, client: Any, root: str = "") -> None:
         self.app = app
         self.client = client
+        self.root = root  # the data root's identity, carried by every record and message
 
     def publish(self, task: Tracked, attempt: int = 0) -> None:
         """Record, then send; `attempt` is the retry this sends (0 for the first try)."""
@@ -51,7 +52,9 @@ class Publisher:
             return
         with self.client.pipeline(transaction=True) as pipe:
             for task in tasks:
-                record = JobRecord(task.user, task.task_id, task.type.name, attempt=attempt)
+                record = JobRecord(
+                    task.user, task.task_id, task.type.name, attempt=attempt, root=self.root
+                )
                 pipe.hset(states.job_key(task.job_id), mapping=record.mapping())
             pipe.sadd(states.KEY_ACTIVE, *[task.job_id for task in tasks])
             pipe.execute()
@@ -83,7 +86,7 @@ class Publisher:
         priority = task.fields.get("priority")
         self.app.send_task(
             task.type.task,
-            args=[{**task.spec(), states.RETRIES: attempt}],
+            args=[{**task.spec(), states.RETRIES: attempt, states.SPEC_ROOT: self.root}],
             task_id=task.job_id,
             queue=task.type.queue,
             # The default (anonymous) exchange routes by queue name alone. A named exchange

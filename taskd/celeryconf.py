@@ -6,6 +6,7 @@ them as a whole).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -66,9 +67,12 @@ def config(settings: Settings, include: Iterable[str] = ()) -> dict[str, Any]:
         # stays small (the task's arguments are not copied into every state write).
         "result_extended": False,
         "result_expires": RESULT_EXPIRES_S,
-        # A blink of Redis while storing a state is retried, not turned into a lost update.
+        # Redis away while a job's outcome is stored: the store is tried again until Redis is
+        # back, however long that takes, instead of failing a job whose work is done. (The
+        # outcome is on disk already, taskd/outcomes.py, should the worker die meanwhile.)
         "result_backend_always_retry": True,
-        "result_backend_max_retries": 20,
+        "result_backend_max_retries": math.inf,
+        "result_backend_max_sleep_between_retries_ms": 5000,
         "result_backend_transport_options": redis_options(settings),
         "redis_socket_timeout": SOCKET_TIMEOUT_S,
         "redis_socket_connect_timeout": CONNECT_TIMEOUT_S,

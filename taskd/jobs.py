@@ -24,6 +24,7 @@ RECORD_ATTEMPT = states.JOB_ATTEMPT
 RECORD_USER = "user"
 RECORD_TASK_ID = "task-id"
 RECORD_TYPE = "type"
+RECORD_ROOT = "root"  # identity of the data root whose bridge published the job (taskd/roots.py)
 MAX_COUNT = 1_000_000  # no retry count or percentage is larger; a larger one is garbage
 
 
@@ -53,6 +54,7 @@ class JobRecord:
     type: str
     status: str = states.JOB_PUBLISHING
     attempt: int = 0
+    root: str = ""
 
     def mapping(self) -> dict[str, str | int]:
         return {
@@ -61,6 +63,7 @@ class JobRecord:
             RECORD_USER: self.user,
             RECORD_TASK_ID: self.task_id,
             RECORD_TYPE: self.type,
+            RECORD_ROOT: self.root,
         }
 
     @classmethod
@@ -75,6 +78,7 @@ class JobRecord:
             type=fields.get(RECORD_TYPE) or "",
             status=fields.get(RECORD_STATUS) or "",
             attempt=count(fields.get(RECORD_ATTEMPT)),
+            root=fields.get(RECORD_ROOT) or "",
         )
 
 

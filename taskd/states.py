@@ -71,6 +71,10 @@ OWNED_MARKERS = frozenset({TASK_ID, STATE, JOB_ID, QUEUED_AT})
 # those of the bridge's fields, never stand, or the file would show an outcome nobody produced.
 RESULT_FIELDS = ("output", "matched", "tmp-space")
 
+# What a job's message carries beside the task's spec: the identity of its data root, so a worker
+# of another data root never runs it (taskd/roots.py).
+SPEC_ROOT = "root"
+
 # Keys of the meta a task stores with state PROGRESS (and returns on SUCCESS).
 META_PROGRESS = "progress"
 META_FIELDS = "fields"  # task-specific fields to mirror into the file (output, matched, ...)
@@ -94,6 +98,7 @@ KEY_ACTIVE = "taskd:active"  # set of job ids the bridge mirrors
 KEY_CANCEL = "taskd:cancel:{job_id}"  # durable revoke: a worker never runs (or stops) this job
 KEY_CLAIM = "taskd:claim:{job_id}"  # which worker process runs the job now
 KEY_DONE = "taskd:done:{job_id}"  # final outcome, so a second delivery does not redo the work
+KEY_ROOT = "taskd:root"  # the data root this Redis db serves (taskd/roots.py)
 
 JOB_ATTEMPT = "attempt"  # field of the job record: which retry was published last
 JOB_PUBLISHING = "publishing"

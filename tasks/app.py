@@ -7,11 +7,15 @@ the task types' schemas: a new type's module is picked up without touching this 
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
-from celery import Celery
+import redis
+from celery import Celery, signals
 
-from taskd.celeryconf import config
+from taskd import roots
+from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, config
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
 
@@ -27,3 +31,21 @@ class TaskdCelery(Celery):
 
 
 app = TaskdCelery("taskd")
+
+
+@signals.worker_init.connect
+def refuse_another_root(sender: Any = None, **_: Any) -> None:
+    """A worker never starts on a Redis db that serves another data root (taskd/roots.py)."""
+    settings = Settings.from_env(os.environ)
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_timeout=SOCKET_TIMEOUT_S,
+        socket_connect_timeout=CONNECT_TIMEOUT_S,
+    )
+    try:
+        roots.refuse_if_taken(client, settings.data_root, settings.redis_url)
+    except roots.RootConflict as exc:
+        logging.getLogger(__name__).critical("not starting: %s", exc)
+        raise SystemExit(2) from None
+    finally:
+        client.close()

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 from celery import Task
 from celery.exceptions import Ignore, Reject, SoftTimeLimitExceeded
 
-from taskd import jobs, states
+from taskd import jobs, outcomes, roots, states
 from taskd.leases import RELEASE, TAKE_OR_KEEP
 from taskd.settings import Settings
 from taskd.tasktypes import NOTIFY, RetryPolicy, load_types
@@ -133,6 +133,7 @@ class TaskdTask(Task):  # type: ignore[misc]
 
     typing = False
     _settings: Settings | None = None
+    _root_id: str | None = None
 
     @property
     def settings(self) -> Settings:
@@ -145,6 +146,7 @@ class TaskdTask(Task):  # type: ignore[misc]
         worker = f"{self.request.hostname}"
         owner = f"{worker}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         client = self.backend.client
+        self._check_root(spec.get(states.SPEC_ROOT))
         try:
             verdict = self._enter(client, job_id, owner, int(spec.get(states.RETRIES) or 0))
         except Reject:
@@ -161,6 +163,34 @@ class TaskdTask(Task):  # type: ignore[misc]
             beat.stop.set()
             _quietly(client.eval, RELEASE, 1, states.claim_key(job_id), owner)
 
+    @property
+    def root_id(self) -> str:
+        if TaskdTask._root_id is None:
+            TaskdTask._root_id = roots.root_id(self.settings.data_root)
+        return TaskdTask._root_id
+
+    @property
+    def _root_claim(self) -> str:
+        host = str(self.request.hostname)
+        return roots.RootClaim(self.root_id, str(self.settings.data_root), host).dump()
+
+    def _check_root(self, value: object, claim: bool = False) -> None:
+        """Never run a job of another data root, nor on a Redis db that serves another: put the
+        job back for its own workers and stop this worker (it is deployed on the wrong db)."""
+        settings, job_id = self.settings, str(self.request.id)
+        problem: roots.RootConflict | None = None
+        if claim:
+            other = roots.other_root(value, self.root_id)  # type: ignore[arg-type]
+            if other is not None:
+                problem = roots.conflict(settings.redis_url, settings.data_root, other)
+        elif isinstance(value, str) and value and value != self.root_id:
+            problem = roots.foreign_job(settings.redis_url, settings.data_root, job_id)
+        if problem is None:
+            return
+        log.critical("stopping this worker: %s", problem)
+        _quietly(self.app.control.shutdown, destination=[self.request.hostname])
+        raise Reject(str(problem), requeue=True)
+
     def _enter(self, client: Any, job_id: str, worker: str, attempt: int) -> dict[str, Any] | None:
         """Claim the job, or say why not: cancelled, or already finished.
 
@@ -175,7 +205,9 @@ class TaskdTask(Task):  # type: ignore[misc]
                     pipe.get(states.done_key(job_id))
                     pipe.set(states.claim_key(job_id), worker, nx=True, ex=CLAIM_TTL_S)
                     pipe.get(states.meta_key(job_id))
-                    cancelled, done, claimed, meta = pipe.execute()
+                    pipe.set(states.KEY_ROOT, self._root_claim, nx=True)
+                    pipe.get(states.KEY_ROOT)
+                    cancelled, done, claimed, meta, _, root = pipe.execute()
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise  # the same every time: trying again would loop for ever
@@ -187,10 +219,12 @@ class TaskdTask(Task):  # type: ignore[misc]
                 log.warning("job %s: cannot claim yet (%s)", job_id, exc)
                 time.sleep(errors)
                 continue
+            self._check_root(root, claim=True)
             if cancelled:
                 return {"cancelled": True}
-            if done:
-                return dict(json.loads(done))
+            kept = outcomes.parse(done) or outcomes.find(self.settings.data_root, job_id)
+            if kept is not None:
+                return kept
             if claimed and _later_try_waits(meta, attempt):
                 _quietly(client.eval, RELEASE, 1, states.claim_key(job_id), worker)
                 return {"stale": True}
@@ -286,12 +320,10 @@ class TaskdTask(Task):  # type: ignore[misc]
         raise Ignore()
 
     def _finish(self, client: Any, job_id: str, state: str, result: Any) -> None:
-        """Remember the outcome so a second delivery replays it instead of redoing the work."""
-        record: dict[str, Any] = {"state": state}
-        if state == states.FAILURE:
-            record["error"] = str(result)
-        else:
-            record["result"] = result
+        """Remember the outcome so a second delivery replays it instead of redoing the work:
+        on disk first (it outlives any Redis outage or loss), then in Redis."""
+        record = outcomes.record(state, result)
+        outcomes.keep(self.settings.data_root, job_id, record)
         _quietly(client.set, states.done_key(job_id), json.dumps(record), ex=states.DONE_TTL_S)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from functools import partial
 
 from bridge import dispatch, schedule, writer
@@ -12,6 +13,7 @@ from bridge.core import Core, task_ids
 from bridge.mirror import updates_for, utc_now
 from bridge.model import Tracked
 from bridge.schedule import Known
+from taskd import jobs, outcomes, states
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +30,17 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     now_iso = utc_now()
     for task in tasks:
         info = known.get(task.job_id, Known(None, None))
+        key = f"job {task.job_id}"  # not the path: a write that fails after the rename moves it
+        if not core.guard.ready(key, now):
+            continue  # held back by the machine (a full disk): tried again after its pause
         core.guard.run(
-            str(task.path),
+            key,
             "mirroring",
             now,
             lambda t=task, i=info: _mirror_one(core, t, i, now, now_iso),  # type: ignore[misc]
             end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
             log_ids=partial(task_ids, task),
+            shown=lambda t=task: str(t.path),  # type: ignore[misc]
         )
     handed_out_once(core, now, tasks, known)
     core.metrics.mirrored(now, time.monotonic())
@@ -42,9 +48,33 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
 
 
 def _mirror_one(core: Core, task: Tracked, info: Known, now: float, now_iso: str) -> None:
+    info = with_kept_outcome(core, task, info)
     dispatch.publish_when_due(core, task, info, now)
     if task.job_id in core.table.by_job:  # a recovery may have ended it
         writer.write(core, task, updates_for(info.meta, task.fields, now_iso), now)
+
+
+def with_kept_outcome(core: Core, task: Tracked, info: Known) -> Known:
+    """What Redis says, or the outcome the worker kept on disk where Redis could not be told:
+    a FAILURE stored because the outcome could not be (Redis away too long), a job Redis lost,
+    or one whose worker is gone. Looked up only in those cases (taskd/outcomes.py)."""
+    status = jobs.status(info.meta)
+    lost = info.meta is None and info.record is None
+    orphan = status in schedule.RUNNING and not info.leased
+    if status != states.FAILURE and not lost and not orphan:
+        return info
+    kept = outcomes.find(core.settings.data_root, task.job_id)
+    if kept is None or (status == states.FAILURE and kept["state"] != states.SUCCESS):
+        return info
+    if kept["state"] == states.SUCCESS:
+        meta = {"status": states.SUCCESS, "result": kept.get("result")}
+    else:
+        error = [str(kept.get("error", ""))]
+        meta = {
+            "status": states.FAILURE,
+            "result": {"exc_type": "TaskFailed", "exc_message": error},
+        }
+    return replace(info, meta=meta)
 
 
 def handed_out_once(core: Core, now: float, tasks: list[Tracked], known: dict[str, Known]) -> None:

@@ -108,6 +108,8 @@ def _job_file_exists(core: Core, now: float, job_id: str) -> bool:
     record = JobRecord.parse(raw)
     if record is None:
         return False
+    if record.root and record.root != core.root_id:
+        return True  # another data root's job (see taskd/roots.py): never this bridge's to cancel
     user, task_id = record.user, record.task_id
     if not contract.USER_RE.fullmatch(user) or not task_id or "/" in task_id:
         return False

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import collections
+import os
+import time
+
+import pytest
 
 from tests.conftest import Drop
-from tests.support.procs import BridgeProc, RedisServer
+from tests.support.procs import BridgeProc, RedisServer, wait_until
 
 
 def _starts(drop: Drop) -> collections.Counter[str]:
@@ -53,3 +57,39 @@ def test_jobs_lost_with_redis_are_published_again_and_run_once(
     busy = [drop.fields(f"busy{i}")["job-id"] for i in range(4)]
     assert [starts[j] for j in busy] == [1, 1, 1, 1]
     assert "Redis restarted (run_id changed)" in bridge.log.read_text()
+
+
+LONG_OUTAGE_S = float(os.environ.get("TASKD_TEST_LONG_OUTAGE", "120"))
+"""Well past the minute after which Celery used to give up storing an outcome (and fail a job
+whose work was done); `TASKD_TEST_LONG_OUTAGE=600 make test` tries ten minutes."""
+
+
+@pytest.mark.parametrize("outage", [8.0, LONG_OUTAGE_S], ids=["seconds", "minutes"])
+def test_a_job_that_ends_while_redis_is_away_ends_success_once(
+    bridge: BridgeProc, drop: Drop, redis_server: RedisServer, outage: float
+) -> None:
+    drop.write("ends.SLOW", {"type": "SLOW", "steps": 20, "step-seconds": 0.2})
+    running = drop.wait_state("ends", "PROGRESS", timeout=15)
+    redis_server.kill()
+    try:
+        time.sleep(1.0)
+        drop.write("waits.SLOW", {"type": "SLOW", "steps": 1, "step-seconds": 0.01})
+        waiting = drop.wait_state("waits", "QUEUED", timeout=10)
+        # The job's work ends while Redis is away; its outcome is kept on disk meanwhile.
+        wait_until(
+            lambda: any(" end " in line and running["job-id"] in line for line in drop.runs()),
+            30,
+            what="the job to finish its work",
+        )
+        time.sleep(max(0.0, outage - 5.0))
+    finally:
+        redis_server.start()  # empty, as a Redis that keeps nothing on disk comes back
+    done = drop.wait_state("ends", {"SUCCESS", "FAILURE"}, timeout=120)
+    assert done["state"] == "SUCCESS", done.get("error")
+    assert done["job-id"] == running["job-id"] and done["steps-done"] == 20
+    later = drop.wait_state("waits", {"SUCCESS", "FAILURE"}, timeout=120)
+    assert later["state"] == "SUCCESS" and later["job-id"] == waiting["job-id"]
+    starts = _starts(drop)
+    assert starts[done["job-id"]] == 1 and starts[later["job-id"]] == 1
+    ends = [line for line in drop.runs() if " end " in line and done["job-id"] in line]
+    assert len(ends) == 1
