@@ -409,7 +409,10 @@ class HostileMachine(RuleBasedStateMachine):
         new = directory / f"r{next(self.serial)}{path.suffix}"
         self.names[new.name] = f"task_id={new.stem} user_id={user}"
         self._note(f"rename {user}/{path.name!r} to {new.name!r}")
-        os.rename(path, new)
+        try:
+            os.rename(path, new)
+        except FileNotFoundError:
+            self._note(f"  {path.name!r} was renamed by the bridge first")
 
     @precondition(lambda self: _family("restart"))
     @rule()
