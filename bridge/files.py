@@ -2,7 +2,8 @@
 
 A rewrite goes to a hidden temp file in the same directory and is renamed over the target, so a
 reader sees the old content or the new, never a mix. Writes that change the state are durable:
-file and directory are fsynced before the next step.
+file and directory are fsynced before the next step. A rewritten file keeps the mode and the
+group the UI gave it (the owner becomes the bridge's user, as with any new file).
 """
 
 from __future__ import annotations
@@ -86,9 +87,36 @@ def read_regular(path: Path, limit: int, expect: os.stat_result | None = None) -
 
 
 def atomic_write(path: Path, data: bytes, durable: bool, sync_dir: bool = True) -> None:
+    """Replace a task file's content, keeping its mode and group (see `kept_permissions`)."""
+    chmod, chgrp = kept_permissions(path)
     atomic.write_atomic(
-        path, data, durable=durable, sync_dir=sync_dir, suffix=atomic.BRIDGE_TEMP_SUFFIX
+        path,
+        data,
+        durable=durable,
+        sync_dir=sync_dir,
+        suffix=atomic.BRIDGE_TEMP_SUFFIX,
+        chmod=chmod,
+        chgrp=chgrp,
     )
+
+
+_SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
+
+
+def kept_permissions(path: Path) -> tuple[int | None, int | None]:
+    """The mode (less setuid and setgid) and group a rewrite of `path` must keep; (None, None)
+    when it is not a regular file (a new file then gets the default less the umask).
+
+    Without this a rewrite would take the bridge's umask: a 0600 or 0640 file would turn 0644,
+    and under umask 077 a UI reading through a shared group would lose the file.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None, None
+    if not stat.S_ISREG(st.st_mode):
+        return None, None
+    return stat.S_IMODE(st.st_mode) & ~_SET_ID_BITS, st.st_gid
 
 
 def keep_aside(path: Path, folder: Path, expect: os.stat_result) -> Path:

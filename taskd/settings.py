@@ -6,13 +6,15 @@ Precedence is argument > environment > default, resolved at call time.
 from __future__ import annotations
 
 import math
-import re
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from taskd.names import PRIVATE_DIR
 
 DEFAULT_DATA_ROOT = "/usr/local/mozart/data"
 """Where the old Taskd kept everything; the UI writes task_queue/ under it."""
@@ -20,6 +22,11 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 """Broker and result backend."""
 DEFAULT_ALLOWED_FILE_ROOTS = "/tmp"
 """PACKMS `files` must resolve inside one of these (`:`-separated)."""
+DEFAULT_CONFIG_DIR = "/etc/taskd"
+"""The folder of the env file systemd and compose load (passwords included): never packable."""
+DEFAULT_OUTPUT_MODE = 0o640
+"""Permission bits of downloads, result sets and their markers, whatever the umask: the owner
+reads and writes, its group (the UI's) reads, other users nothing."""
 DEFAULT_MAX_TASK_BYTES = 1024 * 1024
 """A task file larger than this is rejected unread."""
 DEFAULT_SETTLE_S = 0.2
@@ -98,6 +105,77 @@ def _paths(raw: str) -> tuple[Path, ...]:
     return tuple(Path(p) for p in raw.split(":") if p)
 
 
+_OCTAL_MODE = re.compile(r"(?:0o?)?[0-7]{1,4}")
+
+
+def _mode(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if not _OCTAL_MODE.fullmatch(raw):
+        raise SettingsError(
+            f"{name}={raw!r} is not an octal file mode; write e.g. {default:04o} "
+            "(owner read-write, group read, others nothing)"
+        )
+    return int(raw.removeprefix("0o"), 8)
+
+
+def _check_output_mode(name: str, mode: int) -> None:
+    """A mode for files other users of the machine may meet: no special bits, never writable by
+    everyone, and the owner (taskd itself) reads and writes."""
+    shown = f"{name}={mode:04o}" if 0 <= mode <= 0o7777 else f"{name}={mode}"
+    if not 0 <= mode <= 0o777:
+        raise SettingsError(
+            f"{shown} sets bits outside 0777 (setuid, setgid or sticky, which a download "
+            f"must not carry); write three octal digits, e.g. {DEFAULT_OUTPUT_MODE:04o}"
+        )
+    fixed = (mode | 0o600) & ~0o002
+    if mode & 0o002:
+        raise SettingsError(
+            f"{shown} lets every user of the machine change the outputs; write {fixed:04o} instead"
+        )
+    if mode & 0o600 != 0o600:
+        raise SettingsError(
+            f"{shown} does not let taskd read and write what it writes; "
+            f"make the first digit 6, e.g. {fixed:04o}"
+        )
+
+
+def folder_mode(mode: int) -> int:
+    """A folder's mode for files of `mode`: whoever may read the files may also enter it."""
+    return mode | (mode & 0o444) >> 2
+
+
+def _real(path: Path) -> Path:
+    """`path` normalised, with the symlinks of the part that exists resolved."""
+    return Path(os.path.realpath(os.path.normpath(path)))
+
+
+def _names_top(path: Path) -> bool:
+    """Whether an absolute path names `/` itself (`//`, `/srv/..`), by its name alone."""
+    return os.path.normpath(path).strip("/") == ""
+
+
+def _overlap(root: Path, folder: Path) -> bool:
+    """Whether one of two resolved folders is, or lies inside, the other."""
+    return folder.is_relative_to(root) or root.is_relative_to(folder)
+
+
+def _whole_disk(root: Path, config_dir: Path) -> SettingsError:
+    return SettingsError(
+        f"TASKD_ALLOWED_FILE_ROOTS: {str(root)!r} is the whole file system, so a PACKMS could "
+        f"pack any file (the passwords in {config_dir} included); name the folders users may "
+        "pack from, e.g. /srv/shared"
+    )
+
+
+def _overlaps(root: Path, how: str, variable: str, folder: Path) -> SettingsError:
+    return SettingsError(
+        f"TASKD_ALLOWED_FILE_ROOTS: {str(root)!r} {how} {folder} ({variable}), so a PACKMS "
+        "could pack what only taskd may read; name folders outside it, e.g. /srv/shared"
+    )
+
+
 @dataclass(frozen=True)
 class Settings:
     data_root: Path = Path(DEFAULT_DATA_ROOT)
@@ -108,6 +186,10 @@ class Settings:
     smtp_url: str | None = None
     mail_from: str = ""
     allowed_file_roots: tuple[Path, ...] = (Path(DEFAULT_ALLOWED_FILE_ROOTS),)
+    config_dir: Path = Path(DEFAULT_CONFIG_DIR)
+    output_mode: int = DEFAULT_OUTPUT_MODE
+    """TASKD_OUTPUT_MODE: permission bits of downloads and result sets (`folder_mode` for
+    their folders), set whatever the umask."""
     max_task_bytes: int = DEFAULT_MAX_TASK_BYTES
     settle: float = DEFAULT_SETTLE_S
     reject_after: float = DEFAULT_REJECT_AFTER_S
@@ -144,6 +226,89 @@ class Settings:
             if port is not None and not 0 < port < 65536:
                 raise SettingsError(f"{name}={port} is not a TCP port; write one from 1 to 65535")
         self._check_limits()
+        _check_output_mode("TASKD_OUTPUT_MODE", self.output_mode)
+        self._check_root_names()
+
+    def _check_root_names(self) -> None:
+        # What the names alone say; `check_file_roots` then looks at the disk.
+        if not self.config_dir.is_absolute() or _names_top(self.config_dir):
+            raise SettingsError(
+                f"TASKD_CONFIG_DIR={str(self.config_dir)!r} must be the absolute folder of the "
+                f"env file taskd is started with; write e.g. {DEFAULT_CONFIG_DIR}"
+            )
+        for root in self.allowed_file_roots:
+            if not root.is_absolute():
+                raise SettingsError(
+                    f"TASKD_ALLOWED_FILE_ROOTS: {str(root)!r} is a relative path, which would "
+                    "depend on the folder taskd happens to start in; write absolute folders "
+                    "separated by ':', e.g. /srv/shared"
+                )
+            if _names_top(root):
+                raise _whole_disk(root, self.config_dir)
+
+    def check_file_roots(self) -> None:
+        """Refuse allowed roots that would let a PACKMS pack what is not the users' to take.
+
+        `/` holds everything; a root that holds the data root hands out every user's task
+        files, result sets and downloads, and one that overlaps the configuration hands out its
+        passwords. A root inside the data root is fine (tests and small sites keep the files
+        to pack there) unless it overlaps a folder taskd keeps its own data in. Paths are
+        compared normalised, with symlinks resolved where they exist.
+        """
+        for root in self.allowed_file_roots:
+            real = _real(root)
+            if real == Path("/"):
+                raise _whole_disk(root, self.config_dir)
+            if _real(self.data_root).is_relative_to(real):
+                raise _overlaps(root, "holds the data root", "TASKD_DATA_ROOT", self.data_root)
+            for what, variable, folder in self._guarded():
+                if _overlap(real, _real(folder)):
+                    raise _overlaps(root, f"overlaps {what}", variable, folder)
+
+    def _guarded(self) -> tuple[tuple[str, str, Path], ...]:
+        """Folders no allowed root may hold or lie in: what taskd keeps, the configuration."""
+        return (
+            ("the configuration folder", "TASKD_CONFIG_DIR", self.config_dir),
+            ("the mail archive", "TASKD_MAIL_DB", self.mail_db_path),
+            ("the task queue", "TASKD_DATA_ROOT", self.task_queue),
+            ("the work space", "TASKD_DATA_ROOT", self.work_space),
+            ("the downloads", "TASKD_DATA_ROOT", self.download),
+            ("the result sets", "TASKD_DATA_ROOT", self.retrieve),
+            ("taskd's own folder", "TASKD_DATA_ROOT", self.data_root / PRIVATE_DIR),
+        )
+
+    @property
+    def private_folders(self) -> tuple[tuple[str, Path], ...]:
+        """(variable, folder) of what only taskd may read. PACKMS packs no file inside one of
+        them unless the allowed root it lies in is inside that folder too, whatever the roots
+        (see `check_file_roots`, which refuses such roots but for the data root's)."""
+        folders = [
+            ("TASKD_DATA_ROOT", self.data_root),
+            ("TASKD_MAIL_DB", self.mail_db_path),
+            ("TASKD_CONFIG_DIR", self.config_dir),
+        ]
+        if self.mail_index_path is not None:
+            folders.append(("TASKD_MAIL_INDEX", self.mail_index_path))
+        return tuple(folders)
+
+    def require_data_root(self) -> None:
+        """Refuse to run on a data root that is not there (a typo, or an unmounted share):
+        creating it would only hide the mistake behind an empty queue."""
+        where = f"TASKD_DATA_ROOT={str(self.data_root)!r}"
+        if not self.data_root.exists():
+            raise SettingsError(
+                f"{where} does not exist; create it (and task_queue/ in it) or point "
+                "TASKD_DATA_ROOT at the data root"
+            )
+        if not self.data_root.is_dir():
+            raise SettingsError(
+                f"{where} is not a folder; point TASKD_DATA_ROOT at the data root folder"
+            )
+
+    @property
+    def output_folder_mode(self) -> int:
+        """The mode of the folders outputs and result sets are created in."""
+        return folder_mode(self.output_mode)
 
     def _check_limits(self) -> None:
         # 0 or less would refuse every task; say so at start rather than on each task.
@@ -172,6 +337,8 @@ class Settings:
             "allowed_file_roots": _paths(
                 env.get("TASKD_ALLOWED_FILE_ROOTS", DEFAULT_ALLOWED_FILE_ROOTS)
             ),
+            "config_dir": Path(env.get("TASKD_CONFIG_DIR") or DEFAULT_CONFIG_DIR),
+            "output_mode": _mode(env, "TASKD_OUTPUT_MODE", DEFAULT_OUTPUT_MODE),
             "max_task_bytes": _int(env, "TASKD_MAX_TASK_BYTES", DEFAULT_MAX_TASK_BYTES),
             "settle": _float(env, "TASKD_SETTLE", DEFAULT_SETTLE_S),
             "reject_after": _float(env, "TASKD_REJECT_AFTER", DEFAULT_REJECT_AFTER_S),
@@ -203,7 +370,13 @@ class Settings:
                 raise SettingsError(f"unknown setting {key!r}")
             if value is not None:
                 values[key] = value
-        return cls(**values)
+        settings = cls(**values)
+        # Here rather than in the constructor, as it reads the disk (symlinks); and only for
+        # roots someone chose. The default /tmp may hold a data root made there (tests, trials):
+        # PACKMS still never packs from it (`private_folders`).
+        if env.get("TASKD_ALLOWED_FILE_ROOTS") or overrides.get("allowed_file_roots"):
+            settings.check_file_roots()
+        return settings
 
     def with_(self, **changes: Any) -> Settings:
         return replace(self, **changes)

@@ -31,6 +31,7 @@ from typing import IO, Any, BinaryIO
 from isal import igzip_threaded
 
 from taskd import atomic
+from taskd.settings import DEFAULT_OUTPUT_MODE
 from tasks.spillset import SpillSet, digest
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,11 @@ DEFAULT_THREADS = 1
 overlaps the two; a second gained ~20% on two cores but takes a core from other workers."""
 FILE_MODE = 0o644
 DIR_MODE = 0o755
+"""Modes of the members inside the archive (what `tar x` creates, less the user's umask)."""
+BUILD_MODE = 0o600
+"""An archive being built is its owner's alone; `publish` gives it the download's mode."""
 
+_BUILD_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
 _TAR_END = b"\0" * (2 * tarfile.BLOCKSIZE)
 # ustar header fields: name mode uid gid size mtime chksum type linkname magic+version uname gname
 # devmajor devminor prefix, padded to one 512-byte block; unset fields are NUL.
@@ -320,21 +325,28 @@ def unique_path(directory: Path, stem: str, suffix: str = TAR_SUFFIX) -> Path:
     raise PackError(f"no free name for {stem!r} in {directory} up to ({MAX_CLASH_NUMBER})")
 
 
-def publish(tmp_file: Path, directory: Path, stem: str, suffix: str = TAR_SUFFIX) -> Path:
+def publish(
+    tmp_file: Path,
+    directory: Path,
+    stem: str,
+    suffix: str = TAR_SUFFIX,
+    mode: int = DEFAULT_OUTPUT_MODE,
+) -> Path:
     """Move a complete file into `directory` as `unique_path` would name it; never overwrite.
 
     A hard link claims the name atomically and fails if it exists, so two packs racing for one
-    name both succeed under different numbers and a reader never sees a partial file. File and
-    directory are fsynced. Across file systems the file is first copied beside the target.
+    name both succeed under different numbers and a reader never sees a partial file. The file
+    gets `mode` (whatever the umask) before it has its name; file and directory are fsynced.
+    Across file systems the file is first copied beside the target.
     """
     stem = safe_name(stem, FALLBACK_STEM)
-    _fsync_path(tmp_file)
+    _seal(tmp_file, mode)
     try:
         target = _link_unique(tmp_file, directory, stem, suffix)
     except OSError as exc:
         if exc.errno != errno.EXDEV:
             raise
-        target = _publish_across(tmp_file, directory, stem, suffix)
+        target = _publish_across(tmp_file, directory, stem, suffix, mode)
     tmp_file.unlink()
     _fsync_path(directory)
     return target
@@ -351,15 +363,32 @@ def _link_unique(source: Path, directory: Path, stem: str, suffix: str) -> Path:
     raise PackError(f"no free name for {stem!r} in {directory} up to ({MAX_CLASH_NUMBER})")
 
 
-def _publish_across(tmp_file: Path, directory: Path, stem: str, suffix: str) -> Path:
-    # A hidden name in the target folder keeps the final step a same-file-system link.
+def _publish_across(tmp_file: Path, directory: Path, stem: str, suffix: str, mode: int) -> Path:
+    # A hidden name in the target folder keeps the final step a same-file-system link; it is
+    # created its owner's alone, so no one reads the copy before it has its mode.
     staging = directory / f".{uuid.uuid4().hex}.part"
     try:
-        shutil.copyfile(tmp_file, staging)
-        _fsync_path(staging)
+        with open(tmp_file, "rb") as src, open(_create_private(staging), "wb") as dst:
+            shutil.copyfileobj(src, dst, BLOCK_SIZE)
+        _seal(staging, mode)
         return _link_unique(staging, directory, stem, suffix)
     finally:
         staging.unlink(missing_ok=True)
+
+
+def _create_private(path: Path) -> int:
+    """A new file only its owner may read, whatever the umask, open for writing."""
+    return os.open(path, atomic.TEMP_FLAGS, BUILD_MODE)
+
+
+def _seal(path: Path, mode: int) -> None:
+    """Give a finished file its published mode and put it on disk, through one no-follow fd."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _fsync_path = atomic.fsync_path
@@ -578,7 +607,11 @@ def _destination(dest: BinaryIO | Path) -> Iterator[IO[bytes]]:
         dest.flush()
         return
     try:
-        with open(dest, "wb") as raw:
+        # Its owner's alone while it is built, whatever the umask; `publish` sets its mode.
+        fd = os.open(dest, _BUILD_FLAGS, BUILD_MODE)
+        with open(fd, "wb") as raw:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                os.fchmod(fd, BUILD_MODE)
             yield raw
     except BaseException:
         # A half-written archive is no use to anyone; do not leave it for a retry to trip over.

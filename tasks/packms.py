@@ -2,6 +2,7 @@
 
 Thin: it checks the arguments, lists the members, and hands them to `tasks.pack`. The archive is
 built in the task's tmp-space and published by link, so a reader sees it whole or not at all.
+Outputs, their markers and the folders made for them get TASKD_OUTPUT_MODE whatever the umask.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, cast
 
-from taskd import names, states
+from taskd import atomic, names, states
 from taskd.settings import Settings
 from tasks import pack, results
 from tasks.app import app
@@ -59,11 +60,16 @@ def _outside(raw: str, roots: Iterable[Path]) -> TaskFailed:
     )
 
 
-def allowed_root(raw: str, roots: Iterable[Path]) -> tuple[Path, Path]:
+def allowed_root(
+    raw: str, roots: Iterable[Path], private: Iterable[tuple[str, Path]] = ()
+) -> tuple[Path, Path]:
     """A `files` entry resolved with symlinks followed, and the allowed root it lies in.
 
     Only a look at the path: what is packed is opened later by `open_below`, which follows no
     link, so a folder swapped for a symlink after this check cannot lead outside the root.
+    A file inside one of the `private` folders (`Settings.private_folders`) is refused unless
+    its root lies inside that folder too: a root that holds the data root (the default /tmp
+    when the data root was made there) does not open the data root.
     """
     if "\x00" in raw or not os.path.isabs(raw):
         raise TaskFailed(f"field 'files': {raw!r} is not an absolute path; write e.g. /tmp/a.doc")
@@ -76,12 +82,21 @@ def allowed_root(raw: str, roots: Iterable[Path]) -> tuple[Path, Path]:
     inside = [root for root in allowed if real.is_relative_to(root)]
     if not inside:
         raise _outside(raw, allowed)
-    return real, max(inside, key=lambda root: len(root.parts))
+    root = max(inside, key=lambda root: len(root.parts))
+    for variable, folder in private:
+        kept = folder.resolve()
+        if real.is_relative_to(kept) and not root.is_relative_to(kept):
+            raise TaskFailed(
+                f"field 'files': {raw!r} is inside {kept} ({variable}), whose files only taskd "
+                "may read; copy what you want packed to an allowed folder "
+                f"({_roots_shown(allowed)}, TASKD_ALLOWED_FILE_ROOTS) first"
+            )
+    return real, root
 
 
-def allowed_file(raw: str, roots: Iterable[Path]) -> Path:
+def allowed_file(raw: str, roots: Iterable[Path], private: Iterable[tuple[str, Path]] = ()) -> Path:
     """A `files` entry, resolved with symlinks followed, inside an allowed root, a regular file."""
-    real, root = allowed_root(raw, roots)
+    real, root = allowed_root(raw, roots, private)
     fd = open_below(root, real, raw)
     os.close(fd)
     return real
@@ -141,8 +156,8 @@ class _CheckedFile:
     """(st_dev, st_ino) when checked: the file packed must be this very one."""
 
 
-def _file_member(raw: str, roots: Iterable[Path]) -> tuple[tuple[int, int], pack.Member]:
-    real, root = allowed_root(raw, roots)
+def _file_member(raw: str, settings: Settings) -> tuple[tuple[int, int], pack.Member]:
+    real, root = allowed_root(raw, settings.allowed_file_roots, settings.private_folders)
     fd = open_below(root, real, raw)
     try:
         st = os.fstat(fd)
@@ -182,7 +197,7 @@ def file_members(files: list[str], settings: Settings) -> list[pack.Member]:
     # must not turn a small task file into gigabytes of copies.
     members: dict[tuple[int, int], pack.Member] = {}
     for raw in files:
-        identity, member = _file_member(raw, settings.allowed_file_roots)
+        identity, member = _file_member(raw, settings)
         members.setdefault(identity, member)
     return list(members.values())
 
@@ -242,8 +257,8 @@ def published_before(settings: Settings, job: Job) -> Path | None:
 
 def _remember(settings: Settings, job: Job, output: Path) -> None:
     marker = marker_path(settings, job)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    results.write_durably(marker, output.name.encode("utf-8"))
+    atomic.make_dirs(marker.parent, settings.output_folder_mode)
+    results.write_durably(marker, output.name.encode("utf-8"), settings.output_mode)
     _sweep_markers(marker.parent, time.time() - MARKER_KEEP_S)
 
 
@@ -331,7 +346,7 @@ def pack_to_download(
         raise Retryable(f"the mail archive cannot be read now ({exc}); will try again") from exc
     stem = pack.safe_name(str(job.fields.get("description") or ""), job.task_id)
     target_dir = settings.download / job.user_id
-    target_dir.mkdir(parents=True, exist_ok=True)
+    atomic.make_dirs(target_dir, settings.output_folder_mode)
     tmp = job.tmp_space / f"{job.job_id}.tar.gz"
     everything = itertools.chain((_mail_member(store, m) for m in mails()), members)
     try:
@@ -342,7 +357,7 @@ def pack_to_download(
         raise Retryable(f"a file changed while it was packed ({exc}); will try again") from exc
     except MailStoreUnavailable as exc:
         raise Retryable(f"the mail archive cannot be read now ({exc}); will try again") from exc
-    output = pack.publish(tmp, target_dir, stem)
+    output = pack.publish(tmp, target_dir, stem, mode=settings.output_mode)
     _remember(settings, job, output)
     return output
 

@@ -1,7 +1,8 @@
 """Result sets: `retrieve/<user-id>/<retrieve-id>.json`, written by RETRMS, read by PACKMS.
 
 Written aside and renamed into place, so a reader sees a whole result set or none. The mails are
-streamed to a scratch file first: a search has no cap on its matches and memory stays flat.
+streamed to a scratch file first: a search has no cap on its matches and memory stays flat. A
+result set gets TASKD_OUTPUT_MODE whatever the umask, and so do the folders made for it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from taskd import atomic
-from taskd.settings import Settings
+from taskd.settings import DEFAULT_OUTPUT_MODE, Settings, folder_mode
 from tasks.errors import TaskFailed
 
 log = logging.getLogger(__name__)
@@ -36,24 +37,36 @@ def result_path(settings: Settings, user_id: str, retrieve_id: str) -> Path:
     return settings.retrieve / user_id / f"{retrieve_id}.json"
 
 
-def write_durably(target: Path, data: bytes) -> None:
+def write_durably(target: Path, data: bytes, mode: int | None = None) -> None:
     """A small file written whole or not at all, and on disk when this returns (taskd.atomic:
-    an exclusive, no-follow temp file beside it, fsynced, renamed over it, the folder fsynced)."""
-    atomic.write_atomic(target, data)
+    an exclusive, no-follow temp file beside it, fsynced, renamed over it, the folder fsynced).
+    With `mode`, the file has exactly that mode whatever the umask."""
+    atomic.write_atomic(target, data, chmod=mode)
 
 
 def write_result_set(
-    target: Path, scratch: Path, header: dict[str, Any], mails: Iterable[dict[str, Any]]
+    target: Path,
+    scratch: Path,
+    header: dict[str, Any],
+    mails: Iterable[dict[str, Any]],
+    mode: int = DEFAULT_OUTPUT_MODE,
 ) -> int:
-    """Write `{...header, "count": N, "mails": [...]}` to `target` atomically; returns N."""
+    """Write `{...header, "count": N, "mails": [...]}` to `target` atomically; returns N.
+
+    The result set has `mode` and a missing folder for it `folder_mode(mode)`, whatever the umask.
+    """
     lines = scratch / "mails.jsonl"
     count = 0
-    with open(lines, "w", encoding="utf-8") as out:
+    with open(lines, "w", encoding="utf-8", opener=_private) as out:
         for mail in mails:
             out.write(json.dumps(mail, ensure_ascii=False) + "\n")
             count += 1
     body = scratch / "result.json"
-    with open(body, "w", encoding="utf-8") as out, open(lines, encoding="utf-8") as src:
+    with (
+        open(body, "w", encoding="utf-8", opener=_private) as out,
+        open(lines, encoding="utf-8") as src,
+    ):
+        os.fchmod(out.fileno(), mode)
         head = json.dumps({**header, "count": count}, ensure_ascii=False, indent=1)
         out.write(head[:-2] + ',\n "mails": [')
         for n, line in enumerate(src):
@@ -61,11 +74,16 @@ def write_result_set(
         out.write("\n ]\n}\n")
         out.flush()
         os.fsync(out.fileno())
-    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic.make_dirs(target.parent, folder_mode(mode))
     os.replace(body, target)
     atomic.fsync_path(target.parent)
     lines.unlink()
     return count
+
+
+def _private(path: str, flags: int) -> int:
+    """Scratch files hold what a user searched for: their owner's alone, whatever the umask."""
+    return os.open(path, flags | os.O_CLOEXEC, 0o600)
 
 
 _MAILS_LINE = ' "mails": ['

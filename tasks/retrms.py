@@ -53,7 +53,7 @@ def run_search(job: Job, criterion: Criterion, share: float) -> tuple[int, Any]:
     owner = criterion.user or None
     try:
         found = (m.to_json() for m in search(store, criterion, report, owner=owner))
-        count = results.write_result_set(target, job.tmp_space, header, found)
+        count = results.write_result_set(target, job.tmp_space, header, found, settings.output_mode)
     except CriterionError as exc:
         raise TaskFailed(f"field 'criterion.{exc.field}': {exc}") from None
     except MailStoreUnavailable as exc:

@@ -183,8 +183,10 @@ def test_a_swap_during_a_packms_job_never_puts_an_outside_file_in_the_archive(
     inside, outside = _tree(settings)
     checked = packms.allowed_root
 
-    def check_then_swap(raw: str, roots: Iterable[Path]) -> tuple[Path, Path]:
-        found = checked(raw, roots)
+    def check_then_swap(
+        raw: str, roots: Iterable[Path], private: Iterable[tuple[str, Path]] = ()
+    ) -> tuple[Path, Path]:
+        found = checked(raw, roots, private)
         if not inside.is_symlink():
             _swap_for_link(inside, outside)
         return found

@@ -29,7 +29,8 @@ def test_defaults_match_the_design_table() -> None:
 
 
 def test_the_contract_directories_hang_off_the_data_root(tmp_path: Path) -> None:
-    s = Settings.from_env({"TASKD_DATA_ROOT": str(tmp_path)})
+    env = {"TASKD_DATA_ROOT": str(tmp_path), "TASKD_ALLOWED_FILE_ROOTS": str(tmp_path / "f")}
+    s = Settings.from_env(env)
     assert s.task_queue == tmp_path / "task_queue"
     assert s.work_space == tmp_path / "work_space"
     assert s.download == tmp_path / "download"
