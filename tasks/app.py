@@ -16,7 +16,7 @@ from celery import Celery, signals
 
 from taskd import roots
 from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, config
-from taskd.settings import Settings
+from taskd.settings import Settings, SettingsError
 from taskd.tasktypes import load_types
 
 NOTIFY_MODULE = "tasks.notify"
@@ -34,9 +34,19 @@ app = TaskdCelery("taskd")
 
 
 @signals.worker_init.connect
-def refuse_another_root(sender: Any = None, **_: Any) -> None:
-    """A worker never starts on a Redis db that serves another data root (taskd/roots.py)."""
-    settings = Settings.from_env(os.environ)
+def refuse_wrong_setup(sender: Any = None, **_: Any) -> None:
+    """A worker never starts without its data root (a typo or an unmounted share), nor on a
+    Redis db that serves another data root (taskd/roots.py)."""
+    try:
+        settings = Settings.from_env(os.environ)
+        settings.require_data_root()
+        _refuse_another_root(settings)
+    except SettingsError as exc:
+        logging.getLogger(__name__).critical("not starting: %s", exc)
+        raise SystemExit(2) from None
+
+
+def _refuse_another_root(settings: Settings) -> None:
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_timeout=SOCKET_TIMEOUT_S,
@@ -44,8 +54,5 @@ def refuse_another_root(sender: Any = None, **_: Any) -> None:
     )
     try:
         roots.refuse_if_taken(client, settings.data_root, settings.redis_url)
-    except roots.RootConflict as exc:
-        logging.getLogger(__name__).critical("not starting: %s", exc)
-        raise SystemExit(2) from None
     finally:
         client.close()

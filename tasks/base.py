@@ -133,7 +133,6 @@ class TaskdTask(Task):  # type: ignore[misc]
 
     typing = False
     _settings: Settings | None = None
-    _root_id: str | None = None
 
     @property
     def settings(self) -> Settings:
@@ -165,9 +164,7 @@ class TaskdTask(Task):  # type: ignore[misc]
 
     @property
     def root_id(self) -> str:
-        if TaskdTask._root_id is None:
-            TaskdTask._root_id = roots.root_id(self.settings.data_root)
-        return TaskdTask._root_id
+        return _root_id_of(self.settings.data_root)
 
     @property
     def _root_claim(self) -> str:
@@ -325,6 +322,11 @@ class TaskdTask(Task):  # type: ignore[misc]
         record = outcomes.record(state, result)
         outcomes.keep(self.settings.data_root, job_id, record)
         _quietly(client.set, states.done_key(job_id), json.dumps(record), ex=states.DONE_TTL_S)
+
+
+@cache
+def _root_id_of(data_root: Path) -> str:
+    return roots.root_id(data_root)
 
 
 def _later_try_waits(meta: bytes | None, attempt: int) -> bool:

@@ -23,15 +23,16 @@ from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_server.url)
+    conn = redis.Redis.from_url(redis_server.db_url(11))
     yield conn
     conn.close()
 
 
 @pytest.fixture
 def bridge(tmp_path: Path, redis_server: RedisServer, client: redis.Redis) -> Bridge:
-    settings = Settings(data_root=tmp_path, redis_url=redis_server.url, settle=0.0)
+    settings = Settings(data_root=tmp_path, redis_url=redis_server.db_url(11), settle=0.0)
     (settings.task_queue / "4").mkdir(parents=True)
+    client.delete(states.KEY_ROOT)  # each test's data root claims the db anew
     return Bridge(settings, load_types([SUPPORT_SCHEMAS]), make_app(settings), client)
 
 

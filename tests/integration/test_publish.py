@@ -22,14 +22,14 @@ from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_server.url)
+    conn = redis.Redis.from_url(redis_server.db_url(13))
     yield conn
     conn.close()
 
 
 @pytest.fixture
 def publisher(redis_server: RedisServer, client: redis.Redis) -> Publisher:
-    settings = Settings(redis_url=redis_server.url)
+    settings = Settings(redis_url=redis_server.db_url(13))
     return Publisher(make_app(settings), client)
 
 

@@ -35,10 +35,11 @@ def _body(job: Job) -> dict[str, Any]:
 def app(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Celery]:
-    settings = Settings(data_root=tmp_path, redis_url=redis_server.url)
+    settings = Settings(data_root=tmp_path, redis_url=redis_server.db_url(12))
     monkeypatch.setattr(TaskdTask, "_settings", settings)
     app = make_app(settings)
     app.task(base=TaskdTask, name="tests.raises")(_body)
+    app.backend.client.delete(states.KEY_ROOT)  # each test's data root claims the db anew
     yield app
     app.close()
 

@@ -65,6 +65,11 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def db_url(self, db: int) -> str:
+        """Another db of the same server: one db serves one data root (taskd/roots.py), so a
+        test with a data root of its own takes a db of its own."""
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
