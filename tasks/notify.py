@@ -181,10 +181,11 @@ def sent_marker(mail: Path) -> Path:
     return mail.with_name(names.sent_marker(names.notify_task_id(mail.name)))
 
 
-def _remember_sent(marker: Path, result: dict[str, Any]) -> None:
+def _remember_sent(marker: Path, result: dict[str, Any], mode: int) -> None:
     # Durable before the mail file goes: after a crash the marker, not a second send, answers.
-    # `<marker>.tmp` is the name the bridge knows to ignore.
-    write_durably(marker, json.dumps(result).encode("utf-8"))
+    # `<marker>.tmp` is the name the bridge knows to ignore. It names the recipients: the
+    # outputs' mode (TASKD_OUTPUT_MODE), not the umask's.
+    write_durably(marker, json.dumps(result).encode("utf-8"), mode)
 
 
 def _sent_before(marker: Path, task_job_id: object) -> dict[str, Any] | None:
@@ -229,7 +230,7 @@ def run(job: Job) -> dict[str, Any]:
         "sent-to": sent,
         "job-id": task_job_id,
     }
-    _remember_sent(sent_marker(path), result)
+    _remember_sent(sent_marker(path), result, job.settings.output_mode)
     path.unlink(missing_ok=True)
     return result
 
