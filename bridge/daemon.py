@@ -19,7 +19,9 @@ from bridge import metrics, watch, web, writer
 from bridge.core import Core
 from bridge.model import Table, Tracked
 from bridge.passes import cancel, intake, mirror, notify, reconcile
+from bridge.rootcheck import RootCheck
 from taskd import states
+from taskd.roots import RootConflict
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType
 
@@ -39,6 +41,7 @@ class Bridge:
     ) -> None:
         self.core = Core(settings, types, app, client)
         self.watcher = watch.Watcher(settings.task_queue)
+        self.root = RootCheck(settings, client, self.core.root_id)
         self._last_failure: str | None = None
 
     # What tests and the HTTP endpoint read.
@@ -91,8 +94,9 @@ class Bridge:
     # --- the driver -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.watcher.start()
         now = time.monotonic()
+        self.root.check_once(now)
+        self.watcher.start()
         self.rescan_once(now)
         # Files the bridge wrote are adopted in that first pass (intake does not make them
         # wait to settle), so what Redis still lists beyond them lost its file.
@@ -105,8 +109,10 @@ class Bridge:
         # watch.Watcher has no liveness accessor; its observer thread is what can die.
         alive = self.watcher._observer.is_alive()
         self.metrics.observe((_row(t) for t in self.table.by_job.values()), alive)
+        self.metrics.held_files(self.core.guard.held(time.monotonic(), self.settings.data_root))
 
     def tick(self, now: float, next_mirror: float, next_rescan: float) -> tuple[float, float]:
+        self.root.check_once(now)
         for seen in self.watcher.drain():
             intake.note_event(self.core, seen, now)
         intake.intake_once(self.core, now)
@@ -124,9 +130,11 @@ class Bridge:
             next_rescan = now + self.settings.rescan_interval
         return next_mirror, next_rescan
 
-    def run(self, stop: threading.Event) -> None:
-        # Served from the start, so /healthz reports a long first scan as mirror lag.
-        server = web.serve(self.settings.http_host, self.settings.serve_port, self.metrics)
+    def run(self, stop: threading.Event, server: web.StatusServer | None = None) -> None:
+        # Served from the start, so /healthz reports a long first scan as mirror lag; `server`
+        # is one the caller started already on `self.metrics` (it answered while standing by).
+        if server is None:
+            server = web.serve(self.settings.http_host, self.settings.serve_port, self.metrics)
         try:
             self._loop(stop)
         finally:
@@ -134,7 +142,11 @@ class Bridge:
                 server.stop()
 
     def _loop(self, stop: threading.Event) -> None:
-        self.start()
+        try:
+            self.start()
+        except RootConflict as exc:
+            log.error("%s", exc)
+            raise
         now = time.monotonic()
         next_mirror = now + self.settings.mirror_interval
         next_rescan = now + self.settings.rescan_interval
@@ -143,6 +155,9 @@ class Bridge:
                 now = time.monotonic()
                 try:
                     next_mirror, next_rescan = self.tick(now, next_mirror, next_rescan)
+                except RootConflict as exc:  # not a file's or a tick's: this bridge must not act
+                    log.error("%s", exc)
+                    raise
                 except Exception as exc:  # a bug outside any file's guard: never the loop
                     self._tick_failed(exc, stop)
                     continue

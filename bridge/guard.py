@@ -6,6 +6,10 @@ read-only disk, permissions, too many open files) leaves the file as it is and t
 later, backing off to a cap, logged once per change of error. Anything else ends the file: the
 caller's `end` writes it REJECTED or FAILURE with an error a person can act on, logged once with
 its traceback. Nothing reaches the loop.
+
+A file is held back by the step that failed (taking, mirroring...): only that step working again
+releases it, so an earlier step that works (judging it again) neither logs nor restarts the
+pauses. `held` lists what is held back, for /healthz and /metrics.
 """
 
 from __future__ import annotations
@@ -14,7 +18,8 @@ import errno
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from pathlib import Path
+from typing import NamedTuple, TypeVar
 
 from bridge.logs import ids
 
@@ -42,6 +47,19 @@ TRANSIENT_ERRNOS = frozenset(
 )
 BACKOFF_FIRST_S = 0.5
 BACKOFF_CAP_S = 30.0
+STALE_S = 2 * BACKOFF_CAP_S
+"""A file held back that no pass has tried for this long past its due time is no longer held:
+its pass stopped asking (the file went, its task ended, Redis is away and nothing is mirrored)."""
+
+Shown = Callable[[], str] | None
+
+
+class Held(NamedTuple):
+    """One file held back: the error (a label of few values) and the whole reason, which names
+    the step and the file."""
+
+    error: str
+    reason: str
 
 
 def _ids(given: dict[str, str] | Callable[[], dict[str, str]] | None) -> dict[str, str]:
@@ -60,9 +78,28 @@ def describe(exc: BaseException) -> str:
     return text if isinstance(exc, OSError) else f"{type(exc).__name__}: {text}"
 
 
+def _message(exc: BaseException) -> str:
+    """`describe`, less the file names an OSError carries: a temp file's name is new on every
+    try, and the file held back is named anyway. Two tries differ only if the error does."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    return describe(exc)
+
+
+def _error(exc: BaseException) -> str:
+    """The error alone, in few words and few values (a metric's label)."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[:1].lower() + exc.strerror[1:]
+    return type(exc).__name__
+
+
 @dataclass
 class _Trouble:
     message: str
+    error: str
+    step: str  # the `what` whose failure holds the file; only its success releases it
+    doing: str  # what failed, as reports say it
+    shown: str  # what logs and reports call the file
     retry_at: float
     delay: float
 
@@ -82,6 +119,18 @@ class Guard:
         """What the files held back are waiting for, for health reports."""
         return sorted({t.message for t in self.troubles.values()})
 
+    def held(self, now: float, root: Path | None = None) -> list[Held]:
+        """The files held back now, their names relative to `root`; forgets those no pass has
+        tried for `STALE_S` past their due time."""
+        for key in [k for k, t in self.troubles.items() if now > t.retry_at + STALE_S]:
+            del self.troubles[key]
+        prefix = f"{root}/" if root is not None else None
+        out = []
+        for t in self.troubles.values():
+            shown = t.shown.removeprefix(prefix) if prefix else t.shown
+            out.append(Held(t.error, f"{t.error} {t.doing} {shown}"))
+        return sorted(out)
+
     def run(
         self,
         key: str,
@@ -90,56 +139,66 @@ class Guard:
         action: Callable[[], T],
         end: Callable[[str], object] | None = None,
         log_ids: dict[str, str] | Callable[[], dict[str, str]] | None = None,
+        shown: Shown = None,
     ) -> T | None:
         """`action()`; on failure hold the file back (passing error) or `end(error)` it.
-        `log_ids` may be a function: the ids are worked out only when there is a line to log."""
+        `log_ids` may be a function: the ids are worked out only when there is a line to log.
+        `shown` names the file in logs and reports when `key` does not (a key that must stay
+        the same while the file is renamed); it is called only when there is something to say.
+        """
         try:
             value = action()
         except FileNotFoundError as exc:
             # Deleted or renamed by someone else between looking and acting: nothing to end.
             extra = _ids(log_ids)
             self.troubles.pop(key, None)
-            log.info("%s %s: it went away meanwhile (%s)", what, key, exc.strerror, extra=extra)
+            name = shown() if shown else key
+            log.info("%s %s: it went away meanwhile (%s)", what, name, exc.strerror, extra=extra)
             return None
         except Exception as exc:  # one file's failure never reaches the loop
             extra = _ids(log_ids)
             if transient(exc) or end is None:
                 # Nothing to end it with: hold it back as a passing error, logged once.
-                self._hold(key, what, now, exc, extra, trace=not transient(exc))
+                self._hold(key, what, what, now, exc, extra, shown, trace=not transient(exc))
                 return None
             self.troubles.pop(key, None)
-            log.error("%s %s failed: %s", what, key, describe(exc), exc_info=True, extra=extra)
+            name = shown() if shown else key
+            log.error("%s %s failed: %s", what, name, describe(exc), exc_info=True, extra=extra)
             if end is not None:
-                self._end(key, what, now, exc, end, extra)
+                self._end(key, what, now, exc, end, extra, shown)
             return None
-        if key in self.troubles:
+        trouble = self.troubles.get(key)
+        if trouble is not None and trouble.step == what:
             del self.troubles[key]
-            log.warning("%s %s works again", what, key, extra=_ids(log_ids))
+            log.warning("%s %s works again", what, trouble.shown, extra=_ids(log_ids))
         return value
 
     def _hold(
         self,
         key: str,
+        step: str,
         what: str,
         now: float,
         exc: BaseException,
         extra: dict[str, str],
+        shown: Shown,
         trace: bool = False,
     ) -> None:
-        message = describe(exc)
+        message = _message(exc)
         old = self.troubles.get(key)
         delay = BACKOFF_FIRST_S if old is None else min(BACKOFF_CAP_S, old.delay * 2)
+        name = shown() if shown else key
         if old is None or old.message != message:
             log.error(
                 "%s %s failed: %s; trying again with growing pauses (at most %g s)",
                 what,
-                key,
+                name,
                 message,
                 BACKOFF_CAP_S,
                 exc_info=trace,
                 extra=extra,
             )
-        self.troubles[key] = _Trouble(message, now + delay, delay)
+        self.troubles[key] = _Trouble(message, _error(exc), step, what, name, now + delay, delay)
 
     def _end(
         self,
@@ -149,17 +208,18 @@ class Guard:
         exc: BaseException,
         end: Callable[[str], object],
         extra: dict[str, str],
+        shown: Shown,
     ) -> None:
         error = f"internal error while the bridge was {what}: {describe(exc)}; report it"
         try:
             end(error)
         except Exception as again:  # the file could not even be ended: hold it back
             if transient(again):
-                self._hold(key, f"ending after {what}", now, again, extra)
+                self._hold(key, what, f"ending after {what}", now, again, extra, shown)
             else:
                 log.error(
                     "cannot end %s after %s: %s; leaving it as it is",
-                    key,
+                    shown() if shown else key,
                     what,
                     describe(again),
                     exc_info=True,

@@ -1,8 +1,9 @@
 """What the bridge has done and how it is doing: recorded by its loop, read by the HTTP thread.
 
-The loop calls `count`, `redis_seen`, `mirrored` and `observe`; the HTTP thread only calls
-`snapshot`, which copies everything under one lock. Nothing here touches files or Redis, so a
-slow or stuck loop shows up as a growing mirror lag instead of a hung page.
+The loop calls `count`, `redis_seen`, `mirrored`, `observe` and `held_files`; while the bridge
+stands by, its leadership calls `standby` (why) and `active` (it took over). The HTTP thread only
+calls `snapshot`, which copies everything under one lock. Nothing here touches files or Redis, so
+a slow or stuck loop shows up as a growing mirror lag instead of a hung page.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from taskd import states
 
@@ -18,6 +20,12 @@ COUNTER = "counter"
 GAUGE = "gauge"
 HEALTHY_LAG_S = 5.0
 """A mirror further behind than this makes /healthz answer 503."""
+ACTIVE_ROLE = "active"
+STANDBY_ROLE = "standby"
+OK, DEGRADED, UNHEALTHY = "ok", "degraded", "unhealthy"
+"""/healthz's `status`: all well; files held back by the machine (a full disk); anything else."""
+MAX_HELD_SHOWN = 20
+"""/healthz names at most this many held files, and counts the rest."""
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -64,8 +72,32 @@ MIRROR_LAG = Metric(
 MIRROR_TICK = Metric(
     "taskd_mirror_tick_seconds", GAUGE, "How long the last complete mirror tick took."
 )
+BRIDGE_ACTIVE = Metric(
+    "taskd_bridge_active", GAUGE, "1 if this bridge is the active one, 0 while it stands by."
+)
+DEGRADED_GAUGE = Metric(
+    "taskd_bridge_degraded",
+    GAUGE,
+    "1 while files are held back by an error of the machine (a full disk, say).",
+)
+HELD = Metric(
+    "taskd_bridge_held_files",
+    GAUGE,
+    "Files held back now, by the error that holds them.",
+    "reason",
+)
 COUNTERS = (TAKEN, REJECTED, ENDED, REPUBLISHED, RESCANS, RECONNECTS)
-ALL = (*COUNTERS, ACTIVE, REDIS_UP, WATCHER_UP, MIRROR_LAG, MIRROR_TICK)
+ALL = (
+    *COUNTERS,
+    ACTIVE,
+    REDIS_UP,
+    WATCHER_UP,
+    MIRROR_LAG,
+    MIRROR_TICK,
+    BRIDGE_ACTIVE,
+    DEGRADED_GAUGE,
+    HELD,
+)
 
 
 @dataclass(frozen=True)
@@ -87,6 +119,9 @@ class Snapshot:
     mirror_lag: float
     mirror_tick: float
     tasks: tuple[TaskRow, ...] = ()
+    role: str = ACTIVE_ROLE
+    standby_reason: str | None = None  # why a standby waits
+    held: tuple[tuple[str, str], ...] = ()  # files held back: (error, reason naming the file)
 
     def count(self, metric: Metric, label: str | None = None) -> float:
         key = ((metric.label, label),) if metric.label and label is not None else ()
@@ -99,7 +134,15 @@ class Snapshot:
             WATCHER_UP.name: float(self.watcher_ok),
             MIRROR_LAG.name: self.mirror_lag,
             MIRROR_TICK.name: self.mirror_tick,
+            BRIDGE_ACTIVE.name: float(self.role == ACTIVE_ROLE),
+            DEGRADED_GAUGE.name: float(bool(self.held)),
         }
+
+    def held_by_error(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for error, _ in self.held:
+            out[error] = out.get(error, 0) + 1
+        return out
 
 
 def _zeros() -> dict[tuple[str, Labels], float]:
@@ -123,6 +166,9 @@ class Metrics:
         self._mirrored_at = clock()
         self._tick = 0.0
         self._tasks: tuple[TaskRow, ...] = ()
+        self._role = ACTIVE_ROLE
+        self._standby_reason: str | None = None
+        self._held: tuple[tuple[str, str], ...] = ()
 
     def count(self, metric: Metric, label: str | None = None, n: float = 1) -> None:
         key = ((metric.label, label),) if metric.label and label is not None else ()
@@ -147,22 +193,50 @@ class Metrics:
         with self._lock:
             self._tasks, self._watcher_ok = rows, watcher_ok
 
+    def held_files(self, held: Iterable[tuple[str, str]]) -> None:
+        """The files held back now, as (error, reason) pairs (bridge/guard.py's `held`)."""
+        rows = tuple((str(error), str(reason)) for error, reason in held)
+        with self._lock:
+            self._held = rows
+
+    def standby(self, reason: str) -> None:
+        """This bridge waits, and why (another bridge is active, Redis does not answer...)."""
+        with self._lock:
+            self._role, self._standby_reason = STANDBY_ROLE, reason
+
+    def active(self) -> None:
+        """This bridge took over: its mirror lag counts from now."""
+        with self._lock:
+            self._role, self._standby_reason = ACTIVE_ROLE, None
+            self._mirrored_at = self._clock()
+
     def snapshot(self) -> Snapshot:
         now = self._clock()
         with self._lock:
+            standby = self._role == STANDBY_ROLE
             return Snapshot(
                 counts=dict(self._counts),
                 redis_ok=self._redis_ok,
                 watcher_ok=self._watcher_ok,
-                mirror_lag=max(0.0, now - self._mirrored_at - self._interval),
+                # A standby mirrors nothing, so it is behind on nothing.
+                mirror_lag=0.0 if standby else max(0.0, now - self._mirrored_at - self._interval),
                 mirror_tick=self._tick,
                 tasks=self._tasks,
+                role=self._role,
+                standby_reason=self._standby_reason,
+                held=self._held,
             )
 
 
-def health(snap: Snapshot) -> tuple[bool, dict[str, object]]:
-    """/healthz: Redis reachable, watcher alive, mirror not lagging; the body names what is not."""
-    body: dict[str, object] = {
+def health(snap: Snapshot) -> tuple[bool, dict[str, Any]]:
+    """/healthz: active, Redis reachable, watcher alive, mirror not lagging, no file held back;
+    the body's `status` says which of ok, degraded (files held back only), unhealthy or standby,
+    and `problems` names what is wrong."""
+    if snap.role == STANDBY_ROLE:
+        return False, _standby(snap)
+    body: dict[str, Any] = {
+        "status": OK,
+        "role": ACTIVE_ROLE,
         "redis": snap.redis_ok,
         "watcher": snap.watcher_ok,
         "mirror_lag_s": round(snap.mirror_lag, 3),
@@ -175,8 +249,35 @@ def health(snap: Snapshot) -> tuple[bool, dict[str, object]]:
     if snap.mirror_lag >= HEALTHY_LAG_S:
         problems.append(f"mirror {snap.mirror_lag:.1f} s behind")
     if problems:
+        body["status"] = UNHEALTHY
+    elif snap.held:
+        body["status"] = DEGRADED
+    if snap.held:
+        body["held_files"] = len(snap.held)
+        problems.extend(_held_problems(snap.held))
+    if problems:
         body["problems"] = problems
     return not problems, body
+
+
+def _standby(snap: Snapshot) -> dict[str, Any]:
+    """A standby is not healthy for traffic: it acts on nothing. Its body says why it waits."""
+    reason = snap.standby_reason or "waiting to become the active bridge"
+    return {
+        "status": STANDBY_ROLE,
+        "role": STANDBY_ROLE,
+        "reason": reason,
+        "redis": snap.redis_ok,
+        "problems": [f"standby: {reason}"],
+    }
+
+
+def _held_problems(held: tuple[tuple[str, str], ...]) -> list[str]:
+    reasons = sorted(reason for _, reason in held)
+    shown = reasons[:MAX_HELD_SHOWN]
+    if len(reasons) > len(shown):
+        shown.append(f"and {len(reasons) - len(shown)} more files held back")
+    return shown
 
 
 def _escape(value: str) -> str:
@@ -196,6 +297,10 @@ def exposition(snap: Snapshot) -> str:
     for metric in ALL:
         lines.append(f"# HELP {metric.name} {metric.help}")
         lines.append(f"# TYPE {metric.name} {metric.kind}")
+        if metric is HELD:
+            for error, n in sorted(snap.held_by_error().items()):
+                lines.append(_sample(metric.name, ((str(metric.label), error),), n))
+            continue
         if metric.kind == GAUGE:
             lines.append(_sample(metric.name, (), gauges[metric.name]))
             continue

@@ -2,7 +2,8 @@
 
 It draws nothing itself: its script fetches `/api/tasks` every second and builds the counts and
 progress bars with `textContent` and `setAttribute`, so text from task files is never parsed as
-HTML.
+HTML. The status line says what /healthz says: healthy, or its problems (a standby's reason, the
+files held back by a full disk).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ function render(data) {
   const status = document.getElementById("status");
   const problems = data.health.problems || [];
   status.className = problems.length ? "bad" : "";
+  status.setAttribute("data-status", String(data.health.status));
   status.textContent = (problems.length ? problems.join(", ") : "healthy") +
     (data.more ? "; " + data.more + " more tasks not shown" : "") +
     "; updated " + new Date().toLocaleTimeString();

@@ -1,7 +1,8 @@
 """The bridge's HTTP endpoint: `/metrics`, `/healthz`, the status page `/` and its `/api/tasks`.
 
 It runs on a thread of its own and reads nothing but `Metrics.snapshot()`: the bridge's loop is
-the only code that touches task files and Redis.
+the only code that touches task files and Redis. It is started before the bridge knows whether it
+is the active one, so a standby answers too (/healthz 503, `"role": "standby"` and why).
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ class StatusServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="bridge-http", daemon=True
         )
+        self._stopped = False
 
     @property
     def port(self) -> int:
@@ -137,7 +139,12 @@ class StatusServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving; a second call does nothing (the bridge and its command both may)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread.is_alive():
+            self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
 

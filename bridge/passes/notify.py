@@ -69,6 +69,8 @@ def notify_once(core: Core, now: float, known: Mapping[str, Known]) -> None:
         info = known.get(job_id)
         if info is None:
             continue  # created (and published) during this tick: Redis was asked before
+        if not core.guard.ready(str(job.path), now):
+            continue  # held back by the machine (a full disk): tried again after its pause
         core.guard.run(
             str(job.path),
             "recording the notify outcome of",

@@ -74,7 +74,9 @@ def site(tmp_path: Path) -> Iterator[Site]:
     bridge.start()
     base = f"http://127.0.0.1:{port}"
     try:
+        # It answers from the start, as a standby until it holds the lease: wait for active.
         wait_until(lambda: get(base + "/healthz"), 30, interval=0.1, what="the HTTP endpoint")
+        wait_until(lambda: health(base)[0] == 200, 30, interval=0.1, what="the bridge active")
         yield Site(redis, bridge, base, Drop(data_root, "m1"))
     finally:
         bridge.stop()
@@ -99,6 +101,8 @@ def test_metrics_count_the_files_taken_and_rejected(site: Site) -> None:
     assert values["taskd_redis_reconnects_total"] == 0
     assert values["taskd_redis_up"] == 1
     assert values["taskd_watcher_up"] == 1
+    assert values["taskd_bridge_active"] == 1
+    assert values["taskd_bridge_degraded"] == 0
     # The active-jobs gauge follows the loop's once-a-tick snapshot.
     wait_until(lambda: samples(site.base)["taskd_jobs_active"] == 3, 10, what="3 active jobs")
 
@@ -106,6 +110,7 @@ def test_metrics_count_the_files_taken_and_rejected(site: Site) -> None:
 def test_healthz_is_503_while_redis_is_gone_and_200_again_when_it_is_back(site: Site) -> None:
     status, body = health(site.base)
     assert status == 200
+    assert (body["status"], body["role"]) == ("ok", "active")
     assert body["redis"] is True and body["watcher"] is True
     assert isinstance(body["mirror_lag_s"], float) and body["mirror_lag_s"] < 5
 
@@ -115,6 +120,7 @@ def test_healthz_is_503_while_redis_is_gone_and_200_again_when_it_is_back(site: 
             lambda: unhealthy(site.base), 30, interval=0.1, what="/healthz to report Redis gone"
         )
         assert body["redis"] is False
+        assert (body["status"], body["role"]) == ("unhealthy", "active")
         assert body["watcher"] is True
         problems = body["problems"]
         assert isinstance(problems, list) and any("redis" in p for p in problems)

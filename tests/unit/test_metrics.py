@@ -137,7 +137,13 @@ def test_mirror_lag_is_the_time_since_the_last_tick_beyond_one_interval() -> Non
 def test_healthy_when_redis_answers_the_watcher_lives_and_the_mirror_keeps_up() -> None:
     ok, body = metrics.health(Metrics(1.0).snapshot())
     assert ok
-    assert body == {"redis": True, "watcher": True, "mirror_lag_s": 0.0}
+    assert body == {
+        "status": "ok",
+        "role": "active",
+        "redis": True,
+        "watcher": True,
+        "mirror_lag_s": 0.0,
+    }
 
 
 def test_each_problem_is_named() -> None:
@@ -148,6 +154,7 @@ def test_each_problem_is_named() -> None:
     clock.now += 1.0 + metrics.HEALTHY_LAG_S
     ok, body = metrics.health(m.snapshot())
     assert not ok
+    assert body["status"] == "unhealthy"
     assert (body["redis"], body["watcher"], body["mirror_lag_s"]) == (False, False, 5.0)
     problems = body["problems"]
     assert isinstance(problems, list) and len(problems) == 3
@@ -161,6 +168,87 @@ def test_a_lag_just_under_the_limit_is_still_healthy() -> None:
     m = Metrics(1.0, clock)
     clock.now += 1.0 + metrics.HEALTHY_LAG_S - 0.01
     assert metrics.health(m.snapshot())[0]
+
+
+FULL = "no space left on device"
+
+
+def test_files_held_back_make_the_bridge_degraded_naming_each_file() -> None:
+    m = Metrics(1.0)
+    m.held_files(
+        [
+            (FULL, f"{FULL} taking task_queue/u/x.RETRMS"),
+            (FULL, f"{FULL} mirroring task_queue/u/y-AB_40.RETRMS"),
+            ("read-only file system", "read-only file system taking task_queue/v/z.PACKMS"),
+        ]
+    )
+    ok, body = metrics.health(m.snapshot())
+    assert not ok
+    assert (body["status"], body["role"], body["held_files"]) == ("degraded", "active", 3)
+    assert f"{FULL} taking task_queue/u/x.RETRMS" in body["problems"]
+    status, _, raw = web.route("/healthz", m.snapshot())
+    assert status == 503 and json.loads(raw)["status"] == "degraded"
+    values = _samples(metrics.exposition(m.snapshot()))
+    assert values[("taskd_bridge_degraded", ())] == 1
+    assert values[("taskd_bridge_held_files", (("reason", FULL),))] == 2
+    assert values[("taskd_bridge_held_files", (("reason", "read-only file system"),))] == 1
+    m.held_files([])  # the disk has room again
+    assert metrics.health(m.snapshot()) == (True, metrics.health(Metrics(1.0).snapshot())[1])
+    values = _samples(metrics.exposition(m.snapshot()))
+    assert values[("taskd_bridge_degraded", ())] == 0
+    assert not [k for k in values if k[0] == "taskd_bridge_held_files"]
+
+
+def test_held_files_beyond_the_cap_are_counted_not_listed() -> None:
+    m = Metrics(1.0)
+    n = metrics.MAX_HELD_SHOWN + 5
+    m.held_files([(FULL, f"{FULL} taking task_queue/u/t{i:03d}.SLOW") for i in range(n)])
+    body = metrics.health(m.snapshot())[1]
+    assert body["held_files"] == n
+    assert len(body["problems"]) == metrics.MAX_HELD_SHOWN + 1
+    assert body["problems"][-1] == "and 5 more files held back"
+
+
+def test_a_problem_beside_held_files_makes_the_bridge_unhealthy_not_degraded() -> None:
+    m = Metrics(1.0)
+    m.held_files([(FULL, f"{FULL} taking task_queue/u/x.SLOW")])
+    m.redis_seen(False)
+    body = metrics.health(m.snapshot())[1]
+    assert body["status"] == "unhealthy"
+    assert "redis unreachable" in body["problems"]
+
+
+def test_a_standby_answers_503_with_its_role_and_reason_and_no_lag() -> None:
+    clock = Clock()
+    m = Metrics(1.0, clock)
+    m.standby("no Redis answers at redis://127.0.0.1:1/0: connection refused")
+    m.redis_seen(False)
+    clock.now += 100.0  # a standby mirrors nothing: never behind
+    status, _, raw = web.route("/healthz", m.snapshot())
+    body = json.loads(raw)
+    assert status == 503
+    assert (body["status"], body["role"]) == ("standby", "standby")
+    assert body["reason"] == "no Redis answers at redis://127.0.0.1:1/0: connection refused"
+    assert body["redis"] is False
+    assert any("connection refused" in p for p in body["problems"])  # the page shows these
+    values = _samples(metrics.exposition(m.snapshot()))
+    assert values[("taskd_bridge_active", ())] == 0
+    assert values[("taskd_mirror_lag_seconds", ())] == 0
+    assert values[("taskd_redis_up", ())] == 0
+    assert web.tasks_view(m.snapshot())["health"]["role"] == "standby"
+
+
+def test_taking_over_starts_the_lag_afresh() -> None:
+    clock = Clock()
+    m = Metrics(1.0, clock)
+    m.standby("another bridge (h/1/x) is active on /data")
+    clock.now += 600.0
+    m.redis_seen(True)
+    m.active()
+    clock.now += 0.5
+    ok, body = metrics.health(m.snapshot())
+    assert ok and (body["status"], body["role"]) == ("ok", "active")
+    assert _samples(metrics.exposition(m.snapshot()))[("taskd_bridge_active", ())] == 1
 
 
 # --- routes -----------------------------------------------------------------------------------
@@ -243,6 +331,14 @@ def test_the_server_answers_from_the_latest_snapshot(served: tuple[Metrics, str]
         urllib.request.urlopen(base + "/healthz", timeout=5)
     assert failed.value.code == 503
     assert json.loads(failed.value.read())["redis"] is False
+
+
+def test_the_server_stops_once_however_often_it_is_told() -> None:
+    m = Metrics(1.0)
+    server = web.serve("127.0.0.1", free_port(), m)
+    assert server is not None
+    server.stop()
+    server.stop()
 
 
 def test_a_port_in_use_is_logged_and_the_bridge_goes_on_without_it(
