@@ -1,134 +1,73 @@
 """`taskd up`: bridge, workers and Flower on one machine, and a private Redis when none answers.
 
 A small supervisor: each child is restarted with a back-off if it dies, and all are stopped
-(SIGTERM, then SIGKILL) when `up` is told to stop. SIGTERM is a Celery worker's warm shutdown:
-it finishes the jobs it runs within its grace, and a job it cannot finish goes back to the queue
-(late acks). The private Redis stops last, once nothing talks to it any more.
+when `up` is told to stop (SIGTERM, SIGINT or SIGHUP alike), in order: workers first (SIGTERM is
+Celery's warm shutdown: they finish the jobs they run within their grace, a job they cannot
+finish goes back to the queue) while the bridge still mirrors what they finish; then the bridge
+and Flower; the private Redis last, once nothing talks to it any more.
 
 Children run in their own process group, so a Ctrl-C in the terminal reaches `up` alone and each
 child gets exactly one SIGTERM from it; and they are told to stop should `up` itself die.
+
+Secrets stay off every command line (`ps` shows argv to all users): the private Redis reads its
+password from a config file only its owner may read, and the children get the Redis URL with
+the password, and Flower its login, through the environment.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import logging
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
-from urllib.parse import urlparse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote
 
-import redis
-
+from bridge.child import WORKER_STOP_GRACE_S, Child
+from bridge.privateredis import RedisPlan, plan_redis, redis_answers
+from bridge.secretfile import private_dir, secret, with_password
+from bridge.stopsignals import StopSignals
 from taskd.celeryconf import QUEUES
-from taskd.settings import Settings
+from taskd.settings import Settings, redact_url
 from taskd.tasktypes import load_types
 
 log = logging.getLogger(__name__)
 
-RESTART_BACKOFF_MAX_S = 30.0
-STOP_GRACE_S = 15.0
-"""Bridge, Flower and Redis: time to stop after SIGTERM before they are killed."""
-WORKER_STOP_GRACE_S = 60.0
-"""A worker's warm shutdown: time for its running jobs to finish (others are run again)."""
-PR_SET_PDEATHSIG = 1
+LAST_MIRROR_TICKS = 2
+"""Mirror ticks the bridge keeps running after the workers stopped, so what they finished
+reaches the task files before the bridge stops."""
+STOP_ORDER = (("worker",), ("bridge", "flower"), ("redis",))
+"""Roles stopped together, group after group."""
+FLOWER_PASSWORD_FILE = "flower.pass"
+"""Under <data-root>/.taskd/: Flower's password under `up`, unless FLOWER_BASIC_AUTH is set."""
+FLOWER_USER = "taskd"
+PRIVATE_ONLY = ("FLOWER_BASIC_AUTH",)
+"""Environment a child other than Flower never needs."""
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: SIGTERM when `up` dies, however it dies (Linux)."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: up's own stop still works
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+# --- Flower ------------------------------------------------------------------------------------
 
 
-@dataclass
-class Child:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    proc: subprocess.Popen[bytes] | None = None
-    grace: float = STOP_GRACE_S
-    restarts: int = 0
-    next_start: float = 0.0
-    started_at: float = field(default=0.0)
-
-    def start(self, now: float) -> None:
-        log.info("starting %s", self.name)
-        self.proc = subprocess.Popen(
-            self.argv, env=self.env, process_group=0, preexec_fn=_die_with_parent
-        )
-        self.started_at = now
-
-    def poll_once(self, now: float) -> None:
-        """Restart a child that died, waiting longer each time it dies young."""
-        if self.proc is None or self.proc.poll() is None:
-            if self.proc is None and now >= self.next_start:
-                self.start(now)
-            return
-        code = self.proc.returncode
-        self.proc = None
-        young = now - self.started_at < 60
-        self.restarts = self.restarts + 1 if young else 0
-        delay = min(RESTART_BACKOFF_MAX_S, 2.0**self.restarts) if young else 1.0
-        log.warning("%s exited with %s; restarting in %.0f s", self.name, code, delay)
-        self.next_start = now + delay
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-
-    def wait(self, started: float) -> None:
-        """Wait out the child's grace from `started`, then kill it."""
-        if self.proc is None:
-            return
-        try:
-            self.proc.wait(max(0.1, started + self.grace - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.warning("%s did not stop within %.0f s; killing it", self.name, self.grace)
-            self.proc.kill()
-            self.proc.wait(5)
+def flower_login(settings: Settings, environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
+    """Flower's FLOWER_BASIC_AUTH (the operator's when set) and how to log in, in words."""
+    given = environ.get("FLOWER_BASIC_AUTH")
+    if given:
+        return {"FLOWER_BASIC_AUTH": given}, "log in as FLOWER_BASIC_AUTH says"
+    path = private_dir(settings) / FLOWER_PASSWORD_FILE
+    auth = f"{FLOWER_USER}:{secret(path)}"
+    return {"FLOWER_BASIC_AUTH": auth}, f"user {FLOWER_USER}, password in {path}"
 
 
-def redis_answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
-    except redis.exceptions.RedisError:
-        return False
+def flower_options(extra: list[str], environ: Mapping[str, str]) -> list[str]:
+    """Flower's options for `taskd flower`: loopback unless the operator named an address."""
+    named = any(a == "--address" or a.startswith("--address=") for a in extra)
+    if named or environ.get("FLOWER_ADDRESS"):
+        return list(extra)
+    return ["--address=127.0.0.1", *extra]
 
 
-def private_redis(settings: Settings, env: dict[str, str]) -> Child | None:
-    """A persistent redis-server under the data root, when none answers at a local URL."""
-    if redis_answers(settings.redis_url):
-        return None
-    parsed = urlparse(settings.redis_url)
-    if parsed.hostname not in ("127.0.0.1", "localhost", "::1"):
-        raise SystemExit(f"no Redis answers at {settings.redis_url}, and it is not local")
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit(
-            "no Redis answers and redis-server is not installed (make run installs it)"
-        )
-    workdir = settings.data_root / "redis"
-    workdir.mkdir(parents=True, exist_ok=True)
-    argv = [
-        binary,
-        "--port",
-        str(parsed.port or 6379),
-        "--bind",
-        "127.0.0.1",
-        "--dir",
-        str(workdir),
-        "--appendonly",
-        "yes",
-        "--appendfsync",
-        "everysec",
-    ]
-    return Child("redis-server", argv, env)
+# --- the children ------------------------------------------------------------------------------
 
 
 def worker_queues(settings: Settings) -> str:
@@ -137,86 +76,110 @@ def worker_queues(settings: Settings) -> str:
     return ",".join(sorted(set(QUEUES) | {t.queue for t in types.values()}))
 
 
-def children(settings: Settings, workers: int, flower_port: int | None) -> list[Child]:
-    env = dict(os.environ)
-    env.update(TASKD_DATA_ROOT=str(settings.data_root), TASKD_REDIS_URL=settings.redis_url)
+@dataclass
+class Plan:
+    """What `up` runs, and what its banner tells."""
+
+    kids: list[Child]
+    redis: RedisPlan
+    flower_login: str = ""
+
+
+def _worker(settings: Settings, n: int, env: dict[str, str]) -> Child:
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker"]
+    argv += ["-Q", worker_queues(settings), "-n", f"worker{n}@%h", "--loglevel", "INFO"]
+    return Child(f"worker{n}", argv, env, role="worker", grace=WORKER_STOP_GRACE_S)
+
+
+def children(settings: Settings, workers: int, flower_port: int | None) -> Plan:
+    redis_plan = plan_redis(settings)
+    env = {k: v for k, v in os.environ.items() if k not in PRIVATE_ONLY}
+    env.update(TASKD_DATA_ROOT=str(settings.data_root), TASKD_REDIS_URL=redis_plan.url)
     if settings.mail_db is not None:
         env["TASKD_MAIL_DB"] = str(settings.mail_db)
     py = sys.executable
-    out = []
-    redis_child = private_redis(settings, env)
-    if redis_child is not None:
-        out.append(redis_child)
-    out.append(Child("bridge", [py, "-m", "bridge.cli", "bridge"], env))
-    for n in range(1, workers + 1):
-        out.append(
-            Child(
-                f"worker{n}",
-                [
-                    py,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "tasks",
-                    "worker",
-                    "-Q",
-                    worker_queues(settings),
-                    "-n",
-                    f"worker{n}@%h",
-                    "--loglevel",
-                    "INFO",
-                ],
-                env,
-                grace=WORKER_STOP_GRACE_S,
-            )
-        )
+    kids = [] if redis_plan.child is None else [redis_plan.child]
+    kids.append(Child("bridge", [py, "-m", "bridge.cli", "bridge"], env, role="bridge"))
+    kids += [_worker(settings, n, env) for n in range(1, workers + 1)]
+    login = ""
     if flower_port:
-        out.append(
-            Child(
-                "flower",
-                [
-                    py,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "tasks",
-                    "flower",
-                    f"--port={flower_port}",
-                    "--address=127.0.0.1",
-                ],
-                env,
-            )
-        )
-    return out
+        auth, login = flower_login(settings, os.environ)
+        argv = [py, "-m", "celery", "-A", "tasks", "flower", f"--port={flower_port}"]
+        argv.append("--address=127.0.0.1")
+        kids.append(Child("flower", argv, {**env, **auth}, role="flower"))
+    return Plan(kids, redis_plan, login)
 
 
-def start_all(kids: list[Child]) -> None:
+def banner(settings: Settings, planned: Plan, flower_port: int | None) -> str:
+    """What `up` prints once its children are planned: never a password, only where it is."""
+    root = settings.data_root
+    redis_plan = planned.redis
+    redis_line = f"\n  Redis: {redact_url(redis_plan.url)}"
+    watch = f"taskd status --watch --data-root {root}"
+    if redis_plan.password_file is not None:
+        redis_line += f" (password in {redis_plan.password_file})"
+        shown = with_password(redis_plan.url, f"$(cat {redis_plan.password_file})")
+        watch = f'TASKD_REDIS_URL="{unquote(shown)}" {watch}'
+    lines = [
+        f"taskd is up on {root}",
+        f"  drop task files into {settings.task_queue}/<user-id>/",
+        f"  try:   taskd submit 3 examples/0001.RETRMS --data-root {root}",
+        f"  watch: {watch}",
+    ]
+    text = "\n".join(lines) + redis_line
+    if flower_port:
+        text += f"\n  Flower: http://127.0.0.1:{flower_port} ({planned.flower_login})"
+    if settings.serve_port:
+        text += f"\n  bridge: http://{settings.http_host}:{settings.serve_port}/"
+    return text
+
+
+# --- running and stopping ----------------------------------------------------------------------
+
+
+def start_all(kids: list[Child], redis_url: str) -> None:
     for kid in kids:
         kid.start(time.monotonic())
-        if kid.name == "redis-server":
+        if kid.role == "redis":
             deadline = time.monotonic() + 10
-            while not redis_answers(kid.env["TASKD_REDIS_URL"]) and time.monotonic() < deadline:
+            while not redis_answers(redis_url) and time.monotonic() < deadline:
                 time.sleep(0.1)
 
 
-def stop_all(kids: list[Child]) -> None:
-    """Redis last, so the others can finish talking to it."""
-    others = [k for k in kids if k.name != "redis-server"]
-    last = [k for k in kids if k.name == "redis-server"]
-    for group in (others, last):
+def _pause(seconds: float, tick: Callable[[], None]) -> None:
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        tick()
+        time.sleep(min(0.1, left))
+
+
+def stop_all(kids: list[Child], signals: StopSignals, last_mirror_s: float) -> None:
+    """Group after group (STOP_ORDER); the bridge gets `last_mirror_s` after the workers."""
+    for roles in STOP_ORDER:
+        group = [k for k in kids if k.role in roles and k.running()]
+        if not group:
+            continue
+        log.info("stopping %s", ", ".join(k.name for k in group))
         for kid in group:
             kid.stop()
         started = time.monotonic()
         for kid in group:
-            kid.wait(started)
+            kid.wait(started, signals.report)
+        if roles == STOP_ORDER[0] and any(k.role == "bridge" and k.running() for k in kids):
+            _pause(last_mirror_s, signals.report)
+    signals.report()
+    log.info("all stopped")
 
 
-def supervise(kids: list[Child], stop: threading.Event) -> None:
-    start_all(kids)
+def supervise(
+    kids: list[Child], redis_url: str, signals: StopSignals, mirror_interval: float
+) -> None:
     try:
-        while not stop.wait(1.0):
+        start_all(kids, redis_url)
+        while not signals.requested.wait(1.0):
             now = time.monotonic()
             for kid in kids:
                 kid.poll_once(now)
+        signals.report()
     finally:
-        stop_all(kids)
+        stop_all(kids, signals, LAST_MIRROR_TICKS * mirror_interval)

@@ -27,6 +27,7 @@ AUTH = "ops:s3cret"
 
 class Flower:
     def __init__(self, port: int) -> None:
+        self.port = port
         self.base = f"http://127.0.0.1:{port}"
 
     def get(self, path: str, auth: str | None = AUTH) -> tuple[int, Any]:
@@ -51,19 +52,13 @@ class Flower:
 @pytest.fixture(scope="module")
 def flower(env: dict[str, str], data_root: Path, worker: Worker) -> Iterator[Flower]:
     port = free_port()
+    # The login through the environment (never argv, which `ps` shows to every user), and no
+    # --address: `taskd flower` listens on loopback by default.
     with open(data_root / "flower.log", "ab") as log:
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bridge.cli",
-                "flower",
-                f"--port={port}",
-                "--address=127.0.0.1",
-                f"--basic-auth={AUTH}",
-            ],
+            [sys.executable, "-m", "bridge.cli", "flower", f"--port={port}"],
             cwd=REPO,
-            env=env,
+            env={**env, "FLOWER_BASIC_AUTH": AUTH},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -78,6 +73,22 @@ def flower(env: dict[str, str], data_root: Path, worker: Worker) -> Iterator[Flo
         yield client
     finally:
         stop_process(proc)
+
+
+def listening(port: int) -> set[str]:
+    """The local addresses (hex, as /proc/net/tcp* spells them) listening on `port`."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.rsplit(":", 1)
+            if int(hex_port, 16) == port and state == "0A":  # LISTEN
+                found.add(address)
+    return found
+
+
+def test_taskd_flower_listens_on_loopback_only(flower: Flower) -> None:
+    assert listening(flower.port) == {"0100007F"}  # 127.0.0.1, and nothing else
 
 
 def test_flower_asks_for_its_basic_auth(flower: Flower) -> None:
