@@ -67,7 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parsers["up"].add_argument("--workers", type=int, default=1, help="worker processes")
     parsers["up"].add_argument(
-        "--flower-port", type=int, default=5555, help="Flower's port on 127.0.0.1 (0: none)"
+        "--flower-port",
+        type=int,
+        default=5555,
+        help="Flower's port on 127.0.0.1, behind a login (0: none)",
     )
     parsers["up"].add_argument(
         "--sample", action="store_true", help="create a sample mail archive if there is none"
@@ -90,8 +93,11 @@ def _export(settings: Any) -> None:
 
 
 def cmd_bridge(args: argparse.Namespace) -> int:
+    import logging
+
     import redis as redis_lib
 
+    from bridge import web
     from bridge.daemon import Bridge
     from bridge.leader import Leadership
     from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, make_app
@@ -99,24 +105,39 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.setup(settings.log_format)
+    settings.require_data_root()  # a typo or an unmounted share is said, not created empty
     client = redis_lib.Redis.from_url(
         settings.redis_url,
         socket_timeout=SOCKET_TIMEOUT_S,
         socket_connect_timeout=CONNECT_TIMEOUT_S,
     )
     stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    leader = Leadership(client, settings.data_root)
-    # A second bridge on the same data root stands by until the active one is gone.
-    if not leader.acquire(stop):
-        return EXIT_OK
-    leader.keep(stop)
+
+    def stopping(signum: int, _frame: object) -> None:
+        if not stop.is_set():  # said once, whichever signal comes first
+            logging.getLogger("bridge").warning(
+                "%s received: stopping", signal.Signals(signum).name
+            )
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stopping)
     bridge = Bridge(settings, load_types(settings.schema_dirs), make_app(settings), client)
+    leader = Leadership(client, settings.data_root, settings.redis_url, bridge.metrics)
+    # Served while standing by too: /healthz answers 503 and says why this bridge waits.
+    server = web.serve(settings.http_host, settings.serve_port, bridge.metrics)
     try:
-        bridge.run(stop)
+        # A second bridge on the same data root stands by until the active one is gone.
+        if not leader.acquire(stop):
+            return EXIT_OK
+        leader.keep(stop)
+        try:
+            bridge.run(stop, server)
+        finally:
+            leader.release()
     finally:
-        leader.release()
+        if server is not None:
+            server.stop()
     return EXIT_LOCKED if leader.lost.is_set() else EXIT_OK
 
 
@@ -134,8 +155,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
+    from bridge.up import flower_options
+
     _export(_settings(args))
-    argv = [sys.executable, "-m", "celery", "-A", "tasks", "flower", *args.extra]
+    # Loopback unless told otherwise; the password belongs in FLOWER_BASIC_AUTH, not argv.
+    extra = flower_options(list(args.extra), os.environ)
+    argv = [sys.executable, "-m", "celery", "-A", "tasks", "flower", *extra]
     os.execv(sys.executable, argv)
     return EXIT_OK  # pragma: no cover
 
@@ -181,10 +206,18 @@ def cmd_retry(args: argparse.Namespace) -> int:
     bad = 0
     for path in args.files:
         try:
-            print(f"{path}: queued again as {retry_file(path, types, settings.task_queue).name}")
+            target, restored = retry_file(path, types, settings.task_queue)
         except RetryError as exc:
             print(f"{path}: {exc}")
             bad += 1
+            continue
+        if restored:
+            print(
+                f"{path}: its job had finished (Redis was away when it ended); restored as "
+                f"{target.name}, not run again"
+            )
+        else:
+            print(f"{path}: queued again as {target.name}")
     return EXIT_BAD if bad else EXIT_OK
 
 
@@ -352,33 +385,23 @@ def _watch(snapshot: Any, render: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from bridge.up import children, supervise
+    from bridge.up import StopSignals, banner, children, supervise
     from taskd.sample import write_sample
 
     settings = _settings(args)
     logs.setup(settings.log_format)
+    signals = StopSignals()  # before anything starts: a SIGHUP now is a stop, not a death
+    signals.install()
+    if not args.sample:  # only a first run on a sample archive makes its data root
+        settings.require_data_root()
     for sub in ("task_queue", "download", "retrieve", "work_space"):
         (settings.data_root / sub).mkdir(parents=True, exist_ok=True)
     if args.sample and write_sample(settings.mail_db_path):
         print(f"sample archive written to {settings.mail_db_path}", flush=True)
-    kids = children(settings, args.workers, args.flower_port or None)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    print(
-        f"taskd is up on {settings.data_root}\n"
-        f"  drop task files into {settings.task_queue}/<user-id>/\n"
-        f"  try:   taskd submit 3 examples/0001.RETRMS --data-root {settings.data_root}\n"
-        f"  watch: taskd status --watch --data-root {settings.data_root}"
-        + (f"\n  Flower: http://127.0.0.1:{args.flower_port}" if args.flower_port else "")
-        + (
-            f"\n  bridge: http://{settings.http_host}:{settings.serve_port}/"
-            if settings.serve_port
-            else ""
-        ),
-        flush=True,
-    )
-    supervise(kids, stop)
+    flower_port = args.flower_port or None
+    planned = children(settings, args.workers, flower_port)
+    print(banner(settings, planned, flower_port), flush=True)
+    supervise(planned.kids, planned.redis.url, signals, settings.mirror_interval)
     return EXIT_OK
 
 

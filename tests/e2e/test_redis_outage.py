@@ -64,6 +64,7 @@ LONG_OUTAGE_S = float(os.environ.get("TASKD_TEST_LONG_OUTAGE", "120"))
 whose work was done); `TASKD_TEST_LONG_OUTAGE=600 make test` tries ten minutes."""
 
 
+@pytest.mark.timeout(LONG_OUTAGE_S + 300)
 @pytest.mark.parametrize("outage", [8.0, LONG_OUTAGE_S], ids=["seconds", "minutes"])
 def test_a_job_that_ends_while_redis_is_away_ends_success_once(
     bridge: BridgeProc, drop: Drop, redis_server: RedisServer, outage: float
