@@ -198,6 +198,7 @@ class Stack:
         self.env_extra = {"TASKD_SCHEMA_PATH": str(BENCH_SCHEMAS), **(env_extra or {})}
         self.procs: list[Any] = []
         self._roots = 0
+        self._dbs: dict[Path, int] = {}
         self.client: Any = None
 
     def start(self) -> Stack:
@@ -210,19 +211,27 @@ class Stack:
         assert self.client is not None
         return self.client
 
-    def new_root(self, users: Iterable[str] = ("7",)) -> Path:
+    def new_root(self, users: Iterable[str] = ("7",), db: int = 0) -> Path:
         """A data root with its user directories made before any bridge watches it: a file
         written into a directory the bridge has just seen appear may come with no close
-        event, and waits TASKD_SETTLE instead (bridge/watch.py)."""
+        event, and waits TASKD_SETTLE instead (bridge/watch.py).
+
+        One Redis db serves one data root (taskd/roots.py): the new root takes `db` over from
+        the one before it (whose processes are stopped by then); a root whose bridge runs
+        beside another's needs a `db` of its own."""
         self._roots += 1
         root = self.base / f"data{self._roots}"
         (root / "files").mkdir(parents=True)
         for user in users:
             (root / "task_queue" / user).mkdir(parents=True)
+        self._dbs[root] = db
+        with redis.Redis.from_url(self.redis.db_url(db)) as client:
+            client.delete(states.KEY_ROOT)
         return root
 
     def env(self, root: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return taskd_env(root, self.redis.url, {**self.env_extra, **(extra or {})})
+        url = self.redis.db_url(self._dbs.get(root, 0))
+        return taskd_env(root, url, {**self.env_extra, **(extra or {})})
 
     def bridge(self, root: Path, ready_probe: bool = True) -> BridgeProc:
         proc = BridgeProc(self.env(root), root / "bridge.log")

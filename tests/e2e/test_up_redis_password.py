@@ -45,6 +45,7 @@ def guarded_redis(tmp_path: Path) -> Iterator[int]:
 
 
 def run_up(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "data").mkdir(exist_ok=True)  # up without --sample needs its data root
     env = taskd_env(tmp_path / "data", url)
     return subprocess.run(
         [sys.executable, "-m", "bridge.cli", "up", "--workers", "0", "--flower-port", "0"],
@@ -83,6 +84,7 @@ def test_the_private_redis_takes_the_password_of_the_url(tmp_path: Path) -> None
     port = free_port()
     password = "given p@ss/word"  # quoted in the URL, as a URL must
     url = f"redis://:given%20p%40ss%2Fword@127.0.0.1:{port}/0"
+    (tmp_path / "data").mkdir()
     up = Up(taskd_env(tmp_path / "data", url), tmp_path / "up.log")
     up.args = ("--workers", "0", "--flower-port", "0")
     up.start()
