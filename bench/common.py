@@ -238,7 +238,8 @@ class Stack:
         proc.start()
         self.procs.append(proc)
         if ready_probe:
-            wait_taken(root, proc, self.r)
+            with redis.Redis.from_url(self.redis.db_url(self._dbs.get(root, 0))) as client:
+                wait_taken(root, proc, client)
         return proc
 
     def worker(self, root: Path, concurrency: int, name: str = "bench") -> Worker:
