@@ -2,10 +2,13 @@
 
 Every key and queue taskd uses is global to its Redis db, so two data roots on one db would run
 each other's jobs against the wrong archive and cancel each other's work. Each data root has an
-identity, `<data-root>/.taskd/root-id` (a UUID made once, by whichever process needs it first;
-hosts sharing the data root over NFS read the same file), and the Redis db records the root it
-serves in `taskd:root`. The bridge and every worker claim the db for their root when it serves
-none (a Redis that came back empty serves none) and refuse to act when it serves another.
+identity: a UUID made once in `<data-root>/.taskd/root-id` (by whichever process needs it first;
+hosts sharing the data root over NFS read the same file) together with the data root's path, so
+a copy of a data root (`cp -a`, a restored backup beside the original) is another root although
+it carries the same file. Every host therefore names a shared data root by the same path. The
+Redis db records the root it serves in `taskd:root`. The bridge and every worker claim the db
+for their root when it serves none (a Redis that came back empty serves none) and refuse to act
+when it serves another.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ class RootClaim:
         return json.dumps({"id": self.id, "path": self.path, "host": self.host})
 
     @classmethod
-    def parse(cls, raw: bytes | str | None) -> RootClaim | None:
-        if raw is None or len(raw) > MAX_ROOT_RECORD:
+    def parse(cls, raw: object) -> RootClaim | None:
+        if not isinstance(raw, (bytes, str)) or len(raw) > MAX_ROOT_RECORD:
             return None
         try:
             data = json.loads(raw)
@@ -64,8 +67,13 @@ def _valid_id(text: str) -> bool:
 
 
 def root_id(data_root: Path) -> str:
-    """The data root's identity, made once: written aside, then linked in without replacing, so
-    two processes starting together agree on one."""
+    """The data root's identity: `<uuid>@<absolute path>`."""
+    return f"{root_uuid(data_root)}@{os.path.abspath(data_root)}"
+
+
+def root_uuid(data_root: Path) -> str:
+    """The UUID of `.taskd/root-id`, made once: written aside, then linked in without
+    replacing, so two processes starting together agree on one."""
     folder = data_root / names.PRIVATE_DIR
     path = folder / ROOT_ID_FILE
     for _ in range(3):
@@ -83,6 +91,16 @@ def root_id(data_root: Path) -> str:
 
 
 def _make_root_id(folder: Path, path: Path) -> None:
+    try:
+        _write_root_id(folder, path)
+    except OSError as exc:
+        raise SettingsError(
+            f"cannot create {path} ({exc.strerror or exc}): the data root needs a few bytes "
+            "of free space and write access for taskd's user"
+        ) from exc
+
+
+def _write_root_id(folder: Path, path: Path) -> None:
     folder.mkdir(mode=0o750, exist_ok=True)
     aside = folder / f".{ROOT_ID_FILE}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
     try:
@@ -100,7 +118,7 @@ def claim(client: Any, data_root: Path, ident: str) -> RootClaim | None:
     """Claim the db for this root if it serves none; the other root's claim if it serves one.
 
     One round trip. Raises Redis's own errors (the caller knows whether Redis may be away)."""
-    mine = RootClaim(ident, str(data_root), socket.gethostname())
+    mine = RootClaim(ident, os.path.abspath(data_root), socket.gethostname())
     with client.pipeline(transaction=False) as pipe:
         pipe.set(states.KEY_ROOT, mine.dump(), nx=True)
         pipe.get(states.KEY_ROOT)
@@ -108,13 +126,19 @@ def claim(client: Any, data_root: Path, ident: str) -> RootClaim | None:
     return other_root(raw, ident)
 
 
-def other_root(raw: bytes | str | None, ident: str) -> RootClaim | None:
+def other_root(raw: object, ident: str) -> RootClaim | None:
     """The claim in `raw` when it is another root's (an unreadable claim counts as another's:
     it was not written by this version of taskd for this root)."""
     held = RootClaim.parse(raw)
     if held is None:
         return RootClaim("?", "(an unreadable taskd:root)", "?") if raw is not None else None
-    return None if held.id == ident else held
+    # A claim of an older version holds the bare UUID beside the path.
+    return None if ident in (held.id, f"{held.id}@{held.path}") else held
+
+
+def same_root(value: str, ident: str) -> bool:
+    """Whether a job's recorded root is this one (jobs of an older version name the UUID)."""
+    return value == ident or ident.startswith(f"{value}@")
 
 
 FIX = (

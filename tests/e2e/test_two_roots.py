@@ -4,6 +4,7 @@ touched; a worker never runs a job of another data root."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -31,6 +32,26 @@ def _second_root(tmp_path: Path) -> Path:
     return root
 
 
+def _beside(root: Path, env: dict[str, str]) -> dict[str, str]:
+    """The environment of another data root on the same Redis db as `env`'s."""
+    return taskd_env(root, env["TASKD_REDIS_URL"], {"TASKD_SCHEMA_PATH": env["TASKD_SCHEMA_PATH"]})
+
+
+def _bridge_refuses(env: dict[str, str], holder: Path) -> None:
+    """A bridge started with `env` exits 2 naming the data root `holder` that holds the db."""
+    refused = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "bridge"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2, refused.stderr
+    assert REFUSAL in refused.stderr and str(holder) in refused.stderr
+    assert "one Redis db serves one data root" in refused.stderr
+
+
 def test_a_second_data_root_on_the_same_db_refuses_and_leaves_the_first_alone(
     bridge: BridgeProc, drop: Drop, env: dict[str, str], data_root: Path, tmp_path: Path
 ) -> None:
@@ -38,21 +59,8 @@ def test_a_second_data_root_on_the_same_db_refuses_and_leaves_the_first_alone(
     running = drop.wait_state("long", "PROGRESS", timeout=15)
     root_b = _second_root(tmp_path)
     (root_b / "task_queue" / "ub" / "b1.SLOW").write_text(json.dumps({"type": "SLOW"}))
-    env_b = taskd_env(
-        root_b, env["TASKD_REDIS_URL"], {"TASKD_SCHEMA_PATH": env["TASKD_SCHEMA_PATH"]}
-    )
-
-    bridge_b = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "bridge"],
-        cwd=REPO,
-        env=env_b,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert bridge_b.returncode == 2, bridge_b.stderr
-    assert REFUSAL in bridge_b.stderr and str(data_root) in bridge_b.stderr
-    assert "one Redis db serves one data root" in bridge_b.stderr
+    env_b = _beside(root_b, env)
+    _bridge_refuses(env_b, data_root)
 
     worker_b = subprocess.run(
         [
@@ -82,6 +90,20 @@ def test_a_second_data_root_on_the_same_db_refuses_and_leaves_the_first_alone(
     assert done["state"] == "SUCCESS" and done["job-id"] == running["job-id"]
     # B's file was never taken: the refusal came before any pass.
     assert json.loads((root_b / "task_queue" / "ub" / "b1.SLOW").read_text()) == {"type": "SLOW"}
+
+
+def test_a_copy_of_the_data_root_is_another_root(
+    bridge: BridgeProc, drop: Drop, env: dict[str, str], data_root: Path, tmp_path: Path
+) -> None:
+    """`cp -a` copies `.taskd/root-id` too; the copy's path still tells it apart."""
+    drop.write("first.SLOW", {"type": "SLOW"})
+    drop.wait_state("first", {"SUCCESS", "FAILURE"}, timeout=30)
+    copy = tmp_path / "data-copy"
+    shutil.copytree(data_root, copy, symlinks=True)
+    assert (copy / ".taskd" / "root-id").read_bytes() == (
+        data_root / ".taskd" / "root-id"
+    ).read_bytes()
+    _bridge_refuses(_beside(copy, env), data_root)
 
 
 def test_a_bridge_stops_when_its_db_comes_to_serve_another_root(tmp_path: Path) -> None:
