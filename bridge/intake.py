@@ -19,7 +19,7 @@ from typing import Any
 
 from bridge import contract, files
 from bridge.judge import Verdict, judge, too_large
-from taskd import formats
+from taskd import formats, names
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType
 
@@ -58,7 +58,7 @@ def owned_limit(max_task_bytes: int) -> int:
 
 
 OWN_SLACK_BYTES = 65536
-REJECTED_DIR = "rejected"  # originals of rejected files too large to keep inline, by user
+REJECTED_DIR = names.REJECTED_DIR  # originals of rejected files too large to keep inline
 
 
 class Intake:

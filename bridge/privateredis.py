@@ -14,13 +14,14 @@ import redis
 
 from bridge.child import Child
 from bridge.secretfile import private_dir, read_secret, secret, url_password, with_password
+from taskd import names
 from taskd.settings import Settings, redact_url
 
 log = logging.getLogger("bridge.up")
 
 REDIS_PASSWORD_FILE = "redis.pass"
 """Under <data-root>/.taskd/: the private Redis's password, when TASKD_REDIS_URL has none."""
-REDIS_DIR = "redis"
+REDIS_DIR = names.REDIS_DIR
 """Under the data root, mode 0700: the private Redis's config (with its password) and data."""
 REDIS_CONF = "redis.conf"
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")

@@ -5,6 +5,8 @@
   outcome reaches the task file even if the bridge or Redis forgot the notify job.
 - `<data-root>/.taskd/outputs/<user-id>/<job-id>`: which output a PACKMS job published, so a
   second delivery of the job publishes nothing new.
+- `<data-root>/rejected/`: originals of rejected task files too large to keep inline.
+- `<data-root>/redis/`: the files of the private Redis `taskd up` starts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ NOTIFY_SUFFIX = ".notify.eml"
 SENT_SUFFIX = ".notify.sent"
 PRIVATE_DIR = ".taskd"
 OUTPUTS_DIR = "outputs"
+REJECTED_DIR = "rejected"
+REDIS_DIR = "redis"
 
 
 def notify_mail(task_id: str) -> str:

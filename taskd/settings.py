@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from taskd.names import PRIVATE_DIR
+from taskd.names import PRIVATE_DIR, REDIS_DIR, REJECTED_DIR
 
 DEFAULT_DATA_ROOT = "/usr/local/mozart/data"
 """Where the old Taskd kept everything; the UI writes task_queue/ under it."""
@@ -148,7 +148,13 @@ def folder_mode(mode: int) -> int:
 
 def _real(path: Path) -> Path:
     """`path` normalised, with the symlinks of the part that exists resolved."""
-    return Path(os.path.realpath(os.path.normpath(path)))
+    try:
+        return Path(os.path.realpath(os.path.normpath(path)))
+    except OSError as exc:  # a link taskd's user may not read (/proc/<pid>/cwd)
+        raise SettingsError(
+            f"{str(path)!r} cannot be resolved ({exc.strerror or exc}); name a folder that "
+            "taskd's user can reach"
+        ) from None
 
 
 def _names_top(path: Path) -> bool:
@@ -275,6 +281,8 @@ class Settings:
             ("the downloads", "TASKD_DATA_ROOT", self.download),
             ("the result sets", "TASKD_DATA_ROOT", self.retrieve),
             ("taskd's own folder", "TASKD_DATA_ROOT", self.data_root / PRIVATE_DIR),
+            ("the rejected originals", "TASKD_DATA_ROOT", self.data_root / REJECTED_DIR),
+            ("the private Redis's files", "TASKD_DATA_ROOT", self.data_root / REDIS_DIR),
         )
 
     @property

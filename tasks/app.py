@@ -18,6 +18,7 @@ from taskd import roots
 from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, config
 from taskd.settings import Settings, SettingsError
 from taskd.tasktypes import load_types
+from tasks import fileroots
 
 NOTIFY_MODULE = "tasks.notify"
 
@@ -36,11 +37,13 @@ app = TaskdCelery("taskd")
 @signals.worker_init.connect
 def refuse_wrong_setup(sender: Any = None, **_: Any) -> None:
     """A worker never starts without its data root (a typo or an unmounted share), nor on a
-    Redis db that serves another data root (taskd/roots.py)."""
+    Redis db that serves another data root (taskd/roots.py); it pins PACKMS's allowed roots
+    (tasks/fileroots.py)."""
     try:
         settings = Settings.from_env(os.environ)
         settings.require_data_root()
         _refuse_another_root(settings)
+        fileroots.pin(settings)
     except SettingsError as exc:
         logging.getLogger(__name__).critical("not starting: %s", exc)
         raise SystemExit(2) from None

@@ -22,7 +22,7 @@ from typing import Any, BinaryIO, cast
 
 from taskd import atomic, names, states
 from taskd.settings import Settings
-from tasks import pack, results
+from tasks import fileroots, pack, results
 from tasks.app import app
 from tasks.base import Job, TaskdTask
 from tasks.errors import Retryable, TaskFailed, as_retryable
@@ -66,7 +66,8 @@ def allowed_root(
     """A `files` entry resolved with symlinks followed, and the allowed root it lies in.
 
     Only a look at the path: what is packed is opened later by `open_below`, which follows no
-    link, so a folder swapped for a symlink after this check cannot lead outside the root.
+    link, so a folder swapped for a symlink after this check cannot lead outside the root; the
+    roots themselves are pinned (`tasks.fileroots`), so a root swapped for a link opens nothing.
     A file inside one of the `private` folders (`Settings.private_folders`) is refused unless
     its root lies inside that folder too: a root that holds the data root (the default /tmp
     when the data root was made there) does not open the data root.
@@ -77,11 +78,12 @@ def allowed_root(
         real = Path(raw).resolve(strict=True)
     except (FileNotFoundError, RuntimeError, OSError):
         raise TaskFailed(f"field 'files': {raw!r} does not exist (or cannot be read)") from None
-    allowed = [Path(r).resolve() for r in roots]
+    roots = tuple(roots)
+    allowed = fileroots.current(roots)
     # The deepest root that holds it: every folder below is then one the walk must pass.
     inside = [root for root in allowed if real.is_relative_to(root)]
     if not inside:
-        raise _outside(raw, allowed)
+        raise _outside(raw, roots)
     root = max(inside, key=lambda root: len(root.parts))
     for variable, folder in private:
         kept = folder.resolve()
@@ -112,7 +114,7 @@ def open_below(root: Path, real: Path, raw: str) -> int:
     parts = real.relative_to(root).parts
     if not parts:
         raise TaskFailed(f"field 'files': {raw!r} is not a regular file")
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = fileroots.open_root(root)
     for part in parts[:-1]:
         fd = _step(fd, part, _DIR_FLAGS, raw, root)
     fd = _step(fd, parts[-1], _FILE_FLAGS, raw, root)

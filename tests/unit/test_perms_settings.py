@@ -242,6 +242,8 @@ def test_a_root_inside_the_data_root_is_fine_outside_taskds_own_folders(tmp_path
         ("mail_db", "the mail archive"),
         ("mail_db/yukoh", "the mail archive"),
         (".taskd", "taskd's own folder"),
+        ("rejected", "the rejected originals"),
+        ("redis", "the private Redis's files"),
     ],
 )
 def test_a_root_in_a_folder_taskd_keeps_is_refused(tmp_path: Path, inside: str, what: str) -> None:
@@ -293,7 +295,7 @@ def test_a_root_is_accepted_only_if_it_leaves_the_data_root_and_config_alone(
     real_data = Path(os.path.realpath(data))
     env = {"TASKD_DATA_ROOT": data, "TASKD_ALLOWED_FILE_ROOTS": root}
     private = [real_data / name for name in ("task_queue", "work_space", "download", "retrieve")]
-    private += [real_data / "mail_db", real_data / ".taskd"]
+    private += [real_data / n for n in ("mail_db", ".taskd", "rejected", "redis")]
     refused = (
         real_root == Path("/")
         or real_data.is_relative_to(real_root)
@@ -333,3 +335,14 @@ def test_a_data_root_that_is_a_file_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
     with pytest.raises(SettingsError, match="does not exist"):
         Settings(data_root=tmp_path / "dangling").require_data_root()
+
+
+def test_a_root_that_cannot_be_resolved_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`/proc/1/cwd` for a user who may not read the link: an error naming it, not a trace."""
+
+    def denied(path: object, **_: object) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os.path, "realpath", denied)
+    with pytest.raises(SettingsError, match=r"'/proc/1/cwd' cannot be resolved \(Permission"):
+        Settings.from_env({"TASKD_ALLOWED_FILE_ROOTS": "/proc/1/cwd"})
