@@ -116,9 +116,7 @@ class Progress:
     def _store(self) -> bool:
         """Write the meta, renew the claim, read the cancel flag: one round trip."""
         try:
-            cancelled = store_meta(
-                self.task, self.job_id, states.PROGRESS, self.meta(), self.worker
-            )
+            cancelled = store_meta(self.task, self.job_id, states.PROGRESS, self.meta(), self.owner)
         except Exception as exc:  # noqa: BLE001 - a report must never fail the task
             if not self._warned:
                 log.warning("job %s: progress not stored (%s); carrying on", self.job_id, exc)

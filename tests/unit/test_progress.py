@@ -150,3 +150,19 @@ def test_the_event_reads_as_a_progress_line_and_never_shadows_the_tasks_own_fiel
     clock.now += 1
     progress(90)
     assert task.events[-1]["result"] == "90% (3/5 files)"
+
+
+def test_a_report_renews_the_claim_under_the_owner_token_not_the_worker_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    task, clock = FakeTask(), Clock()
+    seen: list[tuple[Any, ...]] = []
+    original = FakePipe.eval
+
+    def spy(pipe: FakePipe, *args: Any) -> None:
+        seen.append(args)
+        original(pipe, *args)
+
+    monkeypatch.setattr(FakePipe, "eval", spy)
+    Progress(task, "j1", "w1@h", owner="w1@h/42/abcd", clock=clock)(10)
+    assert seen and seen[0][2] == states.claim_key("j1") and seen[0][3] == "w1@h/42/abcd"
