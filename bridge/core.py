@@ -16,7 +16,7 @@ import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
 
-from bridge import contract, files, metrics
+from bridge import contract, files, leader, metrics
 from bridge.guard import Guard
 from bridge.intake import Intake
 from bridge.logs import ids
@@ -24,7 +24,7 @@ from bridge.model import Table, Tracked
 from bridge.notify import Notifier, is_regular
 from bridge.publish import Publisher
 from taskd import roots, states
-from taskd.settings import Settings
+from taskd.settings import Settings, redact_url
 from taskd.tasktypes import TaskType, notify_type
 
 log = logging.getLogger(__name__)
@@ -48,13 +48,16 @@ def path_ids(path: Path) -> dict[str, str]:
 
 @dataclass
 class RedisLink:
-    """Redis, guarded: a call while it is away returns None, logged once per outage."""
+    """Redis, guarded: a call while it is away returns None, logged once per outage and again
+    only when the reason changes (down, a wrong password, not Redis at all: `leader.explain`)."""
 
     client: Any
     metrics: metrics.Metrics
+    url: str = ""  # redacted, for messages
     ok: bool = True
     retry_at: float = 0.0
     backoff: float = 0.5
+    reason: str = ""
 
     def call(self, now: float, fn: Callable[[], T]) -> T | None:
         if not self.ok and now < self.retry_at:
@@ -62,22 +65,30 @@ class RedisLink:
         try:
             value = fn()
         except REDIS_ERRORS as exc:
-            if self.ok:
-                log.warning(
-                    "Redis unreachable (%s); files keep their state and are caught up when it "
-                    "returns",
-                    exc,
-                )
-            self.ok = False
-            self.metrics.redis_seen(False)
+            reason, text = _why(exc, self.url)
+            if self.ok or reason != self.reason:
+                log.warning("%s; files keep their state and are caught up when Redis answers", text)
+            self.ok, self.reason = False, reason
+            self.metrics.redis_seen(False, text)
             self.retry_at = now + self.backoff
             self.backoff = min(BACKOFF_MAX_S, self.backoff * 2)
             return None
         if not self.ok:
             log.warning("Redis is back; catching up")
             self.metrics.redis_seen(True)
-        self.ok, self.backoff = True, 0.5
+        self.ok, self.backoff, self.reason = True, 0.5, ""
         return value
+
+
+def _why(exc: BaseException, url: str) -> tuple[str, str]:
+    """The reason of a Redis failure, also when kombu wrapped Redis's own error."""
+    url = url or "TASKD_REDIS_URL"
+    for cause in (exc, exc.__cause__, exc.__context__):
+        if isinstance(cause, redis.exceptions.RedisError):
+            if "closed by server" in str(cause):  # a Redis that answered before went away
+                return "down", f"no Redis answers at {url}: it closed the connection"
+            return leader.explain(cause, url)
+    return "down", f"no Redis answers at {url} ({exc})"
 
 
 @dataclass
@@ -128,7 +139,7 @@ class Core:
         self.app = app
         self.client = client
         self.metrics = metrics.Metrics(settings.mirror_interval)
-        self.redis = RedisLink(client, self.metrics)
+        self.redis = RedisLink(client, self.metrics, redact_url(settings.redis_url))
         self.guard = Guard()
         self.table = Table()
         self.owners = Owners()

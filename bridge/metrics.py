@@ -122,6 +122,7 @@ class Snapshot:
     role: str = ACTIVE_ROLE
     standby_reason: str | None = None  # why a standby waits
     held: tuple[tuple[str, str], ...] = ()  # files held back: (error, reason naming the file)
+    redis_why: str = ""  # what the last failed Redis call said, in an operator's words
 
     def count(self, metric: Metric, label: str | None = None) -> float:
         key = ((metric.label, label),) if metric.label and label is not None else ()
@@ -162,6 +163,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counts = _zeros()
         self._redis_ok = True
+        self._redis_why = ""
         self._watcher_ok = True
         self._mirrored_at = clock()
         self._tick = 0.0
@@ -175,13 +177,14 @@ class Metrics:
         with self._lock:
             self._counts[(metric.name, key)] = self._counts.get((metric.name, key), 0.0) + n
 
-    def redis_seen(self, ok: bool) -> None:
-        """What the loop's last Redis call found; a return after an outage is a reconnect."""
+    def redis_seen(self, ok: bool, why: str = "") -> None:
+        """What the loop's last Redis call found (and, when it failed, why); a return after an
+        outage is a reconnect."""
         with self._lock:
             if ok and not self._redis_ok:
                 key = (RECONNECTS.name, ())
                 self._counts[key] = self._counts.get(key, 0.0) + 1
-            self._redis_ok = ok
+            self._redis_ok, self._redis_why = ok, "" if ok else why
 
     def mirrored(self, started: float, ended: float) -> None:
         """A mirror tick that reached Redis and wrote what changed, on the loop's clock."""
@@ -225,6 +228,7 @@ class Metrics:
                 role=self._role,
                 standby_reason=self._standby_reason,
                 held=self._held,
+                redis_why=self._redis_why,
             )
 
 
@@ -243,7 +247,9 @@ def health(snap: Snapshot) -> tuple[bool, dict[str, Any]]:
     }
     problems = []
     if not snap.redis_ok:
-        problems.append("redis unreachable")
+        problems.append(
+            f"redis unreachable: {snap.redis_why}" if snap.redis_why else "redis unreachable"
+        )
     if not snap.watcher_ok:
         problems.append("watcher thread dead")
     if snap.mirror_lag >= HEALTHY_LAG_S:

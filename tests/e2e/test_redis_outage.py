@@ -34,7 +34,7 @@ def test_files_are_queued_while_redis_is_down_and_run_when_it_returns(
     assert done["job-id"] == queued["job-id"]
     assert _starts(drop)[done["job-id"]] == 1
     log = bridge.log.read_text()
-    assert log.count("Redis unreachable") == 1
+    assert log.count("no Redis answers at redis://127.0.0.1:") == 1
 
 
 def test_jobs_lost_with_redis_are_published_again_and_run_once(

@@ -349,3 +349,12 @@ def test_a_port_in_use_is_logged_and_the_bridge_goes_on_without_it(
     assert web.serve("127.0.0.1", port, Metrics(1.0)) is None
     assert "TASKD_HTTP_PORT" in caplog.text
     assert web.serve("127.0.0.1", None, Metrics(1.0)) is None
+
+
+def test_health_names_why_redis_failed() -> None:
+    m = Metrics(1.0)
+    m.redis_seen(False, "Redis at redis://h:6379/0 refused the password")
+    body = metrics.health(m.snapshot())[1]
+    assert "redis unreachable: Redis at redis://h:6379/0 refused the password" in body["problems"]
+    m.redis_seen(True)
+    assert metrics.health(m.snapshot())[1]["status"] == "ok"
