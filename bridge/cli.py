@@ -225,6 +225,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from bridge import contract
 
     settings = _settings(args)
+    settings.require_data_root()  # a typo is said, not created as an unwatched folder
     if not contract.USER_RE.fullmatch(args.user_id):
         print(f"user-id {args.user_id!r} must be [A-Za-z0-9_]+", file=sys.stderr)
         return EXIT_USAGE
@@ -343,6 +344,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from taskd.tasktypes import load_types
 
     settings = _settings(args)
+    settings.require_data_root()
     queues = set(QUEUES) | {t.queue for t in load_types(settings.schema_dirs).values()}
     client = redis_lib.Redis.from_url(
         settings.redis_url, socket_connect_timeout=3, socket_timeout=3

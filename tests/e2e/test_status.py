@@ -184,3 +184,16 @@ def test_queue_depths_sum_the_priority_sub_queues(redis_server: RedisServer) -> 
     finally:
         client.flushdb()
         client.close()
+
+
+def test_submit_and_status_refuse_a_data_root_that_is_not_there(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "typo" / "data"
+    source = tmp_path / "t1.SLOW"
+    source.write_text('{"type": "SLOW"}')
+    assert main(["submit", "u1", str(source), "--data-root", str(missing)]) == 2
+    assert main(["status", "--data-root", str(missing)]) == 2
+    err = capsys.readouterr().err
+    assert err.count(f"TASKD_DATA_ROOT={str(missing)!r} does not exist") == 2
+    assert not missing.exists() and not missing.parent.exists()
