@@ -85,6 +85,16 @@ def _family(name: str) -> bool:
     return name not in SKIP
 
 
+ENDED = {"SUCCESS", "FAILURE", "REJECTED", "CANCELLED"}
+
+
+def _listed(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except FileNotFoundError:
+        return []
+
+
 class HostileMachine(RuleBasedStateMachine):
     world: World  # set by the test before the run; hypothesis builds the machine itself
 
@@ -452,7 +462,7 @@ class HostileMachine(RuleBasedStateMachine):
                 problems.append(f"{user}/{path.name} shows output {output!r} of another user")
         problems += self._duplicates(settled)
         problems += self._left_alone()
-        problems += self._bounded()
+        problems += self._bounded(settled)
         problems += world.canaries.untouched()
         problems += self._no_leak()
         problems += self._no_new_tops()
@@ -487,10 +497,18 @@ class HostileMachine(RuleBasedStateMachine):
                 )
         return out
 
-    def _bounded(self) -> list[str]:
+    def _bounded(self, settled: dict[Path, dict[str, Any]]) -> list[str]:
         out = []
         root = self.world.data_root
-        measured = [*self.dirs, *(root / "work_space" / u for u in self.users)]
+        # A running job's tmp-space holds what its work needs (a RETRMS's spilled matches grow
+        # with the archive, not with what the UI wrote) and goes when the job ends.
+        running = {
+            root / "work_space" / path.parent.name / str(fields.get("task-id"))
+            for path, fields in settled.items()
+            if fields.get("state") not in ENDED
+        }
+        spaces = [root / "work_space" / u for u in self.users]
+        measured = [*self.dirs, *(t for s in spaces for t in _listed(s) if t not in running)]
         measured += [root / "rejected" / u for u in self.users]
         size = disk_bytes(measured)
         bound = GROWTH_FACTOR * self.written + GROWTH_PER_FILE * self.created + GROWTH_SLACK
