@@ -80,6 +80,9 @@ def config(settings: Settings, include: Iterable[str] = ()) -> dict[str, Any]:
         "redis_backend_health_check_interval": 10,
         "broker_transport_options": redis_options(settings),
         "broker_connection_retry_on_startup": True,
+        # A worker waits out a Redis outage of any length (Celery's default gives up after 100
+        # tries, about 45 minutes); `tasks/brokerfix.py` keeps the reconnect itself from failing.
+        "broker_connection_max_retries": None,
         "broker_connection_timeout": CONNECT_TIMEOUT_S,
         # Publishing waits a bounded time: the bridge keeps the file QUEUED and tries again
         # from its reconcile pass rather than blocking on a dead broker.

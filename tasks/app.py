@@ -18,9 +18,11 @@ from taskd import roots
 from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, config
 from taskd.settings import Settings, SettingsError
 from taskd.tasktypes import load_types
-from tasks import fileroots
+from tasks import brokerfix, fileroots
 
 NOTIFY_MODULE = "tasks.notify"
+
+brokerfix.apply()
 
 
 class TaskdCelery(Celery):
