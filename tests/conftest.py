@@ -10,10 +10,24 @@ from typing import Any
 
 import pytest
 
+from tests.support import background
 from tests.support.procs import BridgeProc, RedisServer, Worker, taskd_env, wait_until
 from tests.support.smtp import SmtpServer
 
 _users = itertools.count(1)
+
+
+collect_ignore_glob = [] if background.inside() else [f"{background.FOLDER}/*"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests waiting for the background run go last: the rest of the suite runs meanwhile."""
+    items.sort(key=lambda item: item.get_closest_marker("background") is not None)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    if any(item.get_closest_marker("background") for item in session.items):
+        background.start()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
