@@ -3,12 +3,12 @@
 Every key and queue taskd uses is global to its Redis db, so two data roots on one db would run
 each other's jobs against the wrong archive and cancel each other's work. Each data root has an
 identity: a UUID made once in `<data-root>/.taskd/root-id` (by whichever process needs it first;
-hosts sharing the data root over NFS read the same file) together with the data root's path, so
-a copy of a data root (`cp -a`, a restored backup beside the original) is another root although
-it carries the same file. Every host therefore names a shared data root by the same path. The
-Redis db records the root it serves in `taskd:root`. The bridge and every worker claim the db
-for their root when it serves none (a Redis that came back empty serves none) and refuse to act
-when it serves another.
+hosts sharing the data root over NFS read the same file), which every job carries. The Redis db
+records the root it serves in `taskd:root`: the UUID and the data root's path, so a copy of a
+data root (`cp -a`, a restored backup beside the original) is another root although it carries
+the same file. Every host therefore names a shared data root by the same path. The bridge and
+every worker claim the db for their root when it serves none (a Redis that came back empty
+serves none) and refuse to act when it serves another.
 """
 
 from __future__ import annotations
@@ -28,6 +28,10 @@ from taskd import names, states
 from taskd.settings import SettingsError, redact_url
 
 ROOT_ID_FILE = "root-id"
+REMAKE = (
+    "remove it to make a new one (the data root is then a new one to Redis: once its queues "
+    "are drained, DEL taskd:root in its Redis db)"
+)
 MAX_ROOT_RECORD = 4096
 
 
@@ -66,14 +70,16 @@ def _valid_id(text: str) -> bool:
         return False
 
 
+def root_path(data_root: Path) -> str:
+    """The data root's path as claims name it: absolute and normalised, links not resolved
+    (hosts may reach a share through a link of their own)."""
+    return os.path.abspath(data_root)
+
+
 def root_id(data_root: Path) -> str:
-    """The data root's identity: `<uuid>@<absolute path>`."""
-    return f"{root_uuid(data_root)}@{os.path.abspath(data_root)}"
-
-
-def root_uuid(data_root: Path) -> str:
     """The UUID of `.taskd/root-id`, made once: written aside, then linked in without
-    replacing, so two processes starting together agree on one."""
+    replacing, so two processes starting together agree on one. Jobs carry it; the claim in
+    Redis carries it with `root_path`."""
     folder = data_root / names.PRIVATE_DIR
     path = folder / ROOT_ID_FILE
     for _ in range(3):
@@ -83,9 +89,9 @@ def root_uuid(data_root: Path) -> str:
             _make_root_id(folder, path)
             continue
         except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(f"cannot read {path}: {exc}; remove it to make a new one") from exc
+            raise SettingsError(f"cannot read {path}: {exc}; {REMAKE}") from exc
         if not _valid_id(text):
-            raise SettingsError(f"{path} holds no data root identity; remove it to make a new one")
+            raise SettingsError(f"{path} holds no data root identity; {REMAKE}")
         return text
     raise SettingsError(f"cannot create {path}")
 
@@ -118,27 +124,21 @@ def claim(client: Any, data_root: Path, ident: str) -> RootClaim | None:
     """Claim the db for this root if it serves none; the other root's claim if it serves one.
 
     One round trip. Raises Redis's own errors (the caller knows whether Redis may be away)."""
-    mine = RootClaim(ident, os.path.abspath(data_root), socket.gethostname())
+    mine = RootClaim(ident, root_path(data_root), socket.gethostname())
     with client.pipeline(transaction=False) as pipe:
         pipe.set(states.KEY_ROOT, mine.dump(), nx=True)
         pipe.get(states.KEY_ROOT)
         _, raw = pipe.execute()
-    return other_root(raw, ident)
+    return other_root(raw, ident, mine.path)
 
 
-def other_root(raw: object, ident: str) -> RootClaim | None:
-    """The claim in `raw` when it is another root's (an unreadable claim counts as another's:
-    it was not written by this version of taskd for this root)."""
+def other_root(raw: object, ident: str, path: str) -> RootClaim | None:
+    """The claim in `raw` when it is another root's: another identity, or the same identity at
+    another path (a copy of the data root). An unreadable claim counts as another's."""
     held = RootClaim.parse(raw)
     if held is None:
         return RootClaim("?", "(an unreadable taskd:root)", "?") if raw is not None else None
-    # A claim of an older version holds the bare UUID beside the path.
-    return None if ident in (held.id, f"{held.id}@{held.path}") else held
-
-
-def same_root(value: str, ident: str) -> bool:
-    """Whether a job's recorded root is this one (jobs of an older version name the UUID)."""
-    return value == ident or ident.startswith(f"{value}@")
+    return None if held.id == ident and os.path.normpath(held.path) == path else held
 
 
 FIX = (
@@ -151,7 +151,7 @@ FIX = (
 def conflict(redis_url: str, data_root: Path, other: RootClaim) -> RootConflict:
     return RootConflict(
         f"the Redis db at {redact_url(redis_url)} already serves the data root {other.path} "
-        f"(of host {other.host}), not {data_root}: {FIX}"
+        f"(identity {other.id}, of host {other.host}), not {data_root}: {FIX}"
     )
 
 

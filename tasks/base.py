@@ -169,7 +169,7 @@ class TaskdTask(Task):  # type: ignore[misc]
     @property
     def _root_claim(self) -> str:
         host = str(self.request.hostname)
-        return roots.RootClaim(self.root_id, os.path.abspath(self.settings.data_root), host).dump()
+        return roots.RootClaim(self.root_id, roots.root_path(self.settings.data_root), host).dump()
 
     def _check_root(self, value: object, claim: bool = False) -> None:
         """Never run a job of another data root, nor on a Redis db that serves another: put the
@@ -177,10 +177,10 @@ class TaskdTask(Task):  # type: ignore[misc]
         settings, job_id = self.settings, str(self.request.id)
         problem: roots.RootConflict | None = None
         if claim:
-            other = roots.other_root(value, self.root_id)  # type: ignore[arg-type]
+            other = roots.other_root(value, self.root_id, roots.root_path(settings.data_root))
             if other is not None:
                 problem = roots.conflict(settings.redis_url, settings.data_root, other)
-        elif isinstance(value, str) and value and not roots.same_root(value, self.root_id):
+        elif isinstance(value, str) and value and value != self.root_id:
             problem = roots.foreign_job(settings.redis_url, settings.data_root, job_id)
         if problem is None:
             return

@@ -14,7 +14,7 @@ from bridge.contract import BRIDGE_TEMP_SUFFIX
 from bridge.core import Core
 from bridge.logs import ids
 from bridge.notify import is_sent_marker
-from taskd import roots, states
+from taskd import states
 from taskd.jobs import JobRecord
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _job_file_exists(core: Core, now: float, job_id: str) -> bool:
     record = JobRecord.parse(raw)
     if record is None:
         return False
-    if record.root and not roots.same_root(record.root, core.root_id):
+    if record.root and record.root != core.root_id:
         return True  # another data root's job (see taskd/roots.py): never this bridge's to cancel
     user, task_id = record.user, record.task_id
     if not contract.USER_RE.fullmatch(user) or not task_id or "/" in task_id:

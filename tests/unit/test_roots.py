@@ -21,11 +21,11 @@ def _root(path: Path) -> Path:
     return path
 
 
-def test_the_identity_is_made_once_and_names_the_path(tmp_path: Path) -> None:
+def test_the_identity_is_made_once(tmp_path: Path) -> None:
     root = _root(tmp_path / "a")
     first = roots.root_id(root)
     assert first == roots.root_id(root)
-    assert first.endswith(f"@{root}")
+    assert (root / ".taskd" / "root-id").read_text().strip() == first
 
 
 def test_a_copy_carries_the_file_but_is_another_root(tmp_path: Path) -> None:
@@ -33,34 +33,36 @@ def test_a_copy_carries_the_file_but_is_another_root(tmp_path: Path) -> None:
     ident = roots.root_id(root)
     copy = tmp_path / "b"
     shutil.copytree(root, copy)
-    assert roots.root_uuid(copy) == roots.root_uuid(root)
-    assert roots.root_id(copy) != ident
-    claim = roots.RootClaim(ident, str(root), "h").dump()
-    assert roots.other_root(claim, roots.root_id(copy)) is not None
-    assert roots.other_root(claim, ident) is None
+    assert roots.root_id(copy) == ident  # the same file...
+    claim = roots.RootClaim(ident, roots.root_path(root), "h").dump()
+    assert roots.other_root(claim, ident, roots.root_path(copy)) is not None  # ...elsewhere
+    assert roots.other_root(claim, ident, roots.root_path(root)) is None
 
 
-def test_a_claim_of_the_older_form_is_still_this_root(tmp_path: Path) -> None:
+@pytest.mark.parametrize("named", ["{root}/", "{root}/.", "{root}//", "{root}/x/.."])
+def test_one_root_named_in_other_ways_is_still_itself(tmp_path: Path, named: str) -> None:
     root = _root(tmp_path / "a")
-    legacy = roots.RootClaim(roots.root_uuid(root), str(root), "h").dump()
-    assert roots.other_root(legacy, roots.root_id(root)) is None
-    assert roots.same_root(roots.root_uuid(root), roots.root_id(root))
-    assert not roots.same_root(roots.root_uuid(root), f"{roots.root_uuid(root)}0@{root}")
-    assert not roots.same_root("another", roots.root_id(root))
+    ident = roots.root_id(root)
+    claim = roots.RootClaim(ident, named.format(root=root), "h").dump()  # an older version's
+    assert roots.other_root(claim, ident, roots.root_path(Path(named.format(root=root)))) is None
+    assert roots.other_root(claim, ident, roots.root_path(root)) is None
 
 
 @given(st.one_of(st.integers(), st.lists(st.integers()), st.binary(max_size=64), st.text()))
 def test_any_reply_is_read_without_raising(raw: object) -> None:
     claim = roots.RootClaim.parse(raw)
     assert claim is None or isinstance(claim.id, str)
-    other = roots.other_root(raw, "x@/y")
-    assert other is None or other.id != "x@/y"
+    other = roots.other_root(raw, "x", "/y")
+    assert other is None or other.id != "x" or other.path != "/y"
 
 
 def test_a_claim_of_another_root_is_named(tmp_path: Path) -> None:
-    raw = json.dumps({"id": "other@/srv/b", "path": "/srv/b", "host": "h2"})
-    other = roots.other_root(raw, roots.root_id(_root(tmp_path / "a")))
+    root = _root(tmp_path / "a")
+    raw = json.dumps({"id": "other", "path": "/srv/b", "host": "h2"})
+    other = roots.other_root(raw, roots.root_id(root), roots.root_path(root))
     assert other is not None and other.path == "/srv/b" and other.host == "h2"
+    text = str(roots.conflict("redis://:pw@h:6379/0", root, other))
+    assert "identity other, of host h2" in text and "pw" not in text
 
 
 def test_a_full_disk_when_the_identity_is_made_is_a_clear_error(
