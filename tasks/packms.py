@@ -79,10 +79,14 @@ def allowed_root(
     except (FileNotFoundError, RuntimeError, OSError):
         raise TaskFailed(f"field 'files': {raw!r} does not exist (or cannot be read)") from None
     roots = tuple(roots)
-    allowed = fileroots.current(roots)
+    allowed, broken = fileroots.current(roots)
     # The deepest root that holds it: every folder below is then one the walk must pass.
     inside = [root for root in allowed if real.is_relative_to(root)]
     if not inside:
+        named = Path(os.path.normpath(raw))
+        for root, problem in broken.items():
+            if named.is_relative_to(os.path.normpath(root)):
+                raise problem  # named inside a root that may not be used now: say why
         raise _outside(raw, roots)
     root = max(inside, key=lambda root: len(root.parts))
     for variable, folder in private:
