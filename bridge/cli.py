@@ -100,7 +100,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     from bridge import web
     from bridge.daemon import Bridge
     from bridge.leader import Leadership
-    from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, make_app
+    from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, publishing_app
     from taskd.tasktypes import load_types
 
     settings = _settings(args)
@@ -122,7 +122,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stopping)
-    bridge = Bridge(settings, load_types(settings.schema_dirs), make_app(settings), client)
+    bridge = Bridge(settings, load_types(settings.schema_dirs), publishing_app(settings), client)
     leader = Leadership(client, settings.data_root, settings.redis_url, bridge.metrics)
     # Served while standing by too: /healthz answers 503 and says why this bridge waits.
     server = web.serve(settings.http_host, settings.serve_port, bridge.metrics)
@@ -232,8 +232,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if contract.parse_name((args.user_id, args.file.name)) is None:
         print(f"{args.file.name}: name it <task-id>.<TYPE>, TYPE upper case", file=sys.stderr)
         return EXIT_USAGE
+    if not settings.task_queue.is_dir():  # an unmounted share's empty mount point, say
+        print(
+            f"{settings.task_queue} does not exist: is the data root mounted? "
+            "(taskd never creates it here)",
+            file=sys.stderr,
+        )
+        return EXIT_BAD
     target_dir = settings.task_queue / args.user_id
-    target_dir.mkdir(parents=True, exist_ok=True)
+    target_dir.mkdir(exist_ok=True)
     target = target_dir / args.file.name
     holder = _holder_of(target)
     if holder is not None:

@@ -23,6 +23,7 @@ from bridge.logs import ids
 from bridge.model import Table, Tracked
 from bridge.notify import Notifier, is_regular
 from bridge.publish import Publisher
+from bridge.schedule import Known
 from taskd import roots, states
 from taskd.settings import Settings, redact_url
 from taskd.tasktypes import TaskType, notify_type
@@ -83,11 +84,21 @@ class RedisLink:
 def _why(exc: BaseException, url: str) -> tuple[str, str]:
     """The reason of a Redis failure, also when kombu wrapped Redis's own error."""
     url = url or "TASKD_REDIS_URL"
-    for cause in (exc, exc.__cause__, exc.__context__):
+    cause: BaseException | None = exc
+    for _ in range(8):  # kombu may wrap Redis's error twice (a failed publish pipeline)
+        if cause is None:
+            break
         if isinstance(cause, redis.exceptions.RedisError):
             if "closed by server" in str(cause):  # a Redis that answered before went away
                 return "down", f"no Redis answers at {url}: it closed the connection"
-            return leader.explain(cause, url)
+            if isinstance(cause, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+                return leader.explain(cause, url)
+            if isinstance(
+                cause, redis.exceptions.ReadOnlyError | redis.exceptions.BusyLoadingError
+            ):
+                return leader.explain(cause, url)
+            return "error", f"Redis at {url} answered with an error: {cause}"
+        cause = cause.__cause__ or cause.__context__
     return "down", f"no Redis answers at {url} ({exc})"
 
 
@@ -159,6 +170,10 @@ class Core:
         # reading them again. Strings and ints: a tree of 100,000 finished files is the norm.
         self.settled: dict[str, int] = {}
         self.run_id: str | None = None
+        # Jobs the mirror only watches for a state (bridge/passes/mirror.py), and when it next
+        # looks at every job in full.
+        self.quiet: dict[str, Known] = {}
+        self.full_look_at = 0.0
 
     def cancel(self, task: Tracked) -> None:
         """The UI deleted (or replaced) the file: the job must never run, or stop, and send

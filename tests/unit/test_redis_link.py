@@ -66,3 +66,30 @@ def test_a_connection_closed_under_a_working_bridge_is_an_outage_not_another_ser
     caplog.set_level(logging.WARNING, logger="bridge.core")
     link.call(1.0, _failing(redis.exceptions.ConnectionError("Connection closed by server.")))  # type: ignore[arg-type]
     assert caplog.records[0].getMessage().startswith(f"no Redis answers at {URL}: it closed")
+
+
+def test_a_cause_wrapped_twice_and_an_error_answer_are_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from kombu.exceptions import BatchPublishError
+
+    link = _link()
+    caplog.set_level(logging.WARNING, logger="bridge.core")
+    try:
+        try:
+            try:
+                raise redis.exceptions.AuthenticationError("invalid password")
+            except redis.exceptions.RedisError as inner:
+                raise BatchPublishError("delivery is uncertain") from inner
+        except BatchPublishError as middle:
+            raise OperationalError("publishing failed part way") from middle
+    except OperationalError as wrapped:
+        link.call(1.0, _failing(wrapped))  # type: ignore[arg-type]
+    oom = redis.exceptions.ResponseError("OOM command not allowed when used memory > 'maxmemory'")
+    try:
+        raise OperationalError("wrapped") from oom
+    except OperationalError as wrapped_oom:
+        link.call(400.0, _failing(wrapped_oom))  # type: ignore[arg-type]
+    lines = [r.getMessage() for r in caplog.records]
+    assert "refused the password" in lines[0]
+    assert any("answered with an error: OOM command not allowed" in line for line in lines)
