@@ -1,24 +1,28 @@
 """One narrow fix to kombu's Redis transport, so a worker outlives a Redis outage on its own.
 
-The fault (kombu 5.5 to 5.7, Celery 5.5 to 5.7; the class of kombu#582 and #659): when the
-connection to Redis is lost while a late-acked job runs, Celery's consumer first `collect()`s the
-connection, which detaches its transport (`transport.client = None`), then closes it. Closing
-the channel puts the running job's message back (`restore_unacked_once`), which builds a Redis
-client from `transport.client.hostname`: `AttributeError: 'NoneType' object has no attribute
-'hostname'`. That is not one of the transport's connection errors, so Celery reports an
-"Unrecoverable error" and the worker exits, leaving queued jobs waiting for someone to restart
-it. (An idle worker, with nothing unacked, reconnects fine.)
+The fault (kombu 5.7 with Celery 5.7, the versions pinned; the class of kombu#582 and #659):
+when the connection to Redis is lost while a late-acked job runs, Celery's consumer
+`collect()`s the connection, then closes it. `collect()` closes the channel first, but that
+close can be cut short (it reads the dead socket while a BRPOP is in flight and raises), and
+`collect()` then detaches the transport (`transport.client = None`). The second close, from
+`connection.close()`, gets further: putting the running job's message back
+(`restore_unacked_once`) builds a Redis client from `transport.client.hostname`, and raises
+`AttributeError: 'NoneType' object has no attribute 'hostname'`. That is not one of the
+transport's connection errors, so Celery reports an "Unrecoverable error" and the worker exits,
+leaving queued jobs waiting for someone to restart it. (An idle worker, with nothing unacked,
+reconnects fine.)
 
 The fix: a channel whose transport was detached raises Redis's own `ConnectionError` when it is
 asked for a client, which every caller on this path already treats as "Redis is away": the close
-carries on, the consumer reconnects with the same node name and pool. Nothing is lost by not
+carries on and the consumer reconnects with the same node name and pool. Nothing is lost by not
 putting the message back then (Redis is away; it could not be done): the message stays in
-kombu's `unacked` set and returns after the visibility timeout if Redis kept it, the running job
-stores its outcome on disk and in Redis when Redis answers (`tasks/base.py`), and a second
-delivery replays that outcome instead of running again. The ack of the old message is logged
-and skipped for the same reason.
+kombu's `unacked` set if Redis kept it and returns after the visibility timeout, the running job
+stores its outcome on disk and in Redis when Redis answers (`tasks/base.py`), and that later
+delivery replays the outcome instead of running again. The job's ack goes through its old
+channel: it succeeds if that channel made a client before it was detached, and is otherwise
+logged (`Couldn't ack`) and left to the same replay.
 
-Flower has a second problem of its own (flower 2.0): its event receiver waits twice as long
+Flower has a second problem of its own (flower 2.2): its event receiver waits twice as long
 after each failed try, without a cap, so after a five-minute outage it could stay blind for four
 minutes more. Its pause is capped at `FLOWER_RETRY_MAX_S`.
 

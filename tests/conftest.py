@@ -26,8 +26,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
+    if session.config.option.collectonly or background.inside():
+        return
     if any(item.get_closest_marker("background") for item in session.items):
         background.start()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    background.stop()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

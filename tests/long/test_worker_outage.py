@@ -36,6 +36,8 @@ from tests.support.procs import (
 
 LONG_OUTAGE_S = float(os.environ.get("TASKD_TEST_LONG_OUTAGE", "300"))
 OUTAGES = (1.0, 30.0, LONG_OUTAGE_S)
+LONG_TIMEOUT_S = sum(OUTAGES) + 300
+"""The test's limit: the outages, and for each the reconnect and the jobs' end, with room."""
 RECONNECT_S = 30.0
 """Celery's consumer tries the broker again at growing intervals up to 30 s."""
 
@@ -116,7 +118,7 @@ def _outage(stack: Stack, drop: Drop, n: int, seconds: float) -> list[dict[str, 
     return ended
 
 
-@pytest.mark.timeout(sum(OUTAGES) + 600)
+@pytest.mark.timeout(LONG_TIMEOUT_S)
 def test_an_unsupervised_worker_and_flower_outlive_outages_of_any_length(stack: Stack) -> None:
     drop = Drop(stack.root, "u1")
     ended = []

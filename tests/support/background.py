@@ -6,6 +6,7 @@ fails with its output when it failed. Alone: `TASKD_TEST_LONG=1 pytest tests/lon
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,9 +29,22 @@ class Run:
         try:
             code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self.stop()
             code = self.proc.wait()
         return code, self.output.read_text(errors="replace")
+
+    def stop(self) -> None:
+        """End the run and everything it started (its own process group): its Redis, worker,
+        Flower and bridge must not outlive the suite."""
+        for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                continue
 
 
 _run: Run | None = None
@@ -53,8 +67,15 @@ def start() -> None:
             env={**os.environ, INSIDE: "1"},
             stdout=out,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     _run = Run(proc, output)
+
+
+def stop() -> None:
+    """At the end of the main run, whatever happened: nothing of the background run is left."""
+    if _run is not None:
+        _run.stop()
 
 
 def result(timeout: float) -> tuple[int, str]:
