@@ -106,8 +106,7 @@ class Bridge:
 
     def observe(self) -> None:
         """Leave a snapshot of the active tasks for the HTTP thread (once a mirror tick)."""
-        # watch.Watcher has no liveness accessor; its observer thread is what can die.
-        alive = self.watcher._observer.is_alive()
+        alive = self.watcher.alive()
         self.metrics.observe((_row(t) for t in self.table.by_job.values()), alive)
         self.metrics.held_files(self.core.guard.held(time.monotonic(), self.settings.data_root))
 

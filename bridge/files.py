@@ -15,6 +15,7 @@ import os
 import stat
 from pathlib import Path
 
+from bridge.ownmoves import OWN
 from taskd import atomic
 
 _RENAME_NOREPLACE = 1
@@ -87,17 +88,23 @@ def read_regular(path: Path, limit: int, expect: os.stat_result | None = None) -
 
 
 def atomic_write(path: Path, data: bytes, durable: bool, sync_dir: bool = True) -> None:
-    """Replace a task file's content, keeping its mode and group (see `kept_permissions`)."""
+    """Replace a task file's content, keeping its mode and group (see `kept_permissions`).
+    The temp file landing on `path` is announced to the watcher (`bridge/ownmoves.py`)."""
     chmod, chgrp = kept_permissions(path)
-    atomic.write_atomic(
-        path,
-        data,
-        durable=durable,
-        sync_dir=sync_dir,
-        suffix=atomic.BRIDGE_TEMP_SUFFIX,
-        chmod=chmod,
-        chgrp=chgrp,
-    )
+    keys = OWN.expect(None, path)
+    try:
+        atomic.write_atomic(
+            path,
+            data,
+            durable=durable,
+            sync_dir=sync_dir,
+            suffix=atomic.BRIDGE_TEMP_SUFFIX,
+            chmod=chmod,
+            chgrp=chgrp,
+        )
+    except BaseException:
+        OWN.cancel(keys)
+        raise
 
 
 _SET_ID_BITS = stat.S_ISUID | stat.S_ISGID
@@ -199,9 +206,19 @@ def identity(path: Path) -> os.stat_result:
 
 
 def rename_noreplace(src: Path, dst: Path) -> None:
-    """Rename that fails with FileExistsError rather than replace another task's file."""
+    """Rename that fails with FileExistsError rather than replace another task's file; announced
+    to the watcher (`bridge/ownmoves.py`)."""
     if src == dst:
         return
+    keys = OWN.expect(src, dst)
+    try:
+        _rename_noreplace(src, dst)
+    except BaseException:
+        OWN.cancel(keys)
+        raise
+
+
+def _rename_noreplace(src: Path, dst: Path) -> None:
     if _renameat2 is not None:
         rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
         if rc == 0:

@@ -1,12 +1,18 @@
-"""Watching task_queue/: a watchdog (inotify) observer plus a full scan, both handing paths on.
+"""Watching task_queue/: inotify on the top folder and each user folder, plus a full scan.
 
-Handlers only filter and enqueue; the bridge's loop does the work. inotify can drop events
-(queue overflow reports nothing to the handler) and a file written into a brand-new directory
-may come with no close event, so the driver also rescans on a timer.
+The watcher works at watchdog's inotify layer (`InotifyFD`: one thread reading the inotify fd,
+a callback per watched folder), with only the events the bridge acts on in the mask: it needs
+no pairing of IN_MOVED_FROM with IN_MOVED_TO (watchdog's observer holds an unpaired one back
+for half a second, the tail of the intake latency), nor opens, reads or modifications. The
+bridge's own renames are announced beforehand (`bridge/ownmoves.py`) and dropped here with one
+lookup; its temp files by their suffix. Handlers only filter and enqueue; the bridge's loop does
+the work. An inotify overflow asks for a full scan at once; and as a file written into a
+brand-new directory may come with no event, the driver also rescans on a timer.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import queue
@@ -16,23 +22,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from watchdog.events import (
-    DirCreatedEvent,
-    DirDeletedEvent,
-    DirMovedEvent,
-    FileClosedEvent,
-    FileClosedNoWriteEvent,
-    FileCreatedEvent,
-    FileDeletedEvent,
-    FileModifiedEvent,
-    FileMovedEvent,
-    FileOpenedEvent,
-    FileSystemEvent,
-    FileSystemEventHandler,
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyEvent,
+    InotifyFD,
+    Mask,
+    WatchDescriptor,
 )
-from watchdog.observers import Observer
+from watchdog.observers.inotify_c import InotifyConstants as In
 
 from bridge.contract import USER_RE
+from bridge.ownmoves import FROM, OWN, TO, OwnMoves
 from taskd.atomic import BRIDGE_TEMP_SUFFIX, WORKER_TEMP_SUFFIX
 
 log = logging.getLogger(__name__)
@@ -45,6 +45,30 @@ DIR = "dir"
 STOP_POLL_S = 0.2
 # The bridge's own rewrite temps, and a worker's sent-marker temp (tasks/notify.py).
 TEMP_SUFFIXES = (BRIDGE_TEMP_SUFFIX, WORKER_TEMP_SUFFIX, ".notify.sent.tmp")
+_OWN_TEMP = os.fsencode(BRIDGE_TEMP_SUFFIX)
+
+_FOLDER_FLAGS = In.IN_ONLYDIR | In.IN_DONT_FOLLOW
+TOP_MASK = Mask(
+    In.IN_CREATE
+    | In.IN_CLOSE_WRITE
+    | In.IN_MOVED_TO
+    | In.IN_MOVED_FROM
+    | In.IN_DELETE
+    | _FOLDER_FLAGS
+)
+"""New user folders (created or moved in), and files at the top, which are logged once."""
+USER_MASK = Mask(
+    In.IN_CREATE
+    | In.IN_CLOSE_WRITE
+    | In.IN_MOVED_TO
+    | In.IN_MOVED_FROM
+    | In.IN_DELETE
+    | In.IN_EXCL_UNLINK
+    | _FOLDER_FLAGS
+)
+"""A file made (IN_CREATE: noted, waits to settle if it is never closed), written and closed,
+renamed in or out, deleted. Not IN_MODIFY: a write is acted on when its writer closes the file
+(or, never closed, once it settles)."""
 
 
 @dataclass(frozen=True)
@@ -54,71 +78,142 @@ class Seen:
     dest: Path | None = None  # MOVED: where it went
 
 
-def _text(path: bytes | str) -> str:
-    return os.fsdecode(path)
+class _Folder:
+    """The callback of one watched folder: inotify events to `Seen`s."""
 
+    def __init__(self, watcher: Watcher, path: bytes, top: bool) -> None:
+        self.watcher, self.path, self.top = watcher, path, top
 
-WANTED: list[type[FileSystemEvent]] = [
-    DirCreatedEvent,
-    DirMovedEvent,
-    DirDeletedEvent,
-    FileCreatedEvent,
-    FileModifiedEvent,
-    FileClosedEvent,
-    FileMovedEvent,
-    FileDeletedEvent,
-]
-
-
-class _Handler(FileSystemEventHandler):
-    def __init__(self, out: queue.SimpleQueue[Seen]) -> None:
-        self.out = out
-
-    def _put(self, kind: str, raw: bytes | str, dest: bytes | str | None = None) -> None:
-        path = _text(raw)
-        if path.endswith(BRIDGE_TEMP_SUFFIX):
-            if dest is not None:  # the bridge's own rewrite landing: the target changed
-                self.out.put(Seen(CHANGED, Path(_text(dest))))
+    def on_event(self, event: InotifyEvent) -> None:
+        name, mask = event.name, event.mask
+        if not name or name.endswith(_OWN_TEMP):
             return
-        self.out.put(Seen(kind, Path(path), Path(_text(dest)) if dest is not None else None))
-
-    def on_any_event(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileOpenedEvent | FileClosedNoWriteEvent):
+        full = self.path + b"/" + name
+        if mask & In.IN_MOVED_TO:
+            if self.watcher.own.consume(TO + full):
+                return
+        elif mask & In.IN_MOVED_FROM and self.watcher.own.consume(FROM + full):
             return
-        if isinstance(event, DirCreatedEvent | DirMovedEvent):
-            self._put(DIR, event.dest_path or event.src_path)
-        elif isinstance(event, FileClosedEvent):
-            self._put(CLOSED, event.src_path)
-        elif isinstance(event, FileDeletedEvent):
-            self._put(DELETED, event.src_path)
-        elif isinstance(event, FileMovedEvent):
-            self._put(MOVED, event.src_path, event.dest_path)
-        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
-            self._put(CHANGED, event.src_path)
+        self.watcher.put(self, full, mask, event.cookie)
+
+    def on_watch_deleted(self, wd: WatchDescriptor) -> None:
+        self.watcher.forget(self.path)
+
+    def on_queue_overflow(self) -> None:
+        self.watcher.overflowed()
 
 
 class Watcher:
-    """Owns the observer; `events` is drained by the bridge's loop."""
+    """Owns the inotify thread; `events` is drained by the bridge's loop."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, own: OwnMoves = OWN) -> None:
         self.root = root
+        self.own = own
         self.events: queue.SimpleQueue[Seen] = queue.SimpleQueue()
-        self._observer = Observer()
+        self._fd: InotifyFD | None = None
         self._early: list[Seen] = []
+        self._wds: dict[bytes, tuple[WatchDescriptor, CallbackId]] = {}
+        self._paths: dict[WatchDescriptor, bytes] = {}  # the other way round
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        # A foreign rename's IN_MOVED_FROM, until the next event says where it went: the kernel
+        # queues a rename's two events together, so its IN_MOVED_TO is the very next event.
+        self._moving: tuple[int, bytes] | None = None
+        self._overflowing = False
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        # Only the events the bridge acts on reach the inotify mask: the opens and
-        # no-write closes of its own reads (two per file read, a whole tree at start-up) would
-        # otherwise be parsed in the watcher's thread, competing with the loop for the GIL.
-        self._observer.schedule(
-            _Handler(self.events), str(self.root), recursive=True, event_filter=WANTED
-        )
-        self._observer.start()
+        self._fd = InotifyFD()
+        self._fd.start()
+        self._watch(os.fsencode(self.root), top=True)
+        for entry in _listed(self.root):
+            if entry.is_dir(follow_symlinks=False) and USER_RE.fullmatch(entry.name):
+                self._watch(os.fsencode(entry.path), top=False)
 
     def stop(self) -> None:
-        self._observer.stop()
-        self._observer.join(timeout=5)
+        if self._fd is not None:
+            self._fd.stop()
+            self._fd.join(timeout=5)
+
+    def alive(self) -> bool:
+        return self._fd is not None and self._fd.is_alive()
+
+    def _watch(self, path: bytes, top: bool) -> None:
+        """Watch a folder once. inotify gives a folder one watch whatever its name: a folder
+        renamed back and forth keeps one callback, under its latest name."""
+        assert self._fd is not None
+        if path in self._wds:
+            return
+        callback = CallbackId(next(self._ids))
+        try:
+            wd = self._fd.add_callback(
+                path, TOP_MASK if top else USER_MASK, _Folder(self, path, top), callback
+            )
+        except OSError as exc:  # gone, a link, or the watch limit reached: the rescan sees it
+            log.warning("cannot watch %s (%s); its files are found by the rescan", path, exc)
+            return
+        with self._lock:
+            old = self._paths.get(wd)
+            stale = self._wds.pop(old, None) if old is not None else None
+            self._wds[path], self._paths[wd] = (wd, callback), path
+        if stale is not None:
+            self._fd.remove_callbacks([stale])
+
+    def forget(self, path: bytes) -> None:
+        with self._lock:
+            held = self._wds.pop(path, None)
+            if held is not None and self._paths.get(held[0]) == path:
+                del self._paths[held[0]]
+
+    def _unwatch(self, path: bytes) -> None:
+        with self._lock:
+            held = self._wds.pop(path, None)
+            if held is not None and self._paths.get(held[0]) == path:
+                del self._paths[held[0]]
+        if held is not None and self._fd is not None:
+            self._fd.remove_callbacks([held])
+
+    def put(self, folder: _Folder, full: bytes, mask: int, cookie: int = 0) -> None:
+        with self._lock:
+            moving, self._moving = self._moving, None
+            if moving is not None and mask & In.IN_MOVED_TO and moving[0] == cookie:
+                self.events.put(Seen(MOVED, _path(moving[1]), _path(full)))
+                return
+            if moving is not None:
+                self.events.put(Seen(MOVED, _path(moving[1])))  # moved out of task_queue/
+            if mask & In.IN_MOVED_FROM and not mask & In.IN_ISDIR:
+                self._moving = (cookie, full)
+                return
+        path = _path(full)
+        if mask & In.IN_ISDIR:
+            self._folder_event(folder, full, mask, path)
+        elif mask & In.IN_CLOSE_WRITE:
+            self.events.put(Seen(CLOSED, path))
+        elif mask & In.IN_DELETE:
+            self.events.put(Seen(DELETED, path))
+        else:  # IN_CREATE, IN_MOVED_TO from outside
+            self.events.put(Seen(CHANGED, path))
+
+    def _folder_event(self, folder: _Folder, full: bytes, mask: int, path: Path) -> None:
+        if not folder.top:
+            return  # a folder inside a user folder holds no task files
+        if mask & (In.IN_CREATE | In.IN_MOVED_TO):
+            if USER_RE.fullmatch(path.name):
+                self._watch(full, top=False)
+            self.events.put(Seen(DIR, path))  # what was written in it before the watch
+        elif mask & In.IN_MOVED_FROM:
+            self._unwatch(full)  # its files are no longer in task_queue/ under that name
+
+    def overflowed(self) -> None:
+        """Events were lost: the announcements of the bridge's own renames may never be met,
+        and any file may have changed. A full scan at once (one, though every watched folder
+        hears of the overflow)."""
+        self.own.clear()
+        with self._lock:
+            if self._overflowing:
+                return
+            self._overflowing = True
+        self.events.put(Seen(DIR, self.root))
 
     def wait(self, timeout: float, stop: threading.Event) -> None:
         """Sleep until an event arrives, `timeout` passes or `stop` is set (checked often)."""
@@ -133,12 +228,28 @@ class Watcher:
                 continue
 
     def drain(self) -> list[Seen]:
+        with self._lock:
+            self._overflowing = False
+            moving, self._moving = self._moving, None
+        if moving is not None:  # the last event read: its landing, if any, is read next
+            self.events.put(Seen(MOVED, _path(moving[1])))
         out, self._early = self._early, []
         while True:
             try:
                 out.append(self.events.get_nowait())
             except queue.Empty:
                 return out
+
+
+def _path(raw: bytes) -> Path:
+    return Path(os.fsdecode(raw))
+
+
+def _listed(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(folder))
+    except OSError:
+        return []
 
 
 def scan(root: Path, top: Path | None = None) -> Iterator[Path]:

@@ -42,7 +42,7 @@ def note_event(core: Core, seen: watch.Seen, now: float) -> None:
         task = core.table.by_path.get(seen.path)
         if task is not None and not seen.path.exists():
             core.cancel(task)
-    elif seen.kind == watch.MOVED and seen.dest is not None:
+    elif seen.kind == watch.MOVED:
         _moved(core, seen.path, seen.dest, now)
     elif contract.is_notify_mail(seen.path.name):
         core.mails[seen.path] = (now, seen.kind == watch.CLOSED)
@@ -52,15 +52,17 @@ def note_event(core: Core, seen: watch.Seen, now: float) -> None:
         core.intake.note(seen.path, now, closed=seen.kind == watch.CLOSED)
 
 
-def _moved(core: Core, src: Path, dest: Path, now: float) -> None:
-    """Someone else renamed a file (`taskd retry`, say): follow it, never cancel for it."""
+def _moved(core: Core, src: Path, dest: Path | None, now: float) -> None:
+    """Someone else renamed a file (`taskd retry`, say): follow it, never cancel for it. A file
+    moved out of task_queue/ (`dest` None) is gone, as if deleted."""
     core.intake.forget(src)
     task = core.table.by_path.get(src)
-    if task is not None and dest.parent == src.parent and dest.exists():
+    if task is not None and dest is not None and dest.parent == src.parent and dest.exists():
         core.table.move(task, dest)
     elif task is not None and not src.exists():
         core.cancel(task)
-    note_event(core, watch.Seen(watch.CHANGED, dest), now)
+    if dest is not None:
+        note_event(core, watch.Seen(watch.CHANGED, dest), now)
 
 
 def overwritten_once(core: Core, now: float) -> None:

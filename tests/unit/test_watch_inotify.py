@@ -1,0 +1,177 @@
+"""The watcher on inotify: what it hands the loop, and the bridge's own renames dropped."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bridge import files, watch
+from bridge.ownmoves import OwnMoves
+from taskd.atomic import BRIDGE_TEMP_SUFFIX
+
+
+@pytest.fixture
+def queue_root(tmp_path: Path) -> Path:
+    (tmp_path / "task_queue" / "u1").mkdir(parents=True)
+    return tmp_path / "task_queue"
+
+
+@pytest.fixture
+def watcher(queue_root: Path) -> Iterator[watch.Watcher]:
+    w = watch.Watcher(queue_root, own=OwnMoves())
+    w.start()
+    yield w
+    w.stop()
+
+
+def _seen(w: watch.Watcher, settle: float = 0.3) -> list[tuple[str, str, str | None]]:
+    """Everything handed on until nothing more comes for `settle` seconds."""
+    out: list[watch.Seen] = []
+    stop = threading.Event()
+    while True:
+        w.wait(settle, stop)
+        more = w.drain()
+        if not more:
+            break
+        out += more
+    root = str(w.root) + "/"
+    return [
+        (s.kind, str(s.path).removeprefix(root), str(s.dest).removeprefix(root) if s.dest else None)
+        for s in out
+    ]
+
+
+def test_a_file_written_and_closed_is_created_then_closed(
+    watcher: watch.Watcher, queue_root: Path
+) -> None:
+    (queue_root / "u1" / "a.SLOW").write_text("{}")
+    assert _seen(watcher) == [("changed", "u1/a.SLOW", None), ("closed", "u1/a.SLOW", None)]
+
+
+def test_a_foreign_rename_is_one_move_with_both_names(
+    watcher: watch.Watcher, queue_root: Path
+) -> None:
+    (queue_root / "u1" / "a.SLOW").write_text("{}")
+    _seen(watcher)
+    os.rename(queue_root / "u1" / "a.SLOW", queue_root / "u1" / "b.SLOW")
+    assert _seen(watcher) == [("moved", "u1/a.SLOW", "u1/b.SLOW")]
+
+
+def test_a_file_moved_out_of_the_queue_is_a_move_to_nowhere(
+    watcher: watch.Watcher, queue_root: Path
+) -> None:
+    (queue_root / "u1" / "a.SLOW").write_text("{}")
+    _seen(watcher)
+    os.rename(queue_root / "u1" / "a.SLOW", queue_root.parent / "away")
+    (queue_root / "u1" / "c.SLOW").write_text("{}")
+    seen = _seen(watcher)
+    assert seen[0] == ("moved", "u1/a.SLOW", None)
+    assert ("closed", "u1/c.SLOW", None) in seen
+
+
+def test_the_bridges_own_renames_and_rewrites_hand_nothing_on(
+    queue_root: Path, tmp_path: Path
+) -> None:
+    own = OwnMoves()
+    w = watch.Watcher(queue_root, own=own)
+    w.start()
+    try:
+        (queue_root / "u1" / "a.SLOW").write_text("{}")
+        _seen(w)
+        # What the bridge does: announce, then rename or rewrite (bridge/files.py).
+        keys = own.expect(queue_root / "u1" / "a.SLOW", queue_root / "u1" / "a-x.SLOW")
+        os.rename(queue_root / "u1" / "a.SLOW", queue_root / "u1" / "a-x.SLOW")
+        own.expect(None, queue_root / "u1" / "a-x.SLOW")
+        tmp = queue_root / "u1" / f".a-x.SLOW.1{BRIDGE_TEMP_SUFFIX}"
+        tmp.write_text('{"state": "QUEUED"}')
+        os.rename(tmp, queue_root / "u1" / "a-x.SLOW")
+        assert _seen(w) == []
+        assert len(own) == 0 and keys
+        # Someone else's rewrite of the same file is still seen.
+        (queue_root / "u1" / "a-x.SLOW").write_text("{}")
+        assert ("closed", "u1/a-x.SLOW", None) in _seen(w)
+    finally:
+        w.stop()
+
+
+def test_files_announces_its_renames_to_the_watcher(queue_root: Path) -> None:
+    from bridge.ownmoves import OWN
+
+    w = watch.Watcher(queue_root)  # the process-wide announcements, as the bridge uses them
+    w.start()
+    try:
+        path = queue_root / "u1" / "a.SLOW"
+        path.write_text("{}")
+        _seen(w)
+        before = len(OWN)  # what other tests of this process announced outside any watch
+        files.rewrite_then_rename(path, path.with_name("a-1.SLOW"), b'{"state": "QUEUED"}')
+        files.atomic_write(path.with_name("a-1.SLOW"), b'{"state": "STARTED"}', durable=False)
+        assert _seen(w) == []
+        assert len(OWN) == before
+        with pytest.raises(FileExistsError):
+            path.write_text("{}")
+            _seen(w)
+            files.rename_noreplace(path, path.with_name("a-1.SLOW"))
+        assert len(OWN) == before  # a rename not made is taken back
+    finally:
+        w.stop()
+
+
+def test_a_new_user_folder_is_watched_and_reported(
+    watcher: watch.Watcher, queue_root: Path
+) -> None:
+    (queue_root / "u2").mkdir()
+    time.sleep(0.2)
+    (queue_root / "u2" / "b.SLOW").write_text("{}")
+    seen = _seen(watcher)
+    assert seen[0] == ("dir", "u2", None)
+    assert ("closed", "u2/b.SLOW", None) in seen
+
+
+def test_a_delete_is_reported(watcher: watch.Watcher, queue_root: Path) -> None:
+    (queue_root / "u1" / "a.SLOW").write_text("{}")
+    _seen(watcher)
+    (queue_root / "u1" / "a.SLOW").unlink()
+    assert _seen(watcher) == [("deleted", "u1/a.SLOW", None)]
+
+
+def test_an_overflow_asks_for_one_full_scan(watcher: watch.Watcher) -> None:
+    watcher.own.expect(None, watcher.root / "u1" / "x")
+    watcher.overflowed()
+    watcher.overflowed()
+    assert _seen(watcher) == [("dir", str(watcher.root), None)]
+    assert len(watcher.own) == 0
+
+
+def test_the_watcher_thread_is_alive_until_stopped(queue_root: Path) -> None:
+    w = watch.Watcher(queue_root, own=OwnMoves())
+    assert not w.alive()
+    w.start()
+    assert w.alive()
+    w.stop()
+    assert not w.alive()
+
+
+def test_a_user_folder_renamed_and_back_reports_its_files_under_its_latest_name(
+    watcher: watch.Watcher, queue_root: Path
+) -> None:
+    os.rename(queue_root / "u1", queue_root / "u9")
+    time.sleep(0.2)
+    os.rename(queue_root / "u9", queue_root / "u1")
+    time.sleep(0.2)
+    _seen(watcher)
+    (queue_root / "u1" / "a.SLOW").write_text("{}")
+    assert _seen(watcher) == [("changed", "u1/a.SLOW", None), ("closed", "u1/a.SLOW", None)]
+
+
+def test_a_folder_inside_a_user_folder_is_not_watched(
+    watcher: watch.Watcher, queue_root: Path
+) -> None:
+    (queue_root / "u1" / "x1.RETRMS").mkdir()
+    (queue_root / "u1" / "x1.RETRMS" / "inner").write_text("{}")
+    assert _seen(watcher) == []
