@@ -105,6 +105,38 @@ def config(settings: Settings, include: Iterable[str] = ()) -> dict[str, Any]:
 
 
 def make_app(settings: Settings, include: Iterable[str] = ()) -> Celery:
+    """The app tools publish and inspect with (workers use `tasks.app`, the bridge
+    `publishing_app`)."""
     app = Celery("taskd", set_as_current=False)
     app.conf.update(config(settings, include))
+    return app
+
+
+class _PublishingCelery(Celery):
+    """Celery as the bridge uses it: it publishes, and never waits for a result (the mirror
+    reads states itself), so sending a job does not subscribe to its result's channel, which
+    would be two more Redis commands a job and a subscription held until the job ends."""
+
+    def _get_backend(self) -> Any:
+        backend = super()._get_backend()
+        backend.on_task_call = _no_subscription
+        return backend
+
+
+def _no_subscription(producer: Any, task_id: str) -> None:
+    """In place of the Redis backend's `on_task_call`: nothing to subscribe to."""
+
+
+def publishing_app(settings: Settings) -> Celery:
+    """The bridge's app (`make_app`, tuned for publishing passes of jobs)."""
+    app = _PublishingCelery("taskd", set_as_current=False)
+    app.conf.update(config(settings))
+    # kombu sends a pass's messages in one pipeline (`Producer.batch`, bridge/publish.py) only
+    # when a timed-out pipeline is not retried, which could push a message twice. The bridge
+    # does not need that retry: a publish that fails part way leaves its jobs recorded
+    # `publishing`, and reconcile looks for each in its queue before sending it again.
+    app.conf.broker_transport_options = {
+        **app.conf.broker_transport_options,
+        "retry_on_timeout": False,
+    }
     return app

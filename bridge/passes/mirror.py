@@ -19,17 +19,33 @@ log = logging.getLogger(__name__)
 
 
 def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
-    """Mirror every tracked job; returns what Redis said (the notify pass reads it too)."""
+    """Mirror every tracked job; returns what Redis said (the notify pass reads it too).
+
+    Queued jobs that were published and not started when last looked at are quiet: only their
+    state is read each tick, and nothing else is done for them while it stays empty. Every job
+    is looked at in full (its record and lease too) on the rescan interval, after Redis was
+    away, and after it restarted.
+    """
     tasks = list(core.table.by_job.values())
-    ids = [t.job_id for t in tasks] + list(core.notifier.jobs)
-    answer = core.redis.call(now, lambda: core.publisher.known(ids))
+    if now >= core.full_look_at:
+        core.quiet.clear()
+        core.full_look_at = now + core.settings.rescan_interval
+    quiet = {t.job_id: core.quiet[t.job_id] for t in tasks if t.job_id in core.quiet}
+    hot = [t.job_id for t in tasks if t.job_id not in quiet] + list(core.notifier.jobs)
+    answer = core.redis.call(now, lambda: core.publisher.known(hot, quiet))
     if answer is None:
+        core.full_look_at = now  # after an outage, everything afresh
         return None
     known, run_id = answer
-    _check_run_id(core, run_id)
+    if _check_run_id(core, run_id):
+        core.full_look_at = now  # what Redis lost is found in the next tick's full look
     now_iso = utc_now()
+    still: dict[str, Known] = {}
     for task in tasks:
         info = known.get(task.job_id, Known(None, None))
+        if quiet.get(task.job_id) is info:
+            still[task.job_id] = info  # as it was: nothing to publish, nothing to write
+            continue
         key = f"job {task.job_id}"  # not the path: a write that fails after the rename moves it
         if not core.guard.ready(key, now):
             continue  # held back by the machine (a full disk): tried again after its pause
@@ -42,9 +58,23 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
             log_ids=partial(task_ids, task),
             shown=lambda t=task: str(t.path),  # type: ignore[misc]
         )
+        if _quiet(core, task, info, key, now):
+            still[task.job_id] = info
+    core.quiet = still
     handed_out_once(core, now, tasks, known)
     core.metrics.mirrored(now, time.monotonic())
     return known
+
+
+def _quiet(core: Core, task: Tracked, info: Known, key: str, now: float) -> bool:
+    """Queued, published, not started, nobody's lease, not held back: only a worker taking it
+    (its state appears) or Redis losing it (the next full look) can change that."""
+    return (
+        task.job_id in core.table.by_job
+        and task.published
+        and schedule.waiting_unstarted(task.fields, info)
+        and core.guard.ready(key, now)
+    )
 
 
 def _mirror_one(core: Core, task: Tracked, info: Known, now: float, now_iso: str) -> None:
@@ -107,9 +137,11 @@ def _retries(task: Tracked) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
-def _check_run_id(core: Core, run_id: str) -> None:
-    """Logged for ops; the reconcile itself happens for every job on every tick."""
-    if run_id and core.run_id and run_id != core.run_id:
+def _check_run_id(core: Core, run_id: str) -> bool:
+    """Whether Redis restarted since the last tick (logged for ops)."""
+    restarted = bool(run_id and core.run_id and run_id != core.run_id)
+    if restarted:
         log.warning("Redis restarted (run_id changed): republishing what it lost")
     if run_id:
         core.run_id = run_id
+    return restarted

@@ -15,7 +15,7 @@ import redis
 
 from bridge.daemon import Bridge
 from taskd import states
-from taskd.celeryconf import make_app
+from taskd.celeryconf import publishing_app
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
 from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
@@ -33,7 +33,7 @@ def bridge(tmp_path: Path, redis_server: RedisServer, client: redis.Redis) -> Br
     settings = Settings(data_root=tmp_path, redis_url=redis_server.db_url(11), settle=0.0)
     (settings.task_queue / "4").mkdir(parents=True)
     client.delete(states.KEY_ROOT)  # each test's data root claims the db anew
-    return Bridge(settings, load_types([SUPPORT_SCHEMAS]), make_app(settings), client)
+    return Bridge(settings, load_types([SUPPORT_SCHEMAS]), publishing_app(settings), client)
 
 
 def _running(bridge: Bridge, job_id: str, name: str = "b-ABCDEFGHJK_40.SLOW") -> Path:

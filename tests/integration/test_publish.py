@@ -14,7 +14,7 @@ import redis
 from bridge.model import Tracked
 from bridge.publish import Publisher
 from taskd import states
-from taskd.celeryconf import make_app
+from taskd.celeryconf import publishing_app
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
 from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
@@ -30,7 +30,7 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 @pytest.fixture
 def publisher(redis_server: RedisServer, client: redis.Redis) -> Publisher:
     settings = Settings(redis_url=redis_server.db_url(13))
-    return Publisher(make_app(settings), client)
+    return Publisher(publishing_app(settings), client)
 
 
 def _task(job_id: str, tmp_path: Path) -> Tracked:
@@ -73,3 +73,51 @@ def test_a_published_job_is_recorded_and_found_in_its_queue(
     assert not publisher.in_flight(_task("job-never-sent", tmp_path))
     publisher.forget(["job-queued-1"])
     assert not client.exists(states.job_key("job-queued-1"))
+
+
+def test_quiet_jobs_cost_only_their_state_and_come_back_when_it_appears(
+    publisher: Publisher, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge.schedule import Known
+
+    waiting = Known(states.JOB_PUBLISHED, None, attempt=0, leased=False)
+    quiet = {f"quiet-{i}": waiting for i in range(200)}
+    client.set(states.meta_key("quiet-5"), json.dumps({"status": "STARTED", "result": {}}))
+    client.hset(states.job_key("hot-1"), "status", states.JOB_PUBLISHED)
+    sent: list[bytes] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    known, _ = publisher.known(["hot-1"], quiet)
+    assert len(sent) == 1
+    assert sent[0].count(b"HMGET") == 1 and sent[0].count(b"EXISTS") == 1  # the hot job only
+    assert known["quiet-0"] is waiting  # nothing new: the very answer given
+    assert known["quiet-5"].meta == {"status": "STARTED", "result": {}}
+    assert known["quiet-5"].record == states.JOB_PUBLISHED
+    assert known["hot-1"].record == states.JOB_PUBLISHED
+
+
+def test_a_pass_of_jobs_is_sent_in_one_round_trip_with_their_sent_events(
+    publisher: Publisher, client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tasks = [_task(f"job-batch-{i}", tmp_path) for i in range(50)]
+    publisher.publish_many(tasks[:1])  # the connection and the queue's declaration, once
+    sent: list[bytes] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        sent.append(b"".join(command) if isinstance(command, list) else command)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    publisher.publish_many(tasks[1:])
+    pushes = [c for c in sent if b"LPUSH" in c]
+    assert len(pushes) == 1 and pushes[0].count(b"LPUSH") == 49  # one pipeline of messages
+    assert pushes[0].count(b"PUBLISH") == 49  # and their task-sent events, for Flower
+    assert len(sent) == 3  # recorded publishing, sent, recorded published
+    assert all(publisher.in_flight(task) for task in tasks)
+    publisher.forget([t.job_id for t in tasks])

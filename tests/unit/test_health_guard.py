@@ -146,7 +146,7 @@ def test_a_running_task_the_disk_refuses_is_logged_once_though_its_name_moves_on
     task = _running(bridge, types)
     progress = {"n": 1}
 
-    def known(ids: Any) -> tuple[dict[str, Known], str]:
+    def known(ids: Any, quiet: Any = None) -> tuple[dict[str, Known], str]:
         progress["n"] += 1
         meta = {"status": "PROGRESS", "result": {states.META_PROGRESS: progress["n"]}}
         return {"j1": Known(states.JOB_PUBLISHED, meta)}, "run1"
@@ -179,7 +179,7 @@ def test_a_running_task_is_written_when_the_disk_has_room_again(
     task = _running(bridge, types)
     real_write = files.atomic_write
 
-    def known(ids: Any) -> tuple[dict[str, Known], str]:
+    def known(ids: Any, quiet: Any = None) -> tuple[dict[str, Known], str]:
         meta = {"status": "PROGRESS", "result": {states.META_PROGRESS: 42}}
         return {"j1": Known(states.JOB_PUBLISHED, meta)}, "run1"
 
