@@ -24,6 +24,7 @@ from bridge.model import Table, Tracked
 from bridge.notify import Notifier, is_regular
 from bridge.publish import Publisher
 from bridge.schedule import Known
+from bridge.settledindex import Settled
 from taskd import roots, states
 from taskd.settings import Settings, redact_url
 from taskd.tasktypes import TaskType, notify_type
@@ -117,6 +118,10 @@ class Owners:
     def note(self, user: str, task_id: str, path: Path) -> None:
         self.by_id[f"{user}/{task_id}"] = path.name
 
+    def note_name(self, user: str, task_id: str, name: str) -> None:
+        """`note` for a finished file known from the index: an earlier holder stays."""
+        self.by_id.setdefault(f"{user}/{task_id}", name)
+
     def holder(self, user: str, task_id: str, path: Path) -> Path | None:
         """The other file that holds `task_id`, if there still is one."""
         key = f"{user}/{task_id}"
@@ -168,7 +173,11 @@ class Core:
         self.mails: dict[Path, tuple[float, bool]] = {}  # notify mails seen: since, closed
         # Finished files (path -> a hash of their signature): a rescan stats them instead of
         # reading them again. Strings and ints: a tree of 100,000 finished files is the norm.
-        self.settled: dict[str, int] = {}
+        # Finished files read once, by path: (signature, task-id); kept across restarts in
+        # `.taskd/settled` (bridge/settledindex.py) and written again when it changed.
+        self.settled: dict[str, Settled] = {}
+        self.settled_changed = False
+        self.settled_loaded = False  # entries from the index, whose task-ids are not noted yet
         self.run_id: str | None = None
         # Jobs the mirror only watches for a state (bridge/passes/mirror.py), and when it next
         # looks at every job in full.

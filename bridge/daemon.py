@@ -20,6 +20,7 @@ from bridge.core import Core
 from bridge.model import Table, Tracked
 from bridge.passes import cancel, intake, mirror, notify, reconcile
 from bridge.rootcheck import RootCheck
+from bridge.settledindex import Settled
 from taskd import states
 from taskd.roots import RootConflict
 from taskd.settings import Settings
@@ -58,7 +59,7 @@ class Bridge:
         return self.core.metrics
 
     @property
-    def settled(self) -> dict[str, int]:
+    def settled(self) -> dict[str, Settled]:
         return self.core.settled
 
     @property
@@ -97,6 +98,7 @@ class Bridge:
         now = time.monotonic()
         self.root.check_once(now)
         self.watcher.start()
+        reconcile.load_settled(self.core)
         self.rescan_once(now)
         # Files the bridge wrote are adopted in that first pass (intake does not make them
         # wait to settle), so what Redis still lists beyond them lost its file.
@@ -168,6 +170,7 @@ class Bridge:
                 self.watcher.wait(max(0.0, wake - time.monotonic()), stop)
         finally:
             self.watcher.stop()
+            reconcile.save_settled(self.core)
 
     def _tick_failed(self, exc: Exception, stop: threading.Event) -> None:
         """Log a failed tick once per kind of error, pause, and carry on."""

@@ -322,7 +322,8 @@ def adopt(core: Core, path: Path, name: contract.TaskName, fields: dict[str, Any
             core.owners.note(name.user, task_id, path)
         sig = files.signature(path)
         if sig is not None:
-            core.settled[str(path)] = hash(sig)
+            core.settled[str(path)] = (sig, task_id)
+            core.settled_changed = True
         return
     core.owners.note(name.user, task_id, path)  # a running task holds its id before any
     core.adopting[path] = fields

@@ -9,11 +9,12 @@ import time
 from glob import escape as glob_escape
 from pathlib import Path
 
-from bridge import contract, files, intake, metrics, watch
+from bridge import contract, files, intake, metrics, settledindex, watch
 from bridge.contract import BRIDGE_TEMP_SUFFIX
 from bridge.core import Core
 from bridge.logs import ids
 from bridge.notify import is_sent_marker
+from bridge.settledindex import Settled
 from taskd import states
 from taskd.jobs import JobRecord
 
@@ -26,7 +27,7 @@ def rescan_once(core: Core, now: float) -> list[Path]:
     """Note every file that changed since it was last read; returns the sent-markers found,
     for the notify pass."""
     core.metrics.count(metrics.RESCANS)
-    settled: dict[str, int] = {}
+    settled: dict[str, Settled] = {}
     markers: list[Path] = []
     for entry in watch.scan_entries(core.settings.task_queue):
         if contract.is_notify_mail(entry.name):
@@ -39,7 +40,10 @@ def rescan_once(core: Core, now: float) -> list[Path]:
                 core.touched.add(path)  # changed by someone else since our last write?
             else:
                 core.intake.note(path, now)
-    core.settled = settled  # files gone since are forgotten
+    if len(settled) != len(core.settled):
+        core.settled_changed = True  # files gone since are forgotten
+    core.settled = settled
+    save_settled(core)
     for task in list(core.table.by_job.values()):
         if not task.path.exists():
             core.cancel(task)
@@ -47,8 +51,9 @@ def rescan_once(core: Core, now: float) -> list[Path]:
     return markers
 
 
-def _still_settled(core: Core, entry: os.DirEntry[str], settled: dict[str, int]) -> bool:
-    """Whether a finished file is as it was when last read (then it needs no reading)."""
+def _still_settled(core: Core, entry: os.DirEntry[str], settled: dict[str, Settled]) -> bool:
+    """Whether a finished file is as it was when last read (then it needs no reading). Read by
+    an earlier run of the bridge (the index), its task-id is noted as held, as reading it would."""
     known = core.settled.get(entry.path)
     if known is None:
         return False
@@ -56,10 +61,26 @@ def _still_settled(core: Core, entry: os.DirEntry[str], settled: dict[str, int])
         st = entry.stat(follow_symlinks=False)
     except OSError:
         return False
-    unchanged = hash(files.signature_of(st)) == known
+    unchanged = files.signature_of(st) == known[0]
     if unchanged:
         settled[entry.path] = known
+        if core.settled_loaded:
+            core.owners.note_name(settledindex.user_of(entry.path), known[1], entry.name)
     return unchanged
+
+
+def load_settled(core: Core) -> None:
+    """Before the first scan: what an earlier run read (bridge/settledindex.py)."""
+    core.settled = settledindex.load(core.settings.data_root, core.settings.task_queue)
+    core.settled_loaded = bool(core.settled)
+
+
+def save_settled(core: Core) -> None:
+    """After a scan (and at a clean stop): the index, if it changed."""
+    core.settled_loaded = False
+    if core.settled_changed:
+        core.settled_changed = False
+        settledindex.save(core.settings.data_root, core.settings.task_queue, core.settled)
 
 
 def _sweep_leftovers(core: Core) -> None:
