@@ -178,6 +178,9 @@ class Core:
         self.settled: dict[str, Settled] = {}
         self.settled_changed = False
         self.settled_loaded = False  # entries from the index, whose task-ids are not noted yet
+        # What a long pass calls now and then so that new files are taken meanwhile
+        # (bridge/daemon.py sets it: drain the watcher, take what came).
+        self.between: Callable[[], None] | None = None
         self.run_id: str | None = None
         # Jobs the mirror only watches for a state (bridge/passes/mirror.py), and when it next
         # looks at every job in full.

@@ -42,6 +42,7 @@ class Bridge:
     ) -> None:
         self.core = Core(settings, types, app, client)
         self.watcher = watch.Watcher(settings.task_queue)
+        self.core.between = self._intake_between
         self.root = RootCheck(settings, client, self.core.root_id)
         self._last_failure: str | None = None
 
@@ -105,6 +106,16 @@ class Bridge:
         reconcile.cancel_orphans(self.core, now)
         self.mirror_once(now)
         self.observe()
+
+    def _intake_between(self) -> None:
+        """Within a long mirror tick: take the files that arrived since it began."""
+        seen = self.watcher.drain()
+        if not seen:
+            return
+        now = time.monotonic()
+        for event in seen:
+            intake.note_event(self.core, event, now)
+        intake.intake_once(self.core, now)
 
     def observe(self) -> None:
         """Leave a snapshot of the active tasks for the HTTP thread (once a mirror tick)."""

@@ -43,6 +43,7 @@ DELETED = "deleted"
 MOVED = "moved"
 DIR = "dir"
 STOP_POLL_S = 0.2
+MOVE_PAIR_S = 0.05
 # The bridge's own rewrite temps, and a worker's sent-marker temp (tasks/notify.py).
 TEMP_SUFFIXES = (BRIDGE_TEMP_SUFFIX, WORKER_TEMP_SUFFIX, ".notify.sent.tmp")
 _OWN_TEMP = os.fsencode(BRIDGE_TEMP_SUFFIX)
@@ -118,7 +119,7 @@ class Watcher:
         self._lock = threading.Lock()
         # A foreign rename's IN_MOVED_FROM, until the next event says where it went: the kernel
         # queues a rename's two events together, so its IN_MOVED_TO is the very next event.
-        self._moving: tuple[int, bytes] | None = None
+        self._moving: tuple[int, bytes, float] | None = None
         self._overflowing = False
 
     def start(self) -> None:
@@ -182,7 +183,7 @@ class Watcher:
             if moving is not None:
                 self.events.put(Seen(MOVED, _path(moving[1])))  # moved out of task_queue/
             if mask & In.IN_MOVED_FROM and not mask & In.IN_ISDIR:
-                self._moving = (cookie, full)
+                self._moving = (cookie, full, time.monotonic())
                 return
         path = _path(full)
         if mask & In.IN_ISDIR:
@@ -230,9 +231,12 @@ class Watcher:
     def drain(self) -> list[Seen]:
         with self._lock:
             self._overflowing = False
-            moving, self._moving = self._moving, None
-        if moving is not None:  # the last event read: its landing, if any, is read next
-            self.events.put(Seen(MOVED, _path(moving[1])))
+            moving = self._moving
+            # The last event read, and a while ago: it left task_queue/. A recent one may be
+            # half of a rename whose other half the watcher's thread is about to hand on.
+            if moving is not None and time.monotonic() - moving[2] > MOVE_PAIR_S:
+                self._moving = None
+                self.events.put(Seen(MOVED, _path(moving[1])))
         out, self._early = self._early, []
         while True:
             try:

@@ -17,6 +17,9 @@ from taskd import jobs, outcomes, states
 
 log = logging.getLogger(__name__)
 
+SLICE_S = 0.005
+"""A tick writing many files lets intake take new ones at least this often."""
+
 
 def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     """Mirror every tracked job; returns what Redis said (the notify pass reads it too).
@@ -41,7 +44,11 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
         core.full_look_at = now  # what Redis lost is found in the next tick's full look
     now_iso = utc_now()
     still: dict[str, Known] = {}
+    sliced = time.monotonic()
     for task in tasks:
+        if core.between is not None and time.monotonic() - sliced >= SLICE_S:
+            core.between()  # a file dropped meanwhile is taken now, not after the whole tick
+            sliced = time.monotonic()
         info = known.get(task.job_id, Known(None, None))
         if quiet.get(task.job_id) is info:
             still[task.job_id] = info  # as it was: nothing to publish, nothing to write
