@@ -178,6 +178,9 @@ class Core:
         self.settled: dict[str, Settled] = {}
         self.settled_changed = False
         self.settled_loaded = False  # entries from the index, whose task-ids are not noted yet
+        self.rescans = 0
+        self.folders: dict[str, Any] = {}  # user folder -> what its last listing found
+        self.folders_noted: dict[str, Any] = {}  # the same, holding files still to be read
         # What a long pass calls now and then so that new files are taken meanwhile
         # (bridge/daemon.py sets it: drain the watcher, take what came).
         self.between: Callable[[], None] | None = None

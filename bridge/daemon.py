@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from celery import Celery
@@ -36,6 +36,29 @@ def _row(task: Tracked) -> metrics.TaskRow:
     return metrics.TaskRow(task.task_id, task.user, task.type.name, task.state, percent)
 
 
+class _Rows:
+    """The page's rows, made again only for tasks whose state or progress moved."""
+
+    def __init__(self) -> None:
+        self._made: dict[int, tuple[Tracked, Any, Any, metrics.TaskRow]] = {}
+
+    def of(self, tasks: Iterable[Tracked]) -> list[metrics.TaskRow]:
+        made: dict[int, tuple[Tracked, Any, Any, metrics.TaskRow]] = {}
+        out = []
+        for task in tasks:
+            fields = task.fields
+            state, progress = fields.get(states.STATE), fields.get(states.PROGRESS_FIELD)
+            old = self._made.get(id(task))  # held in `old`, so no other task has its id
+            if old and old[0] is task and old[1] == state and old[2] == progress:
+                row = old[3]
+            else:
+                row = _row(task)
+            made[id(task)] = (task, state, progress, row)
+            out.append(row)
+        self._made = made
+        return out
+
+
 class Bridge:
     def __init__(
         self, settings: Settings, types: Mapping[str, TaskType], app: Celery, client: Any
@@ -43,6 +66,7 @@ class Bridge:
         self.core = Core(settings, types, app, client)
         self.watcher = watch.Watcher(settings.task_queue)
         self.core.between = self._intake_between
+        self._rows = _Rows()
         self.root = RootCheck(settings, client, self.core.root_id)
         self._last_failure: str | None = None
 
@@ -85,6 +109,7 @@ class Bridge:
         markers = reconcile.rescan_once(self.core, now)
         notify.settle_markers(self.core, markers, now)
         intake.intake_once(self.core, now)
+        reconcile.folders_read(self.core)
         notify.mails_once(self.core, now)
 
     def mirror_once(self, now: float) -> None:
@@ -120,7 +145,7 @@ class Bridge:
     def observe(self) -> None:
         """Leave a snapshot of the active tasks for the HTTP thread (once a mirror tick)."""
         alive = self.watcher.alive()
-        self.metrics.observe((_row(t) for t in self.table.by_job.values()), alive)
+        self.metrics.observe(self._rows.of(self.table.by_job.values()), alive)
         self.metrics.held_files(self.core.guard.held(time.monotonic(), self.settings.data_root))
 
     def tick(self, now: float, next_mirror: float, next_rescan: float) -> tuple[float, float]:
@@ -128,6 +153,8 @@ class Bridge:
         for seen in self.watcher.drain():
             intake.note_event(self.core, seen, now)
         intake.intake_once(self.core, now)
+        if self.core.folders_noted and not self.core.intake.pending:
+            reconcile.folders_read(self.core)  # a long first scan's folders, once all are read
         notify.mails_once(self.core, now)
         cancel.cancel_once(self.core, now)
         if now >= next_mirror:

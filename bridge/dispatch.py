@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from functools import partial
 
 from bridge import metrics, schedule, writer
 from bridge.core import Core, task_ids
@@ -53,11 +54,33 @@ def publish_when_due(
             extra=task_ids(task),
         )
         core.metrics.count(metrics.REPUBLISHED, metrics.REDIS_LOST)
-    if batch is not None and decision.attempt == 0 and not task.published:
-        batch.append(task)
+    if batch is not None and decision.attempt == 0:
+        batch.append(task)  # a first try, or one Redis lost: sent with the others of the pass
         return
     core.redis.call(now, lambda: core.publisher.publish(task, decision.attempt))
     after_publish(core, task)
+
+
+def publish_batch(core: Core, due: list[Tracked], now: float) -> None:
+    """Send the first tries a pass gathered, in one pipeline; should that fail, one by one, so
+    that a job that cannot be sent is found and ended alone."""
+    if not due:
+        return
+    try:
+        core.redis.call(now, lambda: core.publisher.publish_many(due))
+    except Exception:  # noqa: BLE001 - one job could not be sent: find it, alone
+        log.warning("publishing %d jobs together failed: publishing them one by one", len(due))
+        for task in due:
+            core.guard.run(
+                str(task.path),
+                "publishing",
+                now,
+                lambda t=task: core.redis.call(now, lambda: core.publisher.publish(t)),  # type: ignore[misc]
+                end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
+                log_ids=partial(task_ids, task),
+            )
+    for task in due:
+        after_publish(core, task)
 
 
 def after_publish(core: Core, task: Tracked) -> None:

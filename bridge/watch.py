@@ -296,10 +296,13 @@ def _unreadable_once(folder: Path, exc: OSError) -> None:
         )
 
 
-def leftovers(root: Path) -> Iterator[Path]:
-    """Temp files a process killed mid-write left in the user directories."""
+def leftovers(root: Path, skip: set[str] | frozenset[str] = frozenset()) -> Iterator[Path]:
+    """Temp files a process killed mid-write left in the user directories (but those in
+    `skip`, by path)."""
     try:
-        users = [e for e in os.scandir(root) if e.is_dir(follow_symlinks=False)]
+        users = [
+            e for e in os.scandir(root) if e.is_dir(follow_symlinks=False) and e.path not in skip
+        ]
     except FileNotFoundError:
         return  # no queue yet: nothing left behind
     for user in users:

@@ -190,22 +190,7 @@ def _publish_taken(core: Core, taken: list[Tracked], now: float) -> None:
             end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
             log_ids=partial(task_ids, task),
         )
-    if due:
-        try:
-            core.redis.call(now, lambda: core.publisher.publish_many(due))
-        except Exception:  # noqa: BLE001 - one job could not be sent: find it, alone
-            log.warning("publishing %d jobs together failed: publishing them one by one", len(due))
-            for task in due:
-                core.guard.run(
-                    str(task.path),
-                    "publishing",
-                    now,
-                    lambda t=task: core.redis.call(now, lambda: core.publisher.publish(t)),  # type: ignore[misc]
-                    end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
-                    log_ids=partial(task_ids, task),
-                )
-    for task in due:
-        dispatch.after_publish(core, task)
+    dispatch.publish_batch(core, due, now)
 
 
 def take(

@@ -29,12 +29,14 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     is looked at in full (its record and lease too) on the rescan interval, after Redis was
     away, and after it restarted.
     """
-    tasks = list(core.table.by_job.values())
+    pairs = list(core.table.by_job.items())  # by job id: `Tracked.job_id` reads the fields
+    tasks = [task for _, task in pairs]
     if now >= core.full_look_at:
         core.quiet.clear()
         core.full_look_at = now + core.settings.rescan_interval
-    quiet = {t.job_id: core.quiet[t.job_id] for t in tasks if t.job_id in core.quiet}
-    hot = [t.job_id for t in tasks if t.job_id not in quiet] + list(core.notifier.jobs)
+    was = core.quiet
+    quiet = {job_id: was[job_id] for job_id, _ in pairs if job_id in was}
+    hot = [job_id for job_id, _ in pairs if job_id not in quiet] + list(core.notifier.jobs)
     answer = core.redis.call(now, lambda: core.publisher.known(hot, quiet))
     if answer is None:
         core.full_look_at = now  # after an outage, everything afresh
@@ -44,30 +46,32 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
         core.full_look_at = now  # what Redis lost is found in the next tick's full look
     now_iso = utc_now()
     still: dict[str, Known] = {}
+    due: list[Tracked] = []
     sliced = time.monotonic()
-    for task in tasks:
+    for job_id, task in pairs:
+        info = known.get(job_id) or Known(None, None)
+        if quiet.get(job_id) is info:
+            still[job_id] = info  # as it was: nothing to publish, nothing to write
+            continue
         if core.between is not None and time.monotonic() - sliced >= SLICE_S:
             core.between()  # a file dropped meanwhile is taken now, not after the whole tick
             sliced = time.monotonic()
-        info = known.get(task.job_id, Known(None, None))
-        if quiet.get(task.job_id) is info:
-            still[task.job_id] = info  # as it was: nothing to publish, nothing to write
-            continue
-        key = f"job {task.job_id}"  # not the path: a write that fails after the rename moves it
+        key = f"job {job_id}"  # not the path: a write that fails after the rename moves it
         if not core.guard.ready(key, now):
             continue  # held back by the machine (a full disk): tried again after its pause
         core.guard.run(
             key,
             "mirroring",
             now,
-            lambda t=task, i=info: _mirror_one(core, t, i, now, now_iso),  # type: ignore[misc]
+            lambda t=task, i=info: _mirror_one(core, t, i, now, now_iso, due),  # type: ignore[misc]
             end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
             log_ids=partial(task_ids, task),
             shown=lambda t=task: str(t.path),  # type: ignore[misc]
         )
         if _quiet(core, task, info, key, now):
-            still[task.job_id] = info
+            still[job_id] = info
     core.quiet = still
+    dispatch.publish_batch(core, due, now)
     handed_out_once(core, now, tasks, known)
     core.metrics.mirrored(now, time.monotonic())
     return known
@@ -84,9 +88,11 @@ def _quiet(core: Core, task: Tracked, info: Known, key: str, now: float) -> bool
     )
 
 
-def _mirror_one(core: Core, task: Tracked, info: Known, now: float, now_iso: str) -> None:
+def _mirror_one(
+    core: Core, task: Tracked, info: Known, now: float, now_iso: str, due: list[Tracked]
+) -> None:
     info = with_kept_outcome(core, task, info)
-    dispatch.publish_when_due(core, task, info, now)
+    dispatch.publish_when_due(core, task, info, now, due)
     if task.job_id in core.table.by_job:  # a recovery may have ended it
         writer.write(core, task, updates_for(info.meta, task.fields, now_iso), now)
 

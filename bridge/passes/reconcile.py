@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
 
@@ -23,23 +24,59 @@ log = logging.getLogger(__name__)
 WORKER_TEMP_AGE_S = 60.0
 
 
+FULL_RESCAN_EVERY = 10
+"""Every this many rescans, every user folder is listed, changed or not."""
+RACY_S = 2.0
+"""A folder changed this close before it was listed may have changed again unseen within the
+same timestamp tick: it is listed again next time."""
+
+
+@dataclass
+class FolderSeen:
+    """What a rescan found in a user folder that held nothing to take: its own signature
+    (inode, mtime, ctime), and what to hand on again while the folder stays as it was."""
+
+    sig: tuple[int, int, int]
+    listed_at: float  # wall clock, for RACY_S
+    settled: list[str] = field(default_factory=list)
+    mails: list[str] = field(default_factory=list)
+    markers: list[str] = field(default_factory=list)
+    noted: list[str] = field(default_factory=list)  # handed to intake: to be read first
+
+
 def rescan_once(core: Core, now: float) -> list[Path]:
     """Note every file that changed since it was last read; returns the sent-markers found,
-    for the notify pass."""
+    for the notify pass.
+
+    A user folder whose own mtime and ctime are those of the last rescan, which found nothing
+    in it to take, is not listed: no file was made, removed or renamed in it since (a change to
+    a file's content in place comes as an inotify event, and an overflow of those asks for a
+    full scan). Every `FULL_RESCAN_EVERY`-th rescan lists every folder all the same.
+    """
     core.metrics.count(metrics.RESCANS)
+    core.rescans += 1
+    full = core.rescans % FULL_RESCAN_EVERY == 1
     settled: dict[str, Settled] = {}
     markers: list[Path] = []
-    for entry in watch.scan_entries(core.settings.task_queue):
-        if contract.is_notify_mail(entry.name):
-            core.mails.setdefault(Path(entry.path), (now, True))
-        elif is_sent_marker(entry.name):
-            markers.append(Path(entry.path))
-        elif not _still_settled(core, entry, settled):
-            path = Path(entry.path)
-            if path in core.table.by_path:
-                core.touched.add(path)  # changed by someone else since our last write?
-            else:
-                core.intake.note(path, now)
+    folders: dict[str, FolderSeen] = {}
+    queue = core.settings.task_queue
+    for top in _listed(queue):
+        if not (top.is_dir(follow_symlinks=False) and contract.USER_RE.fullmatch(top.name)):
+            _rescan_entry(core, top, now, settled, markers, None)
+            continue
+        sig = _folder_sig(top)
+        seen = None if full or sig is None else core.folders.get(top.path)
+        if seen is not None and seen.sig == sig:
+            _carry_over(core, seen, now, settled, markers)
+            folders[top.path] = seen
+            continue
+        found = FolderSeen(sig, time.time()) if sig is not None else None
+        for entry in watch.scan_entries(queue, Path(top.path)):
+            _rescan_entry(core, entry, now, settled, markers, found)
+        if found is not None and _not_racy(found, sig):
+            folders[top.path] = found
+    core.folders = {path: seen for path, seen in folders.items() if not seen.noted}
+    core.folders_noted = {path: seen for path, seen in folders.items() if seen.noted}
     if len(settled) != len(core.settled):
         core.settled_changed = True  # files gone since are forgotten
     core.settled = settled
@@ -47,8 +84,85 @@ def rescan_once(core: Core, now: float) -> list[Path]:
     for task in list(core.table.by_job.values()):
         if not task.path.exists():
             core.cancel(task)
-    _sweep_leftovers(core)
+    _sweep_leftovers(core, full)
     return markers
+
+
+def _rescan_entry(
+    core: Core,
+    entry: os.DirEntry[str],
+    now: float,
+    settled: dict[str, Settled],
+    markers: list[Path],
+    found: FolderSeen | None,
+) -> None:
+    """Hand one entry on, and note it in what its folder is found to hold."""
+    if contract.is_notify_mail(entry.name):
+        core.mails.setdefault(Path(entry.path), (now, True))
+        if found is not None:
+            found.mails.append(entry.path)
+    elif is_sent_marker(entry.name):
+        markers.append(Path(entry.path))
+        if found is not None:
+            found.markers.append(entry.path)
+    elif _still_settled(core, entry, settled):
+        if found is not None:
+            found.settled.append(entry.path)
+    else:
+        path = Path(entry.path)
+        if path in core.table.by_path:
+            core.touched.add(path)  # changed by someone else since our last write?
+        else:
+            core.intake.note(path, now)
+            if found is not None:
+                found.noted.append(entry.path)
+
+
+def folders_read(core: Core) -> None:
+    """After the intake pass that followed a rescan: a folder whose noted files were all read
+    and found finished or running (a start-up's first scan, mostly) needs no listing next time
+    either: running tasks are the mirror's, and each of its renames changes the folder."""
+    tracked = {str(p) for p in core.table.by_path}
+    for path, seen in core.folders_noted.items():
+        if all(noted in core.settled or noted in tracked for noted in seen.noted):
+            seen.settled += [noted for noted in seen.noted if noted in core.settled]
+            seen.noted = []
+            core.folders[path] = seen
+    core.folders_noted = {}
+
+
+def _carry_over(
+    core: Core, seen: FolderSeen, now: float, settled: dict[str, Settled], markers: list[Path]
+) -> None:
+    """An unchanged folder: what its last listing found, without listing it."""
+    for path in seen.settled:
+        known = core.settled.get(path)
+        if known is not None:
+            settled[path] = known
+    for mail in seen.mails:
+        core.mails.setdefault(Path(mail), (now, True))
+    markers.extend(Path(m) for m in seen.markers)
+
+
+def _folder_sig(entry: os.DirEntry[str]) -> tuple[int, int, int] | None:
+    try:
+        st = entry.stat(follow_symlinks=False)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _not_racy(found: FolderSeen, sig: tuple[int, int, int] | None) -> bool:
+    """A folder whose last change is older than RACY_S before it was listed: a change made
+    after the listing shows as another mtime."""
+    return sig is not None and found.listed_at - max(sig[1], sig[2]) / 1e9 > RACY_S
+
+
+def _listed(folder: Path) -> list[os.DirEntry[str]]:
+    try:
+        return list(os.scandir(folder))
+    except OSError:
+        return []
 
 
 def _still_settled(core: Core, entry: os.DirEntry[str], settled: dict[str, Settled]) -> bool:
@@ -83,11 +197,13 @@ def save_settled(core: Core) -> None:
         settledindex.save(core.settings.data_root, core.settings.task_queue, core.settled)
 
 
-def _sweep_leftovers(core: Core) -> None:
+def _sweep_leftovers(core: Core, full: bool) -> None:
     """Remove temp files of a process killed mid-write. This bridge writes only on its loop's
-    thread, so none of its own is in flight; a worker's is spared for a minute."""
+    thread, so none of its own is in flight; a worker's is spared for a minute. Folders the
+    rescan did not need to list are swept on a full one."""
     wall = time.time()
-    for path in watch.leftovers(core.settings.task_queue):
+    skipped = set() if full else set(core.folders)
+    for path in watch.leftovers(core.settings.task_queue, skipped):
         try:
             own = path.name.endswith(BRIDGE_TEMP_SUFFIX)
             if own or wall - path.stat().st_mtime > WORKER_TEMP_AGE_S:

@@ -52,3 +52,44 @@ def test_finished_files_are_read_once_until_they_change(
     assert reads == [paths[3]]  # changed since: read again
     assert str(paths[5]) not in bridge.settled  # gone: forgotten
     assert len(bridge.settled) == 19
+
+
+def test_a_rescan_lists_only_user_folders_that_changed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bridge import watch
+    from bridge.passes import reconcile
+
+    monkeypatch.setattr(reconcile, "RACY_S", -10.0)  # folders made just now count as settled
+    settings = Settings(data_root=tmp_path, settle=0.0)
+    bridge = Bridge(settings, load_types([SUPPORT_SCHEMAS]), app=None, client=None)  # type: ignore[arg-type]
+    folders = [settings.task_queue / u for u in ("3", "4", "5")]
+    for folder in folders:
+        folder.mkdir(parents=True)
+        for n in range(5):
+            finished(folder, f"t{n}")
+    (folders[2] / "t0.notify.eml").write_text("To: a@b\n\nhi\n")
+    listed: list[str] = []
+    real = watch.scan_entries
+
+    def counting(root: Path, top: Path | None = None) -> Any:
+        listed.append(Path(top or root).name)
+        return real(root, top)
+
+    monkeypatch.setattr(watch, "scan_entries", counting)
+    bridge.rescan_once(time.monotonic())  # the first: everything, read and found finished
+    assert sorted(listed) == ["3", "4", "5"]
+    listed.clear()
+    reconcile.rescan_once(bridge.core, time.monotonic())  # the scan alone, before the passes
+    assert listed == []  # nothing changed: nothing listed, all still known
+    assert len(bridge.settled) == 15
+    assert folders[2] / "t0.notify.eml" in bridge.core.mails  # handed on as a listing would
+
+    (folders[1] / "new.SLOW").write_text('{"type": "SLOW"}')
+    listed.clear()
+    bridge.rescan_once(time.monotonic())
+    assert listed == ["4"]  # the folder a file was made in
+    listed.clear()
+    for _ in range(reconcile.FULL_RESCAN_EVERY):
+        bridge.rescan_once(time.monotonic())
+    assert sorted(set(listed)) == ["3", "4", "5"]  # and now and then every one
