@@ -184,6 +184,8 @@ class Core:
         # What a long pass calls now and then so that new files are taken meanwhile
         # (bridge/daemon.py sets it: drain the watcher, take what came).
         self.between: Callable[[], None] | None = None
+        # Whether a user folder is watched: only a watched one may be skipped by a rescan.
+        self.watched: Callable[[str], bool] = lambda path: False
         self.run_id: str | None = None
         # Jobs the mirror only watches for a state (bridge/passes/mirror.py), and when it next
         # looks at every job in full.
@@ -194,6 +196,7 @@ class Core:
         """The UI deleted (or replaced) the file: the job must never run, or stop, and send
         nothing. The cancel pass tells Redis and the workers."""
         self.table.drop(task)
+        self.quiet.pop(task.job_id, None)
         self.pending_cancels.add(task.job_id)
         notify = task.path.with_name(contract.notify_mail_name(task.task_id))
         if is_regular(notify):  # a link or FIFO in its place is no mail: left as it is

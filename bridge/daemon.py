@@ -66,6 +66,7 @@ class Bridge:
         self.core = Core(settings, types, app, client)
         self.watcher = watch.Watcher(settings.task_queue)
         self.core.between = self._intake_between
+        self.core.watched = self.watcher.watches
         self._rows = _Rows()
         self.root = RootCheck(settings, client, self.core.root_id)
         self._last_failure: str | None = None

@@ -64,13 +64,15 @@ def publish_when_due(
 def publish_batch(core: Core, due: list[Tracked], now: float) -> None:
     """Send the first tries a pass gathered, in one pipeline; should that fail, one by one, so
     that a job that cannot be sent is found and ended alone."""
+    due = [t for t in due if core.table.by_job.get(t.job_id) is t]  # not cancelled meanwhile
     if not due:
         return
     try:
         core.redis.call(now, lambda: core.publisher.publish_many(due))
     except Exception:  # noqa: BLE001 - one job could not be sent: find it, alone
-        log.warning("publishing %d jobs together failed: publishing them one by one", len(due))
-        for task in due:
+        left = [t for t in due if not t.published]  # chunks sent before the failure stand
+        log.warning("publishing %d jobs together failed: publishing them one by one", len(left))
+        for task in left:
             core.guard.run(
                 str(task.path),
                 "publishing",

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 UNACKED_KEY = "unacked"
 PUBLISH_BATCH = 4096
+PUBLISH_CHUNK = 1000
+"""Jobs a pipeline carries (two commands each, under PUBLISH_BATCH, so kombu never flushes
+part of one by itself): a failure leaves whole chunks sent and marked, the rest not."""
 """Redis commands sent in one pipeline: kombu's `Producer.batch` (kombu 5.7) buffers each job's
 message (LPUSH) and its `task-sent` event (PUBLISH, for Flower) and sends them together, one
 round trip for a pass's jobs instead of a connection checkout and two round trips a job."""
@@ -54,6 +57,11 @@ class Publisher:
         sends every message (`PUBLISH_BATCH`), one records them `published`. A crash or an
         outage part way leaves records saying `publishing`, which reconcile looks into (module
         docstring): a message sent is found in its queue, one not sent is sent again."""
+        for start in range(0, len(tasks), PUBLISH_CHUNK):
+            self._publish_chunk(tasks[start : start + PUBLISH_CHUNK], attempt)
+
+    def _publish_chunk(self, tasks: list[Tracked], attempt: int) -> None:
+        """One pipeline's worth: every task of it is sent and marked, or none is marked."""
         if not tasks:
             return
         with self.client.pipeline(transaction=True) as pipe:

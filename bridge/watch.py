@@ -43,7 +43,7 @@ DELETED = "deleted"
 MOVED = "moved"
 DIR = "dir"
 STOP_POLL_S = 0.2
-MOVE_PAIR_S = 0.05
+MOVE_PAIR_S = 0.5
 # The bridge's own rewrite temps, and a worker's sent-marker temp (tasks/notify.py).
 TEMP_SUFFIXES = (BRIDGE_TEMP_SUFFIX, WORKER_TEMP_SUFFIX, ".notify.sent.tmp")
 _OWN_TEMP = os.fsencode(BRIDGE_TEMP_SUFFIX)
@@ -117,9 +117,9 @@ class Watcher:
         self._paths: dict[WatchDescriptor, bytes] = {}  # the other way round
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        # A foreign rename's IN_MOVED_FROM, until the next event says where it went: the kernel
-        # queues a rename's two events together, so its IN_MOVED_TO is the very next event.
-        self._moving: tuple[int, bytes, float] | None = None
+        # Foreign renames' IN_MOVED_FROMs by cookie, until their IN_MOVED_TO says where each
+        # went (other events may come between the two halves), or MOVE_PAIR_S passes.
+        self._moving: dict[int, tuple[bytes, float]] = {}
         self._overflowing = False
 
     def start(self) -> None:
@@ -175,16 +175,16 @@ class Watcher:
             self._fd.remove_callbacks([held])
 
     def put(self, folder: _Folder, full: bytes, mask: int, cookie: int = 0) -> None:
-        with self._lock:
-            moving, self._moving = self._moving, None
-            if moving is not None and mask & In.IN_MOVED_TO and moving[0] == cookie:
-                self.events.put(Seen(MOVED, _path(moving[1]), _path(full)))
-                return
+        if mask & In.IN_MOVED_TO and not mask & In.IN_ISDIR:
+            with self._lock:
+                moving = self._moving.pop(cookie, None)
             if moving is not None:
-                self.events.put(Seen(MOVED, _path(moving[1])))  # moved out of task_queue/
-            if mask & In.IN_MOVED_FROM and not mask & In.IN_ISDIR:
-                self._moving = (cookie, full, time.monotonic())
+                self.events.put(Seen(MOVED, _path(moving[0]), _path(full)))
                 return
+        elif mask & In.IN_MOVED_FROM and not mask & In.IN_ISDIR:
+            with self._lock:
+                self._moving[cookie] = (full, time.monotonic())
+            return
         path = _path(full)
         if mask & In.IN_ISDIR:
             self._folder_event(folder, full, mask, path)
@@ -204,6 +204,10 @@ class Watcher:
             self.events.put(Seen(DIR, path))  # what was written in it before the watch
         elif mask & In.IN_MOVED_FROM:
             self._unwatch(full)  # its files are no longer in task_queue/ under that name
+
+    def watches(self, path: str) -> bool:
+        """Whether a user folder is watched (the rescan may skip it only then)."""
+        return os.fsencode(path) in self._wds
 
     def overflowed(self) -> None:
         """Events were lost: the announcements of the bridge's own renames may never be met,
@@ -231,12 +235,12 @@ class Watcher:
     def drain(self) -> list[Seen]:
         with self._lock:
             self._overflowing = False
-            moving = self._moving
-            # The last event read, and a while ago: it left task_queue/. A recent one may be
-            # half of a rename whose other half the watcher's thread is about to hand on.
-            if moving is not None and time.monotonic() - moving[2] > MOVE_PAIR_S:
-                self._moving = None
-                self.events.put(Seen(MOVED, _path(moving[1])))
+            # Unpaired for a while: it left task_queue/ (a recent one may be half of a rename
+            # whose other half the watcher's thread has yet to read).
+            now = time.monotonic()
+            gone = [c for c, (_, at) in self._moving.items() if now - at > MOVE_PAIR_S]
+            for cookie in gone:
+                self.events.put(Seen(MOVED, _path(self._moving.pop(cookie)[0])))
         out, self._early = self._early, []
         while True:
             try:

@@ -56,6 +56,8 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
         if core.between is not None and time.monotonic() - sliced >= SLICE_S:
             core.between()  # a file dropped meanwhile is taken now, not after the whole tick
             sliced = time.monotonic()
+        if core.table.by_job.get(job_id) is not task:
+            continue  # cancelled meanwhile (its file was deleted): nothing to publish or write
         key = f"job {job_id}"  # not the path: a write that fails after the rename moves it
         if not core.guard.ready(key, now):
             continue  # held back by the machine (a full disk): tried again after its pause
@@ -70,8 +72,9 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
         )
         if _quiet(core, task, info, key, now):
             still[job_id] = info
-    core.quiet = still
+    core.quiet = {j: k for j, k in still.items() if j in core.table.by_job}
     dispatch.publish_batch(core, due, now)
+    tasks = [t for t in tasks if core.table.by_job.get(t.job_id) is t]  # none cancelled meanwhile
     handed_out_once(core, now, tasks, known)
     core.metrics.mirrored(now, time.monotonic())
     return known

@@ -65,7 +65,8 @@ def rescan_once(core: Core, now: float) -> list[Path]:
             _rescan_entry(core, top, now, settled, markers, None)
             continue
         sig = _folder_sig(top)
-        seen = None if full or sig is None else core.folders.get(top.path)
+        skippable = not full and sig is not None and core.watched(top.path)
+        seen = core.folders.get(top.path) if skippable else None
         if seen is not None and seen.sig == sig:
             _carry_over(core, seen, now, settled, markers)
             folders[top.path] = seen

@@ -63,6 +63,7 @@ def test_a_rescan_lists_only_user_folders_that_changed(
     monkeypatch.setattr(reconcile, "RACY_S", -10.0)  # folders made just now count as settled
     settings = Settings(data_root=tmp_path, settle=0.0)
     bridge = Bridge(settings, load_types([SUPPORT_SCHEMAS]), app=None, client=None)  # type: ignore[arg-type]
+    bridge.core.watched = lambda path: not path.endswith("/5")  # as if 5's watch had failed
     folders = [settings.task_queue / u for u in ("3", "4", "5")]
     for folder in folders:
         folder.mkdir(parents=True)
@@ -81,8 +82,12 @@ def test_a_rescan_lists_only_user_folders_that_changed(
     assert sorted(listed) == ["3", "4", "5"]
     listed.clear()
     reconcile.rescan_once(bridge.core, time.monotonic())  # the scan alone, before the passes
-    assert listed == []  # nothing changed: nothing listed, all still known
+    assert listed == ["5"]  # nothing changed: only the unwatched folder is listed
     assert len(bridge.settled) == 15
+    bridge.core.watched = lambda path: True
+    listed.clear()
+    reconcile.rescan_once(bridge.core, time.monotonic())
+    assert listed == []  # watched now, and as it was when last listed
     assert folders[2] / "t0.notify.eml" in bridge.core.mails  # handed on as a listing would
 
     (folders[1] / "new.SLOW").write_text('{"type": "SLOW"}')
