@@ -62,8 +62,9 @@ def publish_when_due(
 
 
 def publish_batch(core: Core, due: list[Tracked], now: float) -> None:
-    """Send the first tries a pass gathered, in one pipeline; should that fail, one by one, so
-    that a job that cannot be sent is found and ended alone."""
+    """Send the jobs a pass gathered (first tries, and jobs Redis lost) in one pipeline; should
+    that fail, those not sent one by one, so that a job that cannot be sent is found and ended
+    alone."""
     due = [t for t in due if core.table.by_job.get(t.job_id) is t]  # not cancelled meanwhile
     if not due:
         return

@@ -144,7 +144,9 @@ class Publisher:
         records = replies[1 : 1 + 2 * len(ids) : 2]
         leases = replies[2 : 2 + 2 * len(ids) : 2]
         out: dict[str, Known] = {}
-        for job_id, record, leased, meta in zip(ids, records, leases, metas, strict=False):
+        for job_id, record, leased, meta in zip(
+            ids, records, leases, metas[: len(ids)], strict=True
+        ):
             status, attempt = record
             out[job_id] = Known(
                 record=_text(status),
@@ -152,8 +154,9 @@ class Publisher:
                 attempt=jobs.count(_text(attempt)),
                 leased=bool(leased),
             )
+        given = quiet or {}
         for job_id, meta in zip(still, metas[len(ids) :], strict=True):
-            was = (quiet or {})[job_id]
+            was = given[job_id]
             # A state now: a worker took it (and holds its lease, or the mirror's next full
             # look says otherwise).
             out[job_id] = (

@@ -1,9 +1,10 @@
 """Watching task_queue/: inotify on the top folder and each user folder, plus a full scan.
 
 The watcher works at watchdog's inotify layer (`InotifyFD`: one thread reading the inotify fd,
-a callback per watched folder), with only the events the bridge acts on in the mask: it needs
-no pairing of IN_MOVED_FROM with IN_MOVED_TO (watchdog's observer holds an unpaired one back
-for half a second, the tail of the intake latency), nor opens, reads or modifications. The
+a callback per watched folder), with only the events the bridge acts on in the mask (no opens,
+reads or modifications). A rename's two halves are paired by cookie, whatever comes between
+them, and no other event waits behind an unpaired half (watchdog's observer held every event
+back half a second behind one: the tail of the intake latency). The
 bridge's own renames are announced beforehand (`bridge/ownmoves.py`) and dropped here with one
 lookup; its temp files by their suffix. Handlers only filter and enqueue; the bridge's loop does
 the work. An inotify overflow asks for a full scan at once; and as a file written into a
@@ -127,7 +128,7 @@ class Watcher:
         self._fd = InotifyFD()
         self._fd.start()
         self._watch(os.fsencode(self.root), top=True)
-        for entry in _listed(self.root):
+        for entry in listed(self.root):
             if entry.is_dir(follow_symlinks=False) and USER_RE.fullmatch(entry.name):
                 self._watch(os.fsencode(entry.path), top=False)
 
@@ -253,7 +254,8 @@ def _path(raw: bytes) -> Path:
     return Path(os.fsdecode(raw))
 
 
-def _listed(folder: Path) -> list[os.DirEntry[str]]:
+def listed(folder: Path) -> list[os.DirEntry[str]]:
+    """The entries of a folder; none when it cannot be listed (gone, or not a folder)."""
     try:
         return list(os.scandir(folder))
     except OSError:

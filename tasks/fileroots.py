@@ -24,7 +24,8 @@ from pathlib import Path
 from taskd.settings import Settings
 from tasks.errors import TaskFailed
 
-_ROOT_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+"""A folder opened read-only, never through a link (a root, and each folder below it)."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +111,7 @@ def open_root(real: Path) -> int:
     pinned = next((p for p in _pins.values() if p.real == real), None)
     shown = pinned.root if pinned is not None else real
     try:
-        fd = os.open(real, _ROOT_FLAGS)
+        fd = os.open(real, FOLDER_FLAGS)
     except OSError:
         raise _changed(shown) from None
     st = os.fstat(fd)

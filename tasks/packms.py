@@ -43,7 +43,6 @@ MARKER_KEEP_S = states.DONE_TTL_S
 of a finished job come while the bridge still tracks it (a redelivery, or a republish after
 Redis lost it), which is seconds to hours; a week leaves a wide margin."""
 _JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO put in place of the file opens at once (and is then refused by fstat)
 # instead of hanging the worker until someone writes to it.
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
@@ -120,7 +119,7 @@ def open_below(root: Path, real: Path, raw: str) -> int:
         raise TaskFailed(f"field 'files': {raw!r} is not a regular file")
     fd = fileroots.open_root(root)
     for part in parts[:-1]:
-        fd = _step(fd, part, _DIR_FLAGS, raw, root)
+        fd = _step(fd, part, fileroots.FOLDER_FLAGS, raw, root)
     fd = _step(fd, parts[-1], _FILE_FLAGS, raw, root)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

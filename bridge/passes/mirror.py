@@ -84,8 +84,7 @@ def _quiet(core: Core, task: Tracked, info: Known, key: str, now: float) -> bool
     """Queued, published, not started, nobody's lease, not held back: only a worker taking it
     (its state appears) or Redis losing it (the next full look) can change that."""
     return (
-        task.job_id in core.table.by_job
-        and task.published
+        task.published
         and schedule.waiting_unstarted(task.fields, info)
         and core.guard.ready(key, now)
     )

@@ -60,7 +60,7 @@ def rescan_once(core: Core, now: float) -> list[Path]:
     markers: list[Path] = []
     folders: dict[str, FolderSeen] = {}
     queue = core.settings.task_queue
-    for top in _listed(queue):
+    for top in watch.listed(queue):
         if not (top.is_dir(follow_symlinks=False) and contract.USER_RE.fullmatch(top.name)):
             _rescan_entry(core, top, now, settled, markers, None)
             continue
@@ -157,13 +157,6 @@ def _not_racy(found: FolderSeen, sig: tuple[int, int, int] | None) -> bool:
     """A folder whose last change is older than RACY_S before it was listed: a change made
     after the listing shows as another mtime."""
     return sig is not None and found.listed_at - max(sig[1], sig[2]) / 1e9 > RACY_S
-
-
-def _listed(folder: Path) -> list[os.DirEntry[str]]:
-    try:
-        return list(os.scandir(folder))
-    except OSError:
-        return []
 
 
 def _still_settled(core: Core, entry: os.DirEntry[str], settled: dict[str, Settled]) -> bool:

@@ -33,6 +33,20 @@ def publisher(redis_server: RedisServer, client: redis.Redis) -> Publisher:
     return Publisher(publishing_app(settings), client)
 
 
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Every packed command the Redis client sends from now on (a pipeline is one)."""
+    out: list[bytes] = []
+    original = redis.connection.Connection.send_packed_command
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> None:
+        out.append(b"".join(command) if isinstance(command, list) else command)
+        original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    return out
+
+
 def _task(job_id: str, tmp_path: Path) -> Tracked:
     # A queue no worker listens on, so the message stays where the test looks for it.
     slow = dataclasses.replace(load_types([SUPPORT_SCHEMAS])["SLOW"], queue="nobody-listens")
@@ -41,19 +55,12 @@ def _task(job_id: str, tmp_path: Path) -> Tracked:
 
 
 def test_known_reads_any_number_of_jobs_in_one_round_trip(
-    publisher: Publisher, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    publisher: Publisher, client: redis.Redis, sent: list[bytes]
 ) -> None:
     ids = [f"job-{i}" for i in range(300)]
     client.set(states.meta_key("job-7"), json.dumps({"status": "PROGRESS", "result": {}}))
     client.hset(states.job_key("job-9"), "status", states.JOB_PUBLISHED)
-    sent: list[Any] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        sent.append(command)
-        original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    sent.clear()  # what setting up the test sent
     known, run_id = publisher.known(ids)
     assert len(sent) == 1
     assert run_id
@@ -76,7 +83,7 @@ def test_a_published_job_is_recorded_and_found_in_its_queue(
 
 
 def test_quiet_jobs_cost_only_their_state_and_come_back_when_it_appears(
-    publisher: Publisher, client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+    publisher: Publisher, client: redis.Redis, sent: list[bytes]
 ) -> None:
     from bridge.schedule import Known
 
@@ -84,14 +91,7 @@ def test_quiet_jobs_cost_only_their_state_and_come_back_when_it_appears(
     quiet = {f"quiet-{i}": waiting for i in range(200)}
     client.set(states.meta_key("quiet-5"), json.dumps({"status": "STARTED", "result": {}}))
     client.hset(states.job_key("hot-1"), "status", states.JOB_PUBLISHED)
-    sent: list[bytes] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        sent.append(b"".join(command) if isinstance(command, list) else command)
-        original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    sent.clear()  # what setting up the test sent
     known, _ = publisher.known(["hot-1"], quiet)
     assert len(sent) == 1
     assert sent[0].count(b"HMGET") == 1 and sent[0].count(b"EXISTS") == 1  # the hot job only
@@ -102,18 +102,11 @@ def test_quiet_jobs_cost_only_their_state_and_come_back_when_it_appears(
 
 
 def test_a_pass_of_jobs_is_sent_in_one_round_trip_with_their_sent_events(
-    publisher: Publisher, client: redis.Redis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    publisher: Publisher, client: redis.Redis, tmp_path: Path, sent: list[bytes]
 ) -> None:
     tasks = [_task(f"job-batch-{i}", tmp_path) for i in range(50)]
     publisher.publish_many(tasks[:1])  # the connection and the queue's declaration, once
-    sent: list[bytes] = []
-    original = redis.connection.Connection.send_packed_command
-
-    def counting(self: Any, command: Any, check_health: bool = True) -> None:
-        sent.append(b"".join(command) if isinstance(command, list) else command)
-        original(self, command, check_health)
-
-    monkeypatch.setattr(redis.connection.Connection, "send_packed_command", counting)
+    sent.clear()
     publisher.publish_many(tasks[1:])
     pushes = [c for c in sent if b"LPUSH" in c]
     assert len(pushes) == 1 and pushes[0].count(b"LPUSH") == 49  # one pipeline of messages
