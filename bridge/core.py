@@ -190,6 +190,7 @@ class Core:
         # Jobs the mirror only watches for a state (bridge/passes/mirror.py), and when it next
         # looks at every job in full.
         self.quiet: dict[str, Known] = {}
+        self.glanced: dict[str, bytes] = {}  # job id -> the state a glance last mirrored
         self.full_look_at = 0.0
 
     def cancel(self, task: Tracked) -> None:

@@ -70,6 +70,8 @@ class Bridge:
         self._rows = _Rows()
         self.root = RootCheck(settings, client, self.core.root_id)
         self._last_failure: str | None = None
+        self.glance_every = settings.mirror_interval / mirror.GLANCES_PER_TICK
+        self.next_glance = 0.0
 
     # What tests and the HTTP endpoint read.
     @property
@@ -164,6 +166,10 @@ class Bridge:
             next_mirror += self.settings.mirror_interval
             if next_mirror <= now:
                 next_mirror = now + self.settings.mirror_interval
+            self.next_glance = now + self.glance_every
+        elif now >= self.next_glance:
+            running = mirror.glance_once(self.core, now)
+            self.next_glance = now + self.glance_every if running else next_mirror
         if now >= next_rescan:
             self.rescan_once(now)
             reconcile.cancel_orphans(self.core, now)
@@ -201,7 +207,7 @@ class Bridge:
                 except Exception as exc:  # a bug outside any file's guard: never the loop
                     self._tick_failed(exc, stop)
                     continue
-                wake = min(next_mirror, next_rescan)
+                wake = min(next_mirror, next_rescan, self.next_glance)
                 if self.core.intake_cut:
                     wake = now
                 elif self._busy(now):

@@ -18,6 +18,8 @@ from taskd import states
 log = logging.getLogger(__name__)
 
 MAX_RECOVERIES = 3
+JUST_PUBLISHED = Known(states.JOB_PUBLISHED, None)
+"""A job's record and state right after `publish_many` sent it (attempt 0, no lease)."""
 
 
 def publish_when_due(
@@ -84,6 +86,10 @@ def publish_batch(core: Core, due: list[Tracked], now: float) -> None:
             )
     for task in due:
         after_publish(core, task)
+        if task.published and task.fields.get(states.STATE) == states.QUEUED:
+            # What Redis would answer for it until a worker takes it: the mirror's next ticks
+            # read only its state (passes/mirror.py), instead of first looking at it in full.
+            core.quiet[task.job_id] = JUST_PUBLISHED
 
 
 def after_publish(core: Core, task: Tracked) -> None:

@@ -18,6 +18,7 @@ from kombu.exceptions import BatchPublishError, OperationalError
 
 from bridge.model import Tracked
 from bridge.schedule import Known
+from bridge.wire import Wire
 from taskd import jobs, states
 from taskd.celeryconf import PRIORITY_STEPS, kombu_priority
 from taskd.jobs import JobRecord
@@ -47,6 +48,7 @@ class Publisher:
         self.app = app
         self.client = client
         self.root = root  # the data root's identity, carried by every record and message
+        self._wire: Wire | None = None  # made at the first send: it asks the app for its setup
 
     def publish(self, task: Tracked, attempt: int = 0) -> None:
         """Record, then send; `attempt` is the retry this sends (0 for the first try)."""
@@ -73,9 +75,7 @@ class Publisher:
             pipe.sadd(states.KEY_ACTIVE, *[task.job_id for task in tasks])
             pipe.execute()
         try:
-            with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
-                for task in tasks:
-                    self._send(task, attempt, producer)
+            self._send_all(tasks, attempt)
         except BROKEN_CHANNEL as exc:
             self._reset_broker()
             raise OperationalError(f"the broker connection broke ({exc!r})") from exc
@@ -98,25 +98,38 @@ class Publisher:
             except Exception as exc:  # noqa: BLE001 - closing what is already broken
                 log.debug("closing the broken broker pool: %s", exc)
 
-    def _send(self, task: Tracked, attempt: int, producer: Any) -> None:
+    def _send_all(self, tasks: list[Tracked], attempt: int) -> None:
+        """Every task's message and `task-sent` event in one pipeline (`bridge/wire.py`)."""
+        if self._wire is None:
+            self._wire = Wire(self.app)
+        with self.app.producer_or_acquire() as producer:
+            self._wire.declare(producer)
+            channel = producer.channel
+            batch = channel.create_publish_batch(PUBLISH_BATCH)
+            try:
+                for task in tasks:
+                    self._send(self._wire, task, attempt, batch, channel)
+                batch.flush()
+            finally:
+                batch.close()
+
+    def _send(self, wire: Wire, task: Tracked, attempt: int, batch: Any, channel: Any) -> None:
         priority = task.fields.get("priority")
-        self.app.send_task(
-            task.type.task,
-            args=[{**task.spec(), states.RETRIES: attempt, states.SPEC_ROOT: self.root}],
-            task_id=task.job_id,
+        wire.send(
+            batch,
+            channel,
+            name=task.type.task,
+            job_id=task.job_id,
+            arg={**task.spec(), states.RETRIES: attempt, states.SPEC_ROOT: self.root},
+            # The anonymous exchange routes by queue name alone. A named exchange needs its
+            # bindings, which a Redis that came back empty has lost until a worker declares
+            # them again: a message published in between would be dropped silently.
             queue=task.type.queue,
-            # The default (anonymous) exchange routes by queue name alone. A named exchange
-            # needs its bindings, which a Redis that came back empty has lost until a worker
-            # declares them again: a message published in between would be dropped silently.
-            exchange="",
-            routing_key=task.type.queue,
             priority=kombu_priority(priority if isinstance(priority, int) else 0),
-            time_limit=task.type.time_limit,
-            soft_time_limit=task.type.soft_time_limit,
+            limits=(task.type.time_limit, task.type.soft_time_limit),
             # What Flower shows as the job's kwargs (the task takes none): ops find "user 3,
             # task 0001" with the search `kwargs:user-id=3 kwargs:task-id=0001`.
             kwargsrepr=repr(job_label(task)),
-            producer=producer,
         )
 
     def known(
@@ -184,6 +197,10 @@ class Publisher:
         """
         self.client.delete(states.meta_key(task.job_id))
         self.publish(task, attempt)
+
+    def states_of(self, job_ids: list[str]) -> list[bytes | None]:
+        """Each job's state as stored (raw), in one MGET: all a glance reads."""
+        return list(self.client.mget([states.meta_key(j) for j in job_ids])) if job_ids else []
 
     def handed_out(self, job_ids: Iterable[str]) -> set[str]:
         """Which of these jobs sit delivered-but-unacked (one read of kombu's unacked set)."""

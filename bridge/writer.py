@@ -21,19 +21,20 @@ log = logging.getLogger(__name__)
 RATE_SLACK = 0.95
 
 
-def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> None:
-    """Merge `updates` into the task's file, at most once a tick unless the state ends.
+def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> bool:
+    """Merge `updates` into the task's file, at most once a tick unless the state ends; False
+    when the file was written less than a tick ago and must wait (the updates are not in it).
 
     An OSError is raised to the caller's guard (which holds the file back while the disk is
     full, say); a file gone under the bridge is a cancel.
     """
     fields = contract.merge(task.fields, updates)
     if fields == task.fields:
-        return
+        return True
     state_changed = fields[states.STATE] != task.state
     terminal = fields[states.STATE] in states.TERMINAL
     if not terminal and now - task.last_write < RATE_SLACK * core.settings.mirror_interval:
-        return
+        return False
     new_path = task.path.with_name(
         contract.render_name(task.task_id, task.type.name, fields, task.type.runtime_info)
     )
@@ -43,7 +44,7 @@ def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> 
         files.rename_noreplace(task.path, new_path)
     except FileNotFoundError:
         core.cancel(task)
-        return
+        return True
     except FileExistsError:
         new_path = task.path  # another file took the name: keep ours, the content still says
     core.table.move(task, new_path)
@@ -54,6 +55,7 @@ def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> 
     task.written = files.signature(new_path)
     if terminal:
         ended(core, task, now)
+    return True
 
 
 def ended(core: Core, task: Tracked, now: float) -> None:

@@ -14,6 +14,8 @@ may (a process may give a file only to a group it is in; otherwise the file keep
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import secrets
@@ -25,6 +27,8 @@ BRIDGE_TEMP_SUFFIX = ".taskd-tmp"
 WORKER_TEMP_SUFFIX = ".taskd-wtmp"
 TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_syncfs = getattr(_libc, "syncfs", None)
 
 
 def fsync_path(path: Path) -> None:
@@ -93,6 +97,30 @@ def write_atomic(
     The file is created with `mode` less the umask; `chmod` sets its bits exactly instead, and
     `chgrp` gives it that group (see `set_permissions`), both before it takes the name.
     """
+    tmp = write_temp(
+        target, data, durable=durable, suffix=suffix, mode=mode, chmod=chmod, chgrp=chgrp
+    )
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if durable and sync_dir:
+        fsync_path(target.parent)
+
+
+def write_temp(
+    target: Path,
+    data: bytes,
+    *,
+    durable: bool,
+    suffix: str,
+    mode: int = 0o644,
+    chmod: int | None = None,
+    chgrp: int | None = None,
+) -> Path:
+    """`data` in a new temp file beside `target`, fsynced if `durable`; its path. Renaming it
+    over `target` is the caller's (see `write_atomic`); on failure nothing is left behind."""
     tmp = temp_beside(target, suffix)
     fd = os.open(tmp, TEMP_FLAGS, mode)
     try:
@@ -102,9 +130,22 @@ def write_atomic(
             handle.flush()
             if durable:
                 os.fsync(handle.fileno())
-        os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if durable and sync_dir:
-        fsync_path(target.parent)
+    return tmp
+
+
+def sync_file_system(folder: Path) -> None:
+    """Every write to the file system holding `folder` is on disk (syncfs(2)): one flush for
+    many new files instead of an fsync each. Where syncfs is missing, `sync()`."""
+    if _syncfs is None:
+        os.sync()
+        return
+    fd = os.open(folder, _DIR_FLAGS)
+    try:
+        if _syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err) if err else "syncfs failed", str(folder))
+    finally:
+        os.close(fd)

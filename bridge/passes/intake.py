@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from bridge.mirror import utc_now
 from bridge.model import Tracked
 from bridge.schedule import Known
 from taskd import states
+from taskd.tasktypes import TaskType
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ ORIGINAL_FILE = "original-file"
 PASS_BUDGET_S = 1.0  # judging, then as long again acting, before the pass yields
 PER_USER_PER_PASS = 4096  # files of one user looked at in one pass, at most
 INLINE_SLACK = 8192  # the bridge's own fields and an error message
+TAKE_BATCH = 128  # new files whose durable rewrites run together
 
 
 def note_event(core: Core, seen: watch.Seen, now: float) -> None:
@@ -115,28 +118,40 @@ def intake_once(core: Core, now: float) -> None:
         if decision is None:
             _done_unless_held(core, path)
         elif decision.action == intake.ADOPT:
-            _act(core, path, decision, now, [])
+            _act(core, path, decision, now)
         elif decision.action != intake.WAIT:
             decided.append((path, decision))
-    taken: list[Tracked] = []
-    for path, decision in decided:
-        if time.monotonic() - started > 2 * PASS_BUDGET_S:
-            core.intake_cut = True  # left pending: judged again next pass
-            break
-        _act(core, path, decision, now, taken)
+    taken = _act_on(core, decided, started, now)
     verify_adopting(core, now)
     if taken:
         _publish_taken(core, taken, now)
 
 
-def _act(
-    core: Core, path: Path, decision: intake.Decision, now: float, taken: list[Tracked]
-) -> None:
+def _act_on(
+    core: Core, decided: list[tuple[Path, intake.Decision]], started: float, now: float
+) -> list[Tracked]:
+    """Take or reject what was decided, while the pass's budget lasts; the files taken."""
+    taken: list[Tracked] = []
+    batch = _Takes(core, now, taken)
+    for path, decision in decided:
+        if time.monotonic() - started > 2 * PASS_BUDGET_S:
+            core.intake_cut = True  # left pending: judged again next pass
+            break
+        if decision.action == intake.TAKE:
+            batch.add(path, decision)
+        else:
+            batch.flush_if_held(decision.name)  # a rejected file of the same id comes after
+            _act(core, path, decision, now)
+    batch.flush()
+    return taken
+
+
+def _act(core: Core, path: Path, decision: intake.Decision, now: float) -> None:
     core.guard.run(
         str(path),
         _doing(decision.action),
         now,
-        lambda: _carry_out(core, path, decision, now, taken),
+        lambda: _carry_out(core, path, decision),
         end=lambda error: _reject_pending(core, path, error),
         log_ids=partial(path_ids, path),
     )
@@ -154,12 +169,8 @@ def _done_unless_held(core: Core, path: Path) -> None:
         core.intake.forget(path)
 
 
-def _carry_out(
-    core: Core, path: Path, decision: intake.Decision, now: float, taken: list[Tracked]
-) -> None:
-    if decision.action == intake.TAKE:
-        take(core, path, decision, now, taken)
-    elif decision.action == intake.REJECT:
+def _carry_out(core: Core, path: Path, decision: intake.Decision) -> None:
+    if decision.action == intake.REJECT:
         assert decision.name is not None
         reject(
             core,
@@ -193,18 +204,80 @@ def _publish_taken(core: Core, taken: list[Tracked], now: float) -> None:
     dispatch.publish_batch(core, due, now)
 
 
-def take(
-    core: Core, path: Path, decision: intake.Decision, now: float, taken: list[Tracked]
-) -> None:
-    """Rewrite and rename a new file; the caller fsyncs the directory and publishes, once for
-    all the files of its pass."""
+@dataclass
+class _Take:
+    """A new file about to be taken: what its content and name become."""
+
+    path: Path
+    new_path: Path
+    name: contract.TaskName
+    task_type: TaskType
+    fields: dict[str, Any]
+    data: bytes
+
+
+class _Takes:
+    """New files taken in batches: each is judged and named one by one, then a batch's durable
+    rewrites are done together (`files.rewrite_then_rename_many`: one flush of the disk for
+    all), then each file is tracked. Two files of one task-id never share a batch, so the
+    second sees the first on disk."""
+
+    def __init__(self, core: Core, now: float, taken: list[Tracked]) -> None:
+        self.core, self.now, self.taken = core, now, taken
+        self.ready: list[_Take] = []
+        self.ids: set[tuple[str, str]] = set()
+
+    def flush_if_held(self, name: contract.TaskName | None) -> None:
+        """Flush if a file of this task-id waits in the batch."""
+        if name is not None and (name.user, name.stem) in self.ids:
+            self.flush()
+
+    def add(self, path: Path, decision: intake.Decision) -> None:
+        self.flush_if_held(decision.name)
+        core = self.core
+        ready = core.guard.run(
+            str(path),
+            "preparing",  # a step of its own: its success says nothing of the rewrite's
+            self.now,
+            lambda: prepare_take(core, path, decision),
+            end=lambda error: _reject_pending(core, path, error),
+            log_ids=partial(path_ids, path),
+        )
+        if ready is None:
+            _done_unless_held(core, path)
+            return
+        self.ready.append(ready)
+        self.ids.add((ready.name.user, ready.name.stem))
+        if len(self.ready) >= TAKE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Every file added is on disk and tracked (or ended by its guard)."""
+        ready, self.ready = self.ready, []
+        self.ids.clear()
+        errors = files.rewrite_then_rename_many([(t.path, t.new_path, t.data) for t in ready])
+        core = self.core
+        for one, error in zip(ready, errors, strict=True):
+            core.guard.run(
+                str(one.path),
+                "taking",
+                self.now,
+                lambda one=one, error=error: _track(core, one, error, self.now, self.taken),  # type: ignore[misc]
+                end=lambda text, one=one: _reject_pending(core, one.path, text),  # type: ignore[misc]
+                log_ids=partial(path_ids, one.path),
+            )
+            _done_unless_held(core, one.path)
+
+
+def prepare_take(core: Core, path: Path, decision: intake.Decision) -> _Take | None:
+    """What a new file becomes, or None when it was rejected instead (its task-id is taken)."""
     name, task_type = decision.name, decision.verdict.task_type
     assert name is not None and task_type is not None
     holder = core.owners.holder(name.user, name.stem, path)
     if holder is not None:
         error = f"task-id {name.stem!r} is already used by {holder.name}; use another task-id"
         reject(core, path, name, decision.verdict.fields, error)
-        return
+        return None
     own = {
         k: v
         for k, v in decision.verdict.fields.items()
@@ -227,9 +300,18 @@ def take(
     if os.path.lexists(new_path):
         error = f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
         reject(core, path, name, decision.verdict.fields, error)
-        return
-    files.rewrite_then_rename(path, new_path, contract.dump(fields), sync_dir=False)
-    task = Tracked(name.user, name.stem, task_type, new_path, fields, last_write=now)
+        return None
+    return _Take(path, new_path, name, task_type, fields, contract.dump(fields))
+
+
+def _track(
+    core: Core, one: _Take, error: Exception | None, now: float, taken: list[Tracked]
+) -> None:
+    """A taken file's rewrite is done (or raised `error`, for the caller's guard): track it."""
+    if error is not None:
+        raise error
+    name, new_path = one.name, one.new_path
+    task = Tracked(name.user, name.stem, one.task_type, new_path, one.fields, last_write=now)
     task.written = files.signature(new_path)
     core.table.add(task)
     core.owners.note(name.user, name.stem, new_path)

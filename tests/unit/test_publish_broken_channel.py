@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from kombu.exceptions import OperationalError
 
+from bridge import publish
 from bridge.core import REDIS_ERRORS
 from bridge.model import Tracked
 from bridge.publish import Publisher
@@ -33,22 +34,35 @@ class _Client:
         return _Pipe()
 
 
-class _BrokenApp:
-    """What kombu does with a channel whose connection is None: AttributeError on send."""
+class _BrokenChannel:
+    """What kombu's Redis channel does when its connection is None: AttributeError on use."""
 
+    def create_publish_batch(self, _size: int) -> Any:
+        raise AttributeError("'NoneType' object has no attribute 'client'")
+
+
+class _BrokenApp:
     def __init__(self) -> None:
         self._pool: Any = object()
         self.amqp = type("Amqp", (), {"_producer_pool": object()})()
 
     @contextlib.contextmanager
     def producer_or_acquire(self) -> Iterator[Any]:
-        yield object()
-
-    def send_task(self, *_: Any, **__: Any) -> None:
-        raise AttributeError("'NoneType' object has no attribute 'client'")
+        yield type("Producer", (), {"channel": _BrokenChannel()})()
 
 
-def test_a_broken_channel_is_an_outage_and_the_broker_is_reconnected(tmp_path: Path) -> None:
+class _Wire:
+    def __init__(self, _app: Any) -> None:
+        pass
+
+    def declare(self, _producer: Any) -> None:
+        pass
+
+
+def test_a_broken_channel_is_an_outage_and_the_broker_is_reconnected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(publish, "Wire", _Wire)
     app = _BrokenApp()
     publisher = Publisher(app, _Client())  # type: ignore[arg-type]
     fields = {"job-id": "0b6e4c1e-5f5e-4f4c-9d37-6f0c2a7d9e11", "state": "QUEUED"}

@@ -1,0 +1,130 @@
+"""Glances between mirror ticks (bridge/passes/mirror.py, `glance_once`): a running job's new
+progress is written before the next tick, still at most once a tick a file; anything but
+progress is left to the tick; nothing is read when no job runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.daemon import Bridge
+from bridge.model import Tracked
+from bridge.passes import mirror
+from taskd import states
+from taskd.settings import Settings
+from taskd.tasktypes import load_types
+from tests.support.noredis import NoRedis
+from tests.support.procs import SUPPORT_SCHEMAS
+
+
+def _meta(status: str, percent: int) -> bytes:
+    result = {
+        states.META_PROGRESS: percent,
+        states.META_FIELDS: {},
+        states.META_WORKER: "w@host",
+        states.META_STARTED_AT: "2026-01-01T00:00:00Z",
+    }
+    return json.dumps({"status": status, "result": result}).encode()
+
+
+@pytest.fixture
+def bridge(tmp_path: Path) -> Bridge:
+    settings = Settings(data_root=tmp_path, settle=0.0)
+    return Bridge(settings, load_types([SUPPORT_SCHEMAS]), app=None, client=NoRedis())  # type: ignore[arg-type]
+
+
+def _running(bridge: Bridge, n: int, state: str = states.PROGRESS) -> Tracked:
+    fields: dict[str, Any] = {
+        "type": "SLOW",
+        "task-id": f"t{n}",
+        "state": state,
+        "progress": 10,
+        "job-id": f"j{n}",
+    }
+    path = bridge.settings.task_queue / "3" / f"t{n}-10.SLOW"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(fields))
+    task = Tracked("3", f"t{n}", bridge.core.types["SLOW"], path, fields, published=True)
+    bridge.table.add(task)
+    return task
+
+
+class States:
+    """`Publisher.states_of`, answering from `raw` and counting its calls."""
+
+    def __init__(self) -> None:
+        self.raw: dict[str, bytes | None] = {}
+        self.asked: list[list[str]] = []
+
+    def __call__(self, job_ids: list[str]) -> list[bytes | None]:
+        self.asked.append(list(job_ids))
+        return [self.raw.get(j) for j in job_ids]
+
+
+@pytest.fixture
+def redis_states(bridge: Bridge, monkeypatch: pytest.MonkeyPatch) -> States:
+    answer = States()
+    monkeypatch.setattr(bridge.core.publisher, "states_of", answer)
+    return answer
+
+
+def _on_disk(task: Tracked) -> dict[str, Any]:
+    return json.loads(task.path.read_text())
+
+
+def test_new_progress_is_written_at_the_next_glance(bridge: Bridge, redis_states: States) -> None:
+    task = _running(bridge, 1)
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
+    assert mirror.glance_once(bridge.core, 100.0) == 1
+    assert task.path.name == "t1-40.SLOW"
+    assert _on_disk(task)["progress"] == 40 and _on_disk(task)["worker"] == "w@host"
+
+
+def test_a_file_written_less_than_a_tick_ago_waits_and_is_written_later(
+    bridge: Bridge, redis_states: States
+) -> None:
+    task = _running(bridge, 1)
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
+    mirror.glance_once(bridge.core, 100.0)
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 50)
+    mirror.glance_once(bridge.core, 100.25)  # 0.25 s after the last write: not yet
+    assert _on_disk(task)["progress"] == 40
+    mirror.glance_once(bridge.core, 100.5)
+    assert _on_disk(task)["progress"] == 40
+    mirror.glance_once(bridge.core, 101.0)  # a tick later: the report not shown yet is
+    assert _on_disk(task)["progress"] == 50 and task.path.name == "t1-50.SLOW"
+
+
+def test_an_unchanged_state_writes_nothing(bridge: Bridge, redis_states: States) -> None:
+    task = _running(bridge, 1)
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
+    mirror.glance_once(bridge.core, 100.0)
+    before = task.path.stat()
+    mirror.glance_once(bridge.core, 105.0)
+    after = task.path.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+
+
+def test_an_end_or_a_retry_is_left_to_the_tick(bridge: Bridge, redis_states: States) -> None:
+    done, retrying = _running(bridge, 1), _running(bridge, 2)
+    redis_states.raw["j1"] = json.dumps({"status": "SUCCESS", "result": {}}).encode()
+    redis_states.raw["j2"] = _meta(states.RETRY, 0)
+    mirror.glance_once(bridge.core, 100.0)
+    assert _on_disk(done)["state"] == states.PROGRESS and _on_disk(retrying)["progress"] == 10
+    assert done.job_id in bridge.table.by_job  # still mirrored: the tick ends it
+
+
+def test_no_running_job_no_read(bridge: Bridge, redis_states: States) -> None:
+    _running(bridge, 1, state=states.QUEUED)
+    assert mirror.glance_once(bridge.core, 100.0) == 0
+    assert redis_states.asked == []
+
+
+def test_only_running_jobs_are_read(bridge: Bridge, redis_states: States) -> None:
+    _running(bridge, 1, state=states.QUEUED)
+    _running(bridge, 2)
+    mirror.glance_once(bridge.core, 100.0)
+    assert redis_states.asked == [["j2"]]
