@@ -168,8 +168,8 @@ class Bridge:
                 next_mirror = now + self.settings.mirror_interval
             self.next_glance = now + self.glance_every
         elif now >= self.next_glance:
-            running = mirror.glance_once(self.core, now)
-            self.next_glance = now + self.glance_every if running else next_mirror
+            reported = mirror.glance_once(self.core, now)
+            self.next_glance = now + self.glance_every if reported else next_mirror
         if now >= next_rescan:
             self.rescan_once(now)
             reconcile.cancel_orphans(self.core, now)

@@ -256,7 +256,8 @@ def rewrite_then_rename(old: Path, new: Path, data: bytes, sync_dir: bool = True
 
 def rewrite_then_rename_many(batch: Sequence[tuple[Path, Path, bytes]]) -> list[Exception | None]:
     """`rewrite_then_rename(old, new, data, sync_dir=False)` for each of a batch: what each
-    raised, in order (None: done). From `SYNCFS_BATCH` files on, every new content is written
+    raised, in order (None: done; FileExistsError: `new` was another file's, and `old` is left
+    as it was). From `SYNCFS_BATCH` files on, every new content is written
     to its temp file, the file system is flushed once, and only then is any file renamed: the
     same order, and so the same guarantee, as one file's. The caller fsyncs the folders once
     all are done, before it acts on any of them, as with one file."""
@@ -280,6 +281,8 @@ def rewrite_then_rename_many(batch: Sequence[tuple[Path, Path, bytes]]) -> list[
 def _rewrite_one(item: tuple[Path, Path, bytes]) -> Exception | None:
     old, new, data = item
     try:
+        if os.path.lexists(new):  # its new name is another file's: left as it is
+            raise FileExistsError(errno.EEXIST, "the new name is taken", str(new))
         rewrite_then_rename(old, new, data, sync_dir=False)
     except Exception as exc:  # handed back to the caller, whose guard ends that file alone
         return exc
@@ -302,6 +305,8 @@ def _land_then_rename(tmp: Path, old: Path, new: Path) -> Exception | None:
     try:
         if not os.path.lexists(old):  # deleted since it was judged: never brought back
             raise FileNotFoundError(errno.ENOENT, "deleted meanwhile", str(old))
+        if os.path.lexists(new):  # its new name is another file's: left as it is
+            raise FileExistsError(errno.EEXIST, "the new name is taken", str(new))
         os.replace(tmp, old)
     except Exception as exc:
         OWN.cancel(keys)

@@ -14,7 +14,8 @@ from dataclasses import replace
 from typing import Any
 
 from celery import Celery
-from kombu.exceptions import BatchPublishError, OperationalError
+from kombu.exceptions import OperationalError
+from redis.exceptions import RedisError
 
 from bridge.model import Tracked
 from bridge.schedule import Known
@@ -26,13 +27,11 @@ from taskd.jobs import JobRecord
 log = logging.getLogger(__name__)
 
 UNACKED_KEY = "unacked"
-PUBLISH_BATCH = 4096
 PUBLISH_CHUNK = 1000
-"""Jobs a pipeline carries (two commands each, under PUBLISH_BATCH, so kombu never flushes
-part of one by itself): a failure leaves whole chunks sent and marked, the rest not."""
-"""Redis commands sent in one pipeline: kombu's `Producer.batch` (kombu 5.7) buffers each job's
-message (LPUSH) and its `task-sent` event (PUBLISH, for Flower) and sends them together, one
-round trip for a pass's jobs instead of a connection checkout and two round trips a job."""
+"""Jobs one pipeline carries (each its message, LPUSH, and its `task-sent` event, PUBLISH, for
+Flower: `bridge/wire.py`), one round trip: a failure leaves whole chunks sent and marked, the
+rest not."""
+REDIS_PUBLISH_ERRORS = (RedisError, OSError)
 # What kombu's Redis transport raises from a channel whose connection was lost under it (after
 # a Redis restart the channel can hold `connection = None`): an outage, not a bug of the job.
 BROKEN_CHANNEL = (AttributeError,)  # kombu's Redis transport: messages delivered but not yet acked
@@ -56,8 +55,8 @@ class Publisher:
 
     def publish_many(self, tasks: list[Tracked], attempt: int = 0) -> None:
         """`publish` for several jobs: one round trip records them all as `publishing`, one
-        sends every message (`PUBLISH_BATCH`), one records them `published`. A crash or an
-        outage part way leaves records saying `publishing`, which reconcile looks into (module
+        sends every message (`PUBLISH_CHUNK` a pipeline), one records them `published`. A crash
+        or an outage part way leaves records saying `publishing`, which reconcile looks into (module
         docstring): a message sent is found in its queue, one not sent is sent again."""
         for start in range(0, len(tasks), PUBLISH_CHUNK):
             self._publish_chunk(tasks[start : start + PUBLISH_CHUNK], attempt)
@@ -79,8 +78,6 @@ class Publisher:
         except BROKEN_CHANNEL as exc:
             self._reset_broker()
             raise OperationalError(f"the broker connection broke ({exc!r})") from exc
-        except BatchPublishError as exc:  # Redis went away while the pipeline ran
-            raise OperationalError(f"publishing failed part way ({exc.__cause__!r})") from exc
         with self.client.pipeline(transaction=False) as pipe:
             for task in tasks:
                 pipe.hset(states.job_key(task.job_id), jobs.RECORD_STATUS, states.JOB_PUBLISHED)
@@ -105,18 +102,18 @@ class Publisher:
         with self.app.producer_or_acquire() as producer:
             self._wire.declare(producer)
             channel = producer.channel
-            batch = channel.create_publish_batch(PUBLISH_BATCH)
-            try:
+            with channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
                 for task in tasks:
-                    self._send(self._wire, task, attempt, batch, channel)
-                batch.flush()
-            finally:
-                batch.close()
+                    self._send(self._wire, task, attempt, pipe, channel)
+                try:
+                    pipe.execute()
+                except REDIS_PUBLISH_ERRORS as exc:  # Redis went away while the pipeline ran
+                    raise OperationalError(f"publishing failed part way ({exc!r})") from exc
 
-    def _send(self, wire: Wire, task: Tracked, attempt: int, batch: Any, channel: Any) -> None:
+    def _send(self, wire: Wire, task: Tracked, attempt: int, pipe: Any, channel: Any) -> None:
         priority = task.fields.get("priority")
         wire.send(
-            batch,
+            pipe,
             channel,
             name=task.type.task,
             job_id=task.job_id,

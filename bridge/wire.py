@@ -6,8 +6,8 @@ taking a file together. The bridge sends one kind of message only: a task by nam
 positional argument (the job's spec), no keyword arguments, to a queue through the anonymous
 exchange, with a priority and time limits. So it builds Celery's task message (protocol 2:
 headers, properties, body) and its event itself, field for field what Celery builds, and hands
-both to kombu's channel, which encodes them, picks the priority list or the event topics and
-buffers the Redis commands in its publish batch: kombu's own wire format, one round trip.
+both to a Redis pipeline the way kombu's channel publishes, with the channel's own encoders,
+delivery tags, priority lists and event topics: kombu's wire format, one round trip.
 
 This ties the bridge to the task protocol of the Celery it is pinned to (pyproject: 5.7.x);
 `tests/unit/test_wire.py` compares what this builds with what `send_task` sends, field by field,
@@ -55,7 +55,7 @@ class Wire:
 
     def send(
         self,
-        batch: Any,
+        pipe: Any,
         channel: Any,
         *,
         name: str,
@@ -66,7 +66,7 @@ class Wire:
         limits: tuple[float | None, float | None],
         kwargsrepr: str,
     ) -> None:
-        """Buffer one job's message, and its event, in kombu's publish `batch`."""
+        """Buffer one job's message, and its event, in the Redis pipeline `pipe`."""
         args = [arg]
         argsrepr = _argsrepr(args, self.argsrepr_max, self.repr_levels)
         headers = {
@@ -100,13 +100,13 @@ class Wire:
         message = channel.prepare_message(
             body, priority, CONTENT_TYPE, CONTENT_ENCODING, headers, properties
         )
-        batch.publish(message, exchange="", routing_key=queue)
+        _put(pipe, channel, message, queue)
         if self.events:
-            self._event(batch, channel, name, job_id, argsrepr, kwargsrepr, queue)
+            self._event(pipe, channel, name, job_id, argsrepr, kwargsrepr, queue)
 
     def _event(
         self,
-        batch: Any,
+        pipe: Any,
         channel: Any,
         name: str,
         job_id: str,
@@ -142,7 +142,36 @@ class Wire:
             {"hostname": self.hostname},
             {"delivery_mode": TRANSIENT},
         )
-        batch.publish(message, exchange=self.event_exchange.name, routing_key=self.event_key)
+        _put_fanout(pipe, channel, message, self.event_exchange.name, self.event_key)
+
+
+# What kombu 5.7's virtual channel does to publish (`basic_publish`, then the Redis transport's
+# `_put` and `_put_fanout`), with the channel's own encoders, tags, priority lists and topics:
+# only its routing by exchange type is left out, the bridge knowing where each message goes.
+
+
+def _augment(channel: Any, message: dict[str, Any], exchange: str, routing_key: str) -> None:
+    message["body"], encoding = channel.encode_body(message["body"], channel.body_encoding)
+    properties = message["properties"]
+    properties.update(body_encoding=encoding, delivery_tag=channel._next_delivery_tag())
+    properties["delivery_info"].update(exchange=exchange, routing_key=routing_key)
+
+
+def _put(pipe: Any, channel: Any, message: dict[str, Any], queue: str) -> None:
+    """A message to `queue` through the anonymous exchange, in its priority's list."""
+    _augment(channel, message, "", queue)
+    priority = channel._get_message_priority(message, reverse=False)
+    pipe.lpush(channel._q_for_pri(queue, priority), dumps(message))
+
+
+def _put_fanout(
+    pipe: Any, channel: Any, message: dict[str, Any], exchange: str, routing_key: str
+) -> None:
+    """An event to every subscriber of the fanout `exchange` (Flower, `celery events`)."""
+    _augment(channel, message, exchange, routing_key)
+    payload = dumps(message)
+    for topic in channel._get_publish_topics(exchange, routing_key):
+        pipe.publish(topic, payload)
 
 
 def _argsrepr(args: list[Any], limit: int, levels: int) -> str:

@@ -91,11 +91,35 @@ class TaskType:
         self, content: Mapping[str, Any], formats: jsonschema.FormatChecker | None = None
     ) -> list[str]:
         """Every schema error, each as a sentence naming the field and how to fix it."""
-        validator = jsonschema.Draft202012Validator(
-            self.schema, format_checker=formats or formats_module.checker()
-        )
+        validator = _validator(self.schema, formats or _default_formats())
         errors = sorted(validator.iter_errors(content), key=lambda e: list(e.absolute_path))
         return [describe_error(e, self.schema) for e in errors]
+
+
+_VALIDATORS: dict[tuple[int, int], tuple[Any, Any, Any]] = {}
+"""Validators made, by (schema, formats) object: a validator costs more to make than to run.
+Each entry holds its schema and checker, so their ids stay theirs while it lives."""
+_VALIDATORS_MAX = 256
+_DEFAULTS: list[jsonschema.FormatChecker] = []
+
+
+def _validator(
+    schema: Mapping[str, Any], formats: jsonschema.FormatChecker
+) -> jsonschema.Draft202012Validator:
+    key = (id(schema), id(formats))
+    made = _VALIDATORS.get(key)
+    if made is None or made[0] is not schema or made[1] is not formats:
+        if len(_VALIDATORS) >= _VALIDATORS_MAX:
+            _VALIDATORS.clear()
+        validator = jsonschema.Draft202012Validator(schema, format_checker=formats)
+        made = _VALIDATORS[key] = (schema, formats, validator)
+    return made[2]
+
+
+def _default_formats() -> jsonschema.FormatChecker:
+    if not _DEFAULTS:
+        _DEFAULTS.append(formats_module.checker())
+    return _DEFAULTS[0]
 
 
 def field_path(path: Iterable[Any]) -> str:

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -214,21 +215,24 @@ class _Take:
     task_type: TaskType
     fields: dict[str, Any]
     data: bytes
+    decision: intake.Decision
 
 
 class _Takes:
-    """New files taken in batches: each is judged and named one by one, then a batch's durable
-    rewrites are done together (`files.rewrite_then_rename_many`: one flush of the disk for
-    all), then each file is tracked. Two files of one task-id never share a batch, so the
-    second sees the first on disk."""
+    """New files taken in batches: each is judged and named one by one; a full batch's durable
+    rewrites (`files.rewrite_then_rename_many`: one flush of the disk for all) run on a thread
+    of their own while the next batch is named, the file system's work beside the bridge's
+    Python; then each file of it is tracked. Two files of one task-id are never in flight
+    together, so the second sees the first on disk."""
 
     def __init__(self, core: Core, now: float, taken: list[Tracked]) -> None:
         self.core, self.now, self.taken = core, now, taken
         self.ready: list[_Take] = []
         self.ids: set[tuple[str, str]] = set()
+        self.in_flight: tuple[list[_Take], Future[list[Exception | None]]] | None = None
 
     def flush_if_held(self, name: contract.TaskName | None) -> None:
-        """Flush if a file of this task-id waits in the batch."""
+        """Flush if a file of this task-id waits in a batch."""
         if name is not None and (name.user, name.stem) in self.ids:
             self.flush()
 
@@ -249,13 +253,35 @@ class _Takes:
         self.ready.append(ready)
         self.ids.add((ready.name.user, ready.name.stem))
         if len(self.ready) >= TAKE_BATCH:
-            self.flush()
+            self._finish()
+            self._start()
 
     def flush(self) -> None:
         """Every file added is on disk and tracked (or ended by its guard)."""
-        ready, self.ready = self.ready, []
+        self._finish()
+        if self.ready:
+            self._start(inline=True)
+            self._finish()
         self.ids.clear()
-        errors = files.rewrite_then_rename_many([(t.path, t.new_path, t.data) for t in ready])
+
+    def _start(self, inline: bool = False) -> None:
+        ready, self.ready = self.ready, []
+        batch = [(t.path, t.new_path, t.data) for t in ready]
+        future: Future[list[Exception | None]] = Future()
+        if inline:  # nothing to overlap with: no hand-over to the thread
+            future.set_result(files.rewrite_then_rename_many(batch))
+        else:
+            future = _taker().submit(files.rewrite_then_rename_many, batch)
+        self.in_flight = (ready, future)
+
+    def _finish(self) -> None:
+        if self.in_flight is None:
+            return
+        (ready, future), self.in_flight = self.in_flight, None
+        try:
+            errors = future.result()
+        except Exception as exc:  # noqa: BLE001 - ends the batch's files, each by its guard
+            errors = [exc for _ in ready]
         core = self.core
         for one, error in zip(ready, errors, strict=True):
             core.guard.run(
@@ -267,6 +293,17 @@ class _Takes:
                 log_ids=partial(path_ids, one.path),
             )
             _done_unless_held(core, one.path)
+
+
+_taker_pool: ThreadPoolExecutor | None = None
+
+
+def _taker() -> ThreadPoolExecutor:
+    """The one thread batches of takes are written on (one: a pass's batches stay in order)."""
+    global _taker_pool
+    if _taker_pool is None:
+        _taker_pool = ThreadPoolExecutor(1, thread_name_prefix="taskd-take")
+    return _taker_pool
 
 
 def prepare_take(core: Core, path: Path, decision: intake.Decision) -> _Take | None:
@@ -297,20 +334,21 @@ def prepare_take(core: Core, path: Path, decision: intake.Decision) -> _Take | N
     new_path = path.with_name(
         contract.render_name(name.stem, name.type, fields, task_type.runtime_info)
     )
-    if os.path.lexists(new_path):
-        error = f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
-        reject(core, path, name, decision.verdict.fields, error)
-        return None
-    return _Take(path, new_path, name, task_type, fields, contract.dump(fields))
+    # A file already under the new name is found by the rewrite (FileExistsError), see _track.
+    return _Take(path, new_path, name, task_type, fields, contract.dump(fields), decision)
 
 
 def _track(
     core: Core, one: _Take, error: Exception | None, now: float, taken: list[Tracked]
 ) -> None:
     """A taken file's rewrite is done (or raised `error`, for the caller's guard): track it."""
+    name, new_path = one.name, one.new_path
+    if isinstance(error, FileExistsError) and one.path.exists():  # left as the UI wrote it
+        reason = f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
+        reject(core, one.path, name, one.decision.verdict.fields, reason)
+        return
     if error is not None:
         raise error
-    name, new_path = one.name, one.new_path
     task = Tracked(name.user, name.stem, one.task_type, new_path, one.fields, last_write=now)
     task.written = files.signature(new_path)
     core.table.add(task)

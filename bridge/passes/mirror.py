@@ -169,7 +169,8 @@ def glance_once(core: Core, now: float) -> int:
     since is written now instead of at the next tick (still at most once a tick a file), so
     progress shows within a fraction of a tick. Only running jobs, and only their progress:
     anything else (a start, an end, a retry, a job Redis lost) waits for the tick, which looks
-    at each job in full. Returns how many jobs run (none: no glance until the next tick)."""
+    at each job in full. Returns how many running jobs reported since the last glance (none:
+    no glance until the next tick, so stalled or silent jobs cost one glance a tick)."""
     running = [
         (job_id, task)
         for job_id, task in core.table.by_job.items()
@@ -180,17 +181,19 @@ def glance_once(core: Core, now: float) -> int:
         return 0
     raws = core.redis.call(now, lambda: core.publisher.states_of([j for j, _ in running]))
     if raws is None:
-        return len(running)
+        return 0
     was, core.glanced = core.glanced, {}
     now_iso = utc_now()
+    reported = 0
     for (job_id, task), raw in zip(running, raws, strict=True):
         if raw is None or was.get(job_id) == raw:
             if raw is not None:
                 core.glanced[job_id] = raw
             continue
+        reported += 1
         if _glance_one(core, job_id, task, raw, now, now_iso):
             core.glanced[job_id] = raw
-    return len(running)
+    return reported
 
 
 def _glance_one(

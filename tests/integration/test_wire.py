@@ -58,9 +58,9 @@ def _by_wire(app: Any, job_id: str, spec: dict[str, Any], priority: int) -> None
     wire = Wire(app)
     with app.producer_or_acquire() as producer:
         wire.declare(producer)
-        batch = producer.channel.create_publish_batch(64)
+        pipe = producer.channel.client.pipeline(transaction=False)
         wire.send(
-            batch,
+            pipe,
             producer.channel,
             name="tasks.packms",
             job_id=job_id,
@@ -70,8 +70,7 @@ def _by_wire(app: Any, job_id: str, spec: dict[str, Any], priority: int) -> None
             limits=(600, 540),
             kwargsrepr=LABEL,
         )
-        batch.flush()
-        batch.close()
+        pipe.execute()
 
 
 def _decoded(raw: bytes) -> dict[str, Any]:

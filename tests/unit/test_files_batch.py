@@ -64,7 +64,7 @@ def test_a_file_gone_or_whose_name_is_taken_fails_alone(tmp_path: Path) -> None:
     assert not batch[1][0].exists() and not batch[1][1].exists()  # never brought back
     assert isinstance(outcome[2], FileExistsError)
     assert batch[2][1].read_bytes() == b"someone else's"
-    assert batch[2][0].read_bytes() == batch[2][2]  # its content is the new one, its name kept
+    assert batch[2][0].read_bytes() == b'{"type": "NOOP"}'  # left as the UI wrote it
     assert all(outcome[i] is None for i in range(3, len(batch)))
     leftovers = [p for p in (tmp_path / "3").iterdir() if p.name.endswith(".taskd-tmp")]
     assert leftovers == []
@@ -115,3 +115,38 @@ def test_two_files_of_one_task_id_in_one_pass_take_one_and_reject_the_other(
     assert "already used" in json.loads(rejected.read_text())["error"]
     taken = [p for p in folder.iterdir() if "-ERR." not in p.name and "-" in p.name]
     assert len(taken) == files.SYNCFS_BATCH + 1
+
+
+@pytest.mark.parametrize("n", [1, files.SYNCFS_BATCH], ids=["one file", "a batch"])
+def test_a_taken_new_name_leaves_the_file_as_it_was(tmp_path: Path, n: int) -> None:
+    batch = _batch(tmp_path / "3", n)
+    batch[0][1].write_bytes(b"someone else's")
+    outcome = files.rewrite_then_rename_many(batch)
+    assert isinstance(outcome[0], FileExistsError)
+    assert batch[0][0].read_bytes() == b'{"type": "NOOP"}'
+    assert batch[0][1].read_bytes() == b"someone else's"
+
+
+@pytest.mark.parametrize("others", [0, files.SYNCFS_BATCH], ids=["alone", "in a burst"])
+def test_a_file_whose_queued_name_is_taken_is_rejected_saying_by_what(
+    tmp_path: Path, others: int
+) -> None:
+    from bridge.daemon import Bridge
+    from taskd.settings import Settings
+    from taskd.tasktypes import load_types
+    from tests.support.noredis import NoRedis
+    from tests.support.procs import SUPPORT_SCHEMAS
+
+    settings = Settings(data_root=tmp_path, settle=0.0)
+    folder = settings.task_queue / "3"
+    folder.mkdir(parents=True)
+    bridge = Bridge(settings, load_types([SUPPORT_SCHEMAS]), app=None, client=NoRedis())  # type: ignore[arg-type]
+    (folder / "x-0.SHORT").write_text("not a task of the bridge's")
+    for name in ["x.SHORT"] + [f"f{i:02d}.SHORT" for i in range(others)]:
+        (folder / name).write_text('{"type": "SHORT"}')
+        bridge.intake.note(folder / name, 0.0)
+    bridge.intake_once(0.0)
+    rejected = json.loads((folder / "x-ERR.SHORT").read_text())
+    assert rejected["error"] == "task-id 'x' is already used by x-0.SHORT; use another task-id"
+    assert (folder / "x-0.SHORT").read_text() == "not a task of the bridge's"
+    assert len(list(folder.glob("f*-0.SHORT"))) == others

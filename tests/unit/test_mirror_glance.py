@@ -78,7 +78,7 @@ def _on_disk(task: Tracked) -> dict[str, Any]:
 def test_new_progress_is_written_at_the_next_glance(bridge: Bridge, redis_states: States) -> None:
     task = _running(bridge, 1)
     redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
-    assert mirror.glance_once(bridge.core, 100.0) == 1
+    assert mirror.glance_once(bridge.core, 100.0) == 1  # one job reported
     assert task.path.name == "t1-40.SLOW"
     assert _on_disk(task)["progress"] == 40 and _on_disk(task)["worker"] == "w@host"
 
@@ -103,7 +103,7 @@ def test_an_unchanged_state_writes_nothing(bridge: Bridge, redis_states: States)
     redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
     mirror.glance_once(bridge.core, 100.0)
     before = task.path.stat()
-    mirror.glance_once(bridge.core, 105.0)
+    assert mirror.glance_once(bridge.core, 105.0) == 0  # nothing new: no glance till the tick
     after = task.path.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
 

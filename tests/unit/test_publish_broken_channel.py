@@ -37,7 +37,7 @@ class _Client:
 class _BrokenChannel:
     """What kombu's Redis channel does when its connection is None: AttributeError on use."""
 
-    def create_publish_batch(self, _size: int) -> Any:
+    def conn_or_acquire(self) -> Any:
         raise AttributeError("'NoneType' object has no attribute 'client'")
 
 
