@@ -13,9 +13,12 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bridge import logs
+
+if TYPE_CHECKING:
+    from taskd.settings import Settings
 
 EXIT_OK = 0
 EXIT_BAD = 1
@@ -53,7 +56,18 @@ def build_parser() -> argparse.ArgumentParser:
     parsers["check"].add_argument("files", nargs="+", type=Path)
     parsers["retry"].add_argument("files", nargs="+", type=Path)
     parsers["submit"].add_argument("user_id")
-    parsers["submit"].add_argument("file", type=Path)
+    parsers["submit"].add_argument(
+        "file", type=Path, help="named <task-id>.<TYPE>: the task-id and type come from the name"
+    )
+    parsers["submit"].add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the task ends and print its file; exit 0 on SUCCESS, 1 on FAILURE, "
+        "REJECTED or a cancel (file deleted), 2 when --timeout passes first",
+    )
+    parsers["submit"].add_argument(
+        "--timeout", type=float, metavar="S", help="with --wait: give up after S seconds"
+    )
     parsers["show"].add_argument("target", help="a task file or a job id")
     parsers["status"].add_argument("--json", action="store_true", help="one JSON object")
     parsers["status"].add_argument(
@@ -252,7 +266,35 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(f"{target} exists already", file=sys.stderr)
         return EXIT_BAD
     print(target)
-    return EXIT_OK
+    if not args.wait:
+        return EXIT_OK
+    return _wait_for(settings, target, args.timeout)
+
+
+def _wait_for(settings: Settings, target: Path, timeout: float | None) -> int:
+    """`submit --wait`: the task's file once it ended (stdout), or why waiting stopped."""
+    from bridge import contract, waiting
+
+    task_id, task_type = target.name.rsplit(".", 1)
+    try:
+        outcome = waiting.wait(
+            settings.task_queue,
+            target.parent.name,
+            task_id,
+            task_type,
+            settings.max_task_bytes * 8,
+            timeout,
+        )
+    except KeyboardInterrupt:
+        print("stopped waiting; the task goes on", file=sys.stderr)
+        return waiting.TIMED_OUT
+    if outcome.task is not None and outcome.code != waiting.TIMED_OUT:
+        path = target.parent / outcome.task.name
+        sys.stdout.write(contract.dump(outcome.task.fields).decode("utf-8"))
+        print(f"{path}: {outcome.why}", file=sys.stderr)
+    else:
+        print(f"{target}: {outcome.why}", file=sys.stderr)
+    return outcome.code
 
 
 def _holder_of(target: Path) -> Path | None:
