@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from bridge import metrics, watch, web, writer
+from bridge import metrics, status, watch, web, writer
 from bridge.core import Core
 from bridge.model import Table, Tracked
 from bridge.passes import cancel, intake, mirror, notify, reconcile
@@ -33,7 +33,8 @@ TICK_FAILED_PAUSE_S = 1.0
 def _row(task: Tracked) -> metrics.TaskRow:
     progress = task.fields.get(states.PROGRESS_FIELD)
     percent = progress if isinstance(progress, int) and not isinstance(progress, bool) else 0
-    return metrics.TaskRow(task.task_id, task.user, task.type.name, task.state, percent)
+    doing = status.doing_of(task.fields)
+    return metrics.TaskRow(task.task_id, task.user, task.type.name, task.state, percent, doing)
 
 
 class _Rows:
@@ -47,7 +48,8 @@ class _Rows:
         out = []
         for task in tasks:
             fields = task.fields
-            state, progress = fields.get(states.STATE), fields.get(states.PROGRESS_FIELD)
+            state = fields.get(states.STATE)
+            progress = (fields.get(states.PROGRESS_FIELD), fields.get(states.PROGRESS_TEXT))
             old = self._made.get(id(task))  # held in `old`, so no other task has its id
             if old and old[0] is task and old[1] == state and old[2] == progress:
                 row = old[3]

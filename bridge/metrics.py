@@ -109,6 +109,7 @@ class TaskRow:
     type: str
     state: str
     progress: int
+    doing: str = ""  # `step 1/2: searching 12/30 MB`, when the task says
 
 
 @dataclass(frozen=True)

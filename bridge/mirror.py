@@ -62,11 +62,19 @@ def _text_of(result: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+NO_STEP = dict.fromkeys(states.STEP_FIELDS)
+"""What a task that stopped running no longer says it is doing (the fields are dropped)."""
+
+
 def _running(result: dict[str, Any], current: dict[str, Any], now_iso: str) -> dict[str, Any]:
     worker = _text_of(result, states.META_WORKER) or _text_of(result, "hostname")
     progress = result.get(states.META_PROGRESS, current.get(states.PROGRESS_FIELD, 0))
+    doing = jobs.doing(result)
     return {
         states.PROGRESS_FIELD: min(99, jobs.count(progress)),
+        states.PROGRESS_STEP: doing.step,
+        states.PROGRESS_STEPS: doing.steps,
+        states.PROGRESS_TEXT: doing.text,
         states.STARTED_AT: current.get(states.STARTED_AT)
         or _iso(result.get(states.META_STARTED_AT))
         or now_iso,
@@ -100,6 +108,7 @@ def updates_for(
             states.FINISHED_AT: finished,
             states.RETRY_AT: None,
             states.ERROR: None,
+            **NO_STEP,
             **fields,
         }
     if status == states.RETRY:
@@ -108,6 +117,7 @@ def updates_for(
             states.RETRIES: jobs.count(result.get(states.META_RETRIES)),
             states.RETRY_AT: _text_of(result, states.META_RETRY_AT),
             states.ERROR: _text_of(result, states.META_ERROR) or error_text(meta.get("result")),
+            **NO_STEP,
         }
     if status == states.FAILURE:
         error = error_text(meta.get("result"))
@@ -116,5 +126,6 @@ def updates_for(
             states.FINISHED_AT: finished,
             states.RETRY_AT: None,
             states.ERROR: error,
+            **NO_STEP,
         }
     return {}

@@ -77,7 +77,7 @@ function taskRow(task) {
   bar.append(fill);
   row.append(el("span", "id", task.task_id), el("span", "user", task.user_id),
              el("span", "type", task.type), el("span", "state", task.state), bar,
-             el("span", "pct", pct + "%"));
+             el("span", "pct", pct + "%"), el("span", "doing", task.doing || ""));
   return row;
 }
 

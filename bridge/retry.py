@@ -32,6 +32,7 @@ CLEARED = (
     states.NOTIFY_ERROR,
     "tmp-space",
     "output",
+    *states.STEP_FIELDS,
 )
 
 

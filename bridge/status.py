@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge import contract, files
 from bridge.schedule import not_before, parse_time
-from taskd import states
+from taskd import jobs, states
 from taskd.celeryconf import PRIORITY_STEPS
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,7 @@ class Running:
     progress: int
     worker: str
     started_at: str
+    doing: str = ""  # `step 1/2: searching 12/30 MB`, when the task says
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,17 @@ def _read_one(user: str, entry: os.DirEntry[str], max_bytes: int) -> TaskFile | 
     return TaskFile(user, entry.name, str(state), fields, mtime)
 
 
+def doing_of(fields: Mapping[str, Any]) -> str:
+    """What a running task's file says it is doing: `step 1/2: searching 12/30 MB`."""
+    return jobs.doing(
+        {
+            states.META_STEP: fields.get(states.PROGRESS_STEP),
+            states.META_STEPS: fields.get(states.PROGRESS_STEPS),
+            states.META_TEXT: fields.get(states.PROGRESS_TEXT),
+        }
+    ).label()
+
+
 def count(tasks: Iterable[TaskFile], today: date) -> tuple[dict[str, int], dict[str, int]]:
     """Tasks by state: those that last moved today (UTC), and all of them."""
     on_day: Counter[str] = Counter()
@@ -152,6 +164,7 @@ def running(tasks: Iterable[TaskFile]) -> list[Running]:
             progress=int(t.fields.get(states.PROGRESS_FIELD) or 0),
             worker=str(t.fields.get(states.WORKER, "")),
             started_at=str(t.fields.get(states.STARTED_AT, "")),
+            doing=doing_of(t.fields),
         )
         for t in tasks
         if t.state in RUNNING

@@ -73,6 +73,7 @@ def running_table(status: Status) -> Table:
     table.add_column("type")
     table.add_column("progress", min_width=24)
     table.add_column("%", justify="right")
+    table.add_column("doing")
     table.add_column("worker")
     table.add_column("started")
     for task in status.running:
@@ -83,6 +84,7 @@ def running_table(status: Status) -> Table:
             task.type,
             bar,
             str(task.progress),
+            task.doing or "-",
             task.worker,
             task.started_at,
         )

@@ -62,6 +62,7 @@ def tasks_view(snap: Snapshot) -> dict[str, Any]:
                 "type": r.type,
                 "state": r.state,
                 "progress": r.progress,
+                "doing": r.doing,
             }
             for r in rows[:MAX_ROWS]
         ],

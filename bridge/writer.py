@@ -77,6 +77,7 @@ def fail(core: Core, task: Tracked, error: str, now: float) -> None:
             states.STATE: states.FAILURE,
             states.FINISHED_AT: utc_now(),
             states.ERROR: contract.bounded(error),
+            **dict.fromkeys(states.STEP_FIELDS),
         },
         now,
     )

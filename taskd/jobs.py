@@ -110,15 +110,63 @@ def fields(result_: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def running(
-    percent: int, fields_: Mapping[str, Any], worker: str, started_at: str
+    percent: int,
+    fields_: Mapping[str, Any],
+    worker: str,
+    started_at: str,
+    doing: Doing | None = None,
 ) -> dict[str, Any]:
-    """The `result` of a running job's meta (state PROGRESS)."""
-    return {
+    """The `result` of a running job's meta (state PROGRESS), with what it is doing, if said."""
+    out = {
         states.META_PROGRESS: percent,
         states.META_FIELDS: dict(fields_),
         states.META_WORKER: worker,
         states.META_STARTED_AT: started_at,
     }
+    if doing is not None:
+        out.update(doing.meta())
+    return out
+
+
+@dataclass(frozen=True)
+class Doing:
+    """What a running task says it is doing: step `step` of `steps` (both or neither), and a few
+    words (`searching 12/30 MB`)."""
+
+    step: int | None = None
+    steps: int | None = None
+    text: str | None = None
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            states.META_STEP: self.step,
+            states.META_STEPS: self.steps,
+            states.META_TEXT: self.text,
+        }
+
+    def label(self) -> str:
+        """`step 1/2: searching 12/30 MB`, `step 1/2`, or `searching 12/30 MB`."""
+        head = f"step {self.step}/{self.steps}" if self.step and self.steps else ""
+        if head and self.text:
+            return f"{head}: {self.text}"
+        return head or self.text or ""
+
+
+def doing(result_: Mapping[str, Any]) -> Doing:
+    """What a running job's meta says it is doing, each part only if it is believable."""
+    step, steps = result_.get(states.META_STEP), result_.get(states.META_STEPS)
+    text = result_.get(states.META_TEXT)
+    if not (_count(step) and _count(steps) and step <= steps):  # type: ignore[operator]
+        step = steps = None
+    if not isinstance(text, str) or not text.strip():
+        text = None
+    else:
+        text = " ".join(text.split())[: states.PROGRESS_TEXT_MAX]
+    return Doing(step, steps, text)
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 10**6
 
 
 def finished(fields_: Mapping[str, Any], worker: str, started_at: str) -> dict[str, Any]:

@@ -28,6 +28,13 @@ CELERY_REVOKED = "REVOKED"
 TASK_ID = "task-id"
 STATE = "state"
 PROGRESS_FIELD = "progress"
+# While a task runs: which step it is at, of how many, and what it is doing, in a few words
+# (`searching 12/30 MB`). Written by the bridge from the worker's report; gone once it ends.
+PROGRESS_STEP = "progress-step"
+PROGRESS_STEPS = "progress-steps"
+PROGRESS_TEXT = "progress-text"
+STEP_FIELDS = (PROGRESS_STEP, PROGRESS_STEPS, PROGRESS_TEXT)
+PROGRESS_TEXT_MAX = 120
 JOB_ID = "job-id"
 QUEUED_AT = "queued-at"
 STARTED_AT = "started-at"
@@ -52,6 +59,9 @@ BRIDGE_FIELDS: tuple[str, ...] = (
     TASK_ID,
     STATE,
     PROGRESS_FIELD,
+    PROGRESS_STEP,
+    PROGRESS_STEPS,
+    PROGRESS_TEXT,
     JOB_ID,
     QUEUED_AT,
     STARTED_AT,
@@ -80,6 +90,9 @@ META_PROGRESS = "progress"
 META_FIELDS = "fields"  # task-specific fields to mirror into the file (output, matched, ...)
 META_WORKER = "worker"
 META_STARTED_AT = "started-at"
+META_STEP = "step"
+META_STEPS = "steps"
+META_TEXT = "text"
 
 # Keys of the meta a task stores with state RETRY (the bridge publishes the next try when due).
 META_RETRIES = "retries"

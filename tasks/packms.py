@@ -388,7 +388,7 @@ def run(job: Job) -> dict[str, Any]:
             mails,
             files,
             lambda done, total: job.progress(
-                99 * done / max(total, 1), detail=megabytes(done, total, "packed")
+                99 * done / max(total, 1), detail=megabytes(done, total, "packing")
             ),
         )
     return {"output": str(output), "tmp-space": None, "packed": count + len(files)}

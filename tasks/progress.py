@@ -44,7 +44,7 @@ EVENT_RESERVED = frozenset(EventTask._fields) | {
 
 
 def progress_text(percent: int, detail: str | None = None) -> str:
-    """What Flower shows for a running job: `87%`, or `87% (3/5 files)` with a detail."""
+    """What Flower shows for a running job: `87%`, or `87% (step 2/2: packing 3/5 MB)`."""
     return f"{percent}% ({detail})" if detail else f"{percent}%"
 
 
@@ -54,14 +54,21 @@ def counted(done: int, total: int, unit: str) -> str:
 
 
 def megabytes(done: int, total: int, verb: str) -> str:
-    """A detail for `progress_text` in bytes: `12/30 MB searched`."""
-    return f"{done / 1e6:.0f}/{total / 1e6:.0f} MB {verb}"
+    """A detail for `progress_text` in bytes: `searching 12/30 MB`."""
+    return f"{verb} {done / 1e6:.0f}/{total / 1e6:.0f} MB"
 
 
-def event_fields(percent: int, detail: str | None, fields: dict[str, Any]) -> dict[str, Any]:
-    """The `task-progress` event's fields: percent, the line Flower shows, the mirrored fields."""
+def event_fields(percent: int, doing: jobs.Doing, fields: dict[str, Any]) -> dict[str, Any]:
+    """The `task-progress` event's fields: percent, the line Flower shows (with the step and
+    what the task is doing), the step fields as the file has them, the mirrored fields."""
     own = {k: v for k, v in fields.items() if k not in EVENT_RESERVED}
-    return {"progress": percent, "result": progress_text(percent, detail), **own}
+    steps = {
+        states.PROGRESS_STEP: doing.step,
+        states.PROGRESS_STEPS: doing.steps,
+        states.PROGRESS_TEXT: doing.text,
+    }
+    shown = {k: v for k, v in steps.items() if v is not None}
+    return {"progress": percent, "result": progress_text(percent, doing.label()), **shown, **own}
 
 
 def utc_now() -> str:
@@ -69,10 +76,13 @@ def utc_now() -> str:
 
 
 class Progress:
-    """Callable handed to a task body: `progress(percent, detail=None, **fields)`.
+    """Callable handed to a task body: `progress(percent, detail=None, step=None, steps=None,
+    **fields)`.
 
     `fields` are task-specific file fields to mirror (`output`, `matched`, `tmp-space`...);
-    `detail` says how far in words (`counted(3, 5, "files")`), for Flower.
+    `detail` says what the task is doing in a few words (`megabytes(12e6, 30e6, "searching")`),
+    and `step` of `steps` where it is in a task of several steps: the file shows them while the
+    task runs (`progress-text`, `progress-step`, `progress-steps`), as do Flower and the page.
     """
 
     def __init__(
@@ -91,20 +101,34 @@ class Progress:
         self.fields: dict[str, Any] = {}
         self.percent = 0
         self.detail: str | None = None
+        self.step: int | None = None
+        self.steps: int | None = None
         self.started_at = utc_now()
         self._last = float("-inf")
         self._warned = False
 
+    def doing(self) -> jobs.Doing:
+        return jobs.doing(jobs.Doing(self.step, self.steps, self.detail).meta())
+
     def meta(self) -> dict[str, Any]:
-        return jobs.running(self.percent, self.fields, self.worker, self.started_at)
+        return jobs.running(self.percent, self.fields, self.worker, self.started_at, self.doing())
 
     def __call__(
-        self, percent: float, force: bool = False, detail: str | None = None, **fields: Any
+        self,
+        percent: float,
+        force: bool = False,
+        detail: str | None = None,
+        step: int | None = None,
+        steps: int | None = None,
+        **fields: Any,
     ) -> None:
         self.percent = max(self.percent, min(99, int(percent)))
         self.fields.update(fields)
         if detail is not None:
             self.detail = detail
+        if step is not None and steps is not None and (step, steps) != (self.step, self.steps):
+            self.step, self.steps = step, steps
+            self.detail = detail  # a new step: the last one's words no longer hold
         now = self.clock()
         if not force and now - self._last < MIN_INTERVAL_S:
             return
@@ -141,7 +165,7 @@ class Progress:
     def _send_event(self) -> None:
         try:
             self.task.send_event(
-                states.EVENT_PROGRESS, **event_fields(self.percent, self.detail, self.fields)
+                states.EVENT_PROGRESS, **event_fields(self.percent, self.doing(), self.fields)
             )
         except Exception as exc:  # noqa: BLE001 - events are for watchers, never fatal
             log.debug("job %s: progress event not sent: %s", self.job_id, exc)

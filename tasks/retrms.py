@@ -31,7 +31,7 @@ def criterion_of(job: Job) -> Criterion:
         raise TaskFailed(f"field {where!r}: {exc}") from None
 
 
-def run_search(job: Job, criterion: Criterion, share: float) -> tuple[int, Any]:
+def run_search(job: Job, criterion: Criterion, share: float, steps: int) -> tuple[int, Any]:
     """Search and publish the result set; returns (matches, the result set's path)."""
     settings = job.settings
     retrieve_id = str(job.fields["retrieve-id"])
@@ -39,8 +39,8 @@ def run_search(job: Job, criterion: Criterion, share: float) -> tuple[int, Any]:
     store = FileMailStore(settings.mail_db_path, settings.mail_index_path)
 
     def report(done: int, total: int) -> None:
-        detail = megabytes(done, total, "searched")
-        job.progress(share * done / total if total else share, detail=detail)
+        detail = megabytes(done, total, "searching")
+        job.progress(share * done / total if total else share, detail=detail, step=1, steps=steps)
 
     header = {
         "retrieve-id": retrieve_id,
@@ -89,8 +89,9 @@ def run(job: Job) -> dict[str, Any]:
     if earlier is not None:
         return earlier
     share = 50.0 if wants_pack else 99.0
+    steps = 2 if wants_pack else 1
     with job.work_dir():
-        count, target = run_search(job, criterion, share)
+        count, target = run_search(job, criterion, share, steps)
         job.progress(share, force=True, matched=count)
         out: dict[str, Any] = {"matched": count}
         if wants_pack and count:
@@ -100,7 +101,10 @@ def run(job: Job) -> dict[str, Any]:
                 result_set.mails,
                 [],
                 lambda done, total: job.progress(
-                    share + 49 * done / max(total, 1), detail=megabytes(done, total, "packed")
+                    share + 49 * done / max(total, 1),
+                    detail=megabytes(done, total, "packing"),
+                    step=2,
+                    steps=2,
                 ),
             )
             out["output"] = str(output)

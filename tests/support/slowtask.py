@@ -35,7 +35,12 @@ def run(job: Job) -> dict[str, Any]:
             time.sleep(3600)
         for step in range(steps):
             time.sleep(pause)
-            job.progress(100 * (step + 1) / max(steps, 1))
+            job.progress(
+                100 * (step + 1) / max(steps, 1),
+                detail=f"sleeping {pause:g} s",
+                step=step + 1,
+                steps=steps,
+            )
         if job.fields.get("fail"):
             raise TaskFailed(str(job.fields["fail"]))
         unless = job.fields.get("fail-unless")

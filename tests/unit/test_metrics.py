@@ -278,6 +278,7 @@ def test_the_tasks_view_counts_by_state_and_lists_running_tasks_first() -> None:
         "type": "SLOW",
         "state": "PROGRESS",
         "progress": 40,
+        "doing": "",
     }
     assert view["more"] == 0
 

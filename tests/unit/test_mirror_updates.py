@@ -213,3 +213,33 @@ def test_a_damaged_meta_never_raises_and_yields_bounded_fields(status: str, resu
     progress = updates.get("progress", 0)
     assert isinstance(progress, int) and 0 <= progress <= 100
     assert len(json.dumps(updates)) < 4096
+
+
+def _running_meta(**extra: Any) -> dict[str, Any]:
+    result = {"progress": 30, "fields": {}, "worker": "w@h", "started-at": "2026-01-01T00:00:00Z"}
+    return {"status": "PROGRESS", "result": {**result, **extra}}
+
+
+def test_a_running_tasks_step_and_words_go_into_its_file_and_leave_when_it_ends() -> None:
+    meta = _running_meta(step=2, steps=3, text="packing 4/9 MB")
+    fields = merge({"type": "SLOW", "state": "STARTED"}, updates_for(meta, {}, "now"))
+    assert fields["progress-step"] == 2 and fields["progress-steps"] == 3
+    assert fields["progress-text"] == "packing 4/9 MB"
+    for end in ({"status": "SUCCESS", "result": {}}, {"status": "FAILURE", "result": "boom"}):
+        ended = merge(fields, updates_for(end, fields, "now"))
+        assert not {"progress-step", "progress-steps", "progress-text"} & set(ended)
+
+
+@pytest.mark.parametrize(
+    ("step", "steps", "text"),
+    [(3, 2, None), (True, 2, None), (0, 2, None), ("1", 2, None), (1, 10**9, None)],
+)
+def test_an_unbelievable_step_is_left_out(step: Any, steps: Any, text: Any) -> None:
+    fields = updates_for(_running_meta(step=step, steps=steps, text=text), {}, "now")
+    assert fields["progress-step"] is None and fields["progress-steps"] is None
+
+
+def test_a_long_or_multi_line_text_is_one_short_line() -> None:
+    fields = updates_for(_running_meta(text="a\n\tb " + "x" * 500), {}, "now")
+    assert fields["progress-text"].startswith("a b x") and len(fields["progress-text"]) == 120
+    assert updates_for(_running_meta(text=["not", "text"]), {}, "now")["progress-text"] is None

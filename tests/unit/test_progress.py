@@ -166,3 +166,18 @@ def test_a_report_renews_the_claim_under_the_owner_token_not_the_worker_name(
     monkeypatch.setattr(FakePipe, "eval", spy)
     Progress(task, "j1", "w1@h", owner="w1@h/42/abcd", clock=clock)(10)
     assert seen and seen[0][2] == states.claim_key("j1") and seen[0][3] == "w1@h/42/abcd"
+
+
+def test_a_step_and_what_the_task_does_reach_the_state_and_the_event() -> None:
+    task, clock = FakeTask(), Clock()
+    progress = Progress(task, "j1", "w1@h", clock=clock)
+    progress(42, detail="searching 12/30 MB", step=1, steps=2)
+    stored = _stored(task)["result"]
+    assert (stored["step"], stored["steps"], stored["text"]) == (1, 2, "searching 12/30 MB")
+    event = task.events[-1]
+    assert event["result"] == "42% (step 1/2: searching 12/30 MB)"
+    assert (event["progress-step"], event["progress-steps"]) == (1, 2)
+    clock.now += 1
+    progress(60, step=2, steps=2)  # a new step without words: the last step's words go
+    assert task.events[-1]["result"] == "60% (step 2/2)"
+    assert _stored(task)["result"]["text"] is None
