@@ -15,21 +15,16 @@ import redis
 from bridge.cli import main
 from bridge.status import queue_depths
 from tests.conftest import Drop
-from tests.support.procs import REPO, SUPPORT_SCHEMAS, BridgeProc, RedisServer, wait_until
+from tests.support.procs import (
+    REPO,
+    SUPPORT_SCHEMAS,
+    BridgeProc,
+    RedisServer,
+    status_json,
+    wait_until,
+)
 
 FUTURE = "2099-01-01T00:00:00Z"
-
-
-def status_json(env: dict[str, str], *args: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "status", "--json", *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr.decode()
-    return dict(json.loads(done.stdout))
 
 
 def own(counts: dict[str, int]) -> dict[str, int]:

@@ -6,6 +6,7 @@ stopped with SIGTERM then SIGKILL.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -228,3 +229,16 @@ class BridgeProc:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+
+def status_json(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """`taskd status --json` in a process of its own, as an operator runs it."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "status", "--json", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    return dict(json.loads(done.stdout))
