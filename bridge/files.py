@@ -11,15 +11,21 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import logging
 import os
 import stat
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from bridge.ownmoves import OWN
 from taskd import atomic
 
+log = logging.getLogger(__name__)
+
 _RENAME_NOREPLACE = 1
+_RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
@@ -216,9 +222,15 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     to the watcher (`bridge/ownmoves.py`)."""
     if src == dst:
         return
+    _announced(src, dst, lambda: _rename_noreplace(src, dst))
+
+
+def _announced(src: Path, dst: Path, move: Callable[[], None]) -> None:
+    """`move()`, a rename of `src` to `dst` the watcher is told of first; told again if it
+    fails."""
     keys = OWN.expect(src, dst)
     try:
-        _rename_noreplace(src, dst)
+        move()
     except BaseException:
         OWN.cancel(keys)
         raise
@@ -238,6 +250,19 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
+def rewrite_existing(path: Path, data: bytes, durable: bool) -> None:
+    """Replace a tracked file's content, keeping its mode and group, only if the file is still
+    there: FileNotFoundError when it was deleted (a cancel), never a file brought back. The
+    folder is fsynced too when `durable`."""
+    chmod, chgrp = kept_permissions(path)
+    tmp = atomic.write_temp(
+        path, data, durable=durable, suffix=atomic.BRIDGE_TEMP_SUFFIX, chmod=chmod, chgrp=chgrp
+    )
+    exchange_in(tmp, path)
+    if durable:
+        fsync_dir(path.parent)
+
+
 def rewrite_then_rename(old: Path, new: Path, data: bytes, sync_dir: bool = True) -> None:
     """Taking a new file: the content must carry the task-id before the name stops saying it.
 
@@ -254,73 +279,186 @@ def rewrite_then_rename(old: Path, new: Path, data: bytes, sync_dir: bool = True
         fsync_dir(new.parent)
 
 
-def rewrite_then_rename_many(batch: Sequence[tuple[Path, Path, bytes]]) -> list[Exception | None]:
-    """`rewrite_then_rename(old, new, data, sync_dir=False)` for each of a batch: what each
-    raised, in order (None: done; FileExistsError: `new` was another file's, and `old` is left
-    as it was). From `SYNCFS_BATCH` files on, every new content is written
-    to its temp file, the file system is flushed once, and only then is any file renamed: the
-    same order, and so the same guarantee, as one file's. The caller fsyncs the folders once
-    all are done, before it acts on any of them, as with one file."""
-    if len(batch) < SYNCFS_BATCH:
-        return [_rewrite_one(item) for item in batch]
-    staged: list[Path | Exception] = [_stage(old, data) for old, _, data in batch]
-    try:
-        for device_folder in _one_folder_per_device(old for old, _, _ in batch):
-            atomic.sync_file_system(device_folder)
-    except OSError as exc:
-        for tmp in staged:
-            if isinstance(tmp, Path):
-                tmp.unlink(missing_ok=True)
-        return [exc for _ in batch]
-    return [
-        tmp if isinstance(tmp, Exception) else _land_then_rename(tmp, old, new)
-        for (old, new, _), tmp in zip(batch, staged, strict=True)
-    ]
+class Take(NamedTuple):
+    """A new file to take: `old` as it was judged (`judged`), its new `data` and `new` name."""
+
+    old: Path
+    new: Path
+    data: bytes
+    judged: os.stat_result
 
 
-def _rewrite_one(item: tuple[Path, Path, bytes]) -> Exception | None:
-    old, new, data = item
+def rewrite_then_rename_many(batch: Sequence[Take]) -> list[Exception | None]:
+    """Take each file of a batch as `rewrite_then_rename` does: what each raised, in order
+    (None: done; FileExistsError: `new` was another file's; FileNotFoundError: `old` was
+    deleted or replaced since it was judged; either way `old` is left as it is). The caller
+    fsyncs the folders once all are done, before it acts on any of them, as with one file.
+
+    Each new content is written to a temp file and made durable, then lands on `old` by an
+    atomic exchange that fails if `old` is gone (nothing deleted is brought back) and is undone
+    if the file there is not the one judged (a file replaced meanwhile is judged again); then
+    the file is renamed. From `SYNCFS_BATCH` files on, on a local file system, the temp files
+    are made durable by one flush of the file system (syncfs) instead of an fsync each.
+    """
+    flush = len(batch) >= SYNCFS_BATCH and _FLUSH.allowed()
+    folders = _open_folders({take.old.parent for take in batch}) if flush else {}
     try:
-        if os.path.lexists(new):  # its new name is another file's: left as it is
-            raise FileExistsError(errno.EEXIST, "the new name is taken", str(new))
-        rewrite_then_rename(old, new, data, sync_dir=False)
+        staged = [_stage(take, durable=not flush) for take in batch]
+        if flush:
+            failed = _flush_devices(folders, batch, staged)
+            staged = [failed.get(i, tmp) for i, tmp in enumerate(staged)]
+        return [
+            tmp if isinstance(tmp, Exception) else _land(tmp, take)
+            for take, tmp in zip(batch, staged, strict=True)
+        ]
+    finally:
+        for fd in folders.values():
+            if isinstance(fd, int):
+                os.close(fd)
+
+
+def _stage(take: Take, durable: bool) -> Path | Exception:
+    """The new content of `take.old` in a temp file beside it, keeping the judged file's mode
+    and group; fsynced if `durable`."""
+    judged = take.judged
+    try:
+        if os.path.lexists(take.new):  # its new name is another file's: left as it is
+            raise FileExistsError(errno.EEXIST, "the new name is taken", str(take.new))
+        return atomic.write_temp(
+            take.old,
+            take.data,
+            durable=durable,
+            suffix=atomic.BRIDGE_TEMP_SUFFIX,
+            chmod=stat.S_IMODE(judged.st_mode) & ~_SET_ID_BITS,
+            chgrp=judged.st_gid,
+        )
     except Exception as exc:  # handed back to the caller, whose guard ends that file alone
         return exc
+
+
+def _open_folders(folders: Iterable[Path]) -> dict[Path, int | Exception]:
+    """Each folder open before anything is written in it: syncfs reports the write errors of
+    the file system since the descriptor it is given was opened (Linux 5.8 and later)."""
+    out: dict[Path, int | Exception] = {}
+    for folder in folders:
+        try:
+            out[folder] = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            out[folder] = exc
+    return out
+
+
+def _flush_devices(
+    folders: dict[Path, int | Exception], batch: Sequence[Take], staged: list[Path | Exception]
+) -> dict[int, Exception]:
+    """One syncfs for each file system the batch wrote on, or an fsync of each temp file
+    where syncfs cannot be trusted; what failed, by position in the batch (only the files on
+    a folder or file system that failed). Their temp files are removed."""
+    failed: dict[int, Exception] = {}
+    by_device: dict[int, tuple[int, list[int]]] = {}
+    for i, (take, tmp) in enumerate(zip(batch, staged, strict=True)):
+        fd = folders[take.old.parent]
+        if isinstance(fd, Exception):
+            failed[i] = fd
+        elif not isinstance(tmp, Exception):
+            by_device.setdefault(os.fstat(fd).st_dev, (fd, []))[1].append(i)
+    for device, (fd, members) in by_device.items():
+        try:
+            if _FLUSH.trusted(device):
+                _FLUSH.sync(fd)
+            else:
+                for i in members:
+                    atomic.fsync_path(staged[i])  # type: ignore[arg-type]
+        except OSError as exc:
+            failed.update(dict.fromkeys(members, exc))
+    for i in failed:
+        tmp = staged[i]
+        if isinstance(tmp, Path):
+            tmp.unlink(missing_ok=True)
+    return failed
+
+
+def _land(tmp: Path, take: Take) -> Exception | None:
+    """Put the durable temp file in `take.old`'s place, if that is still the file judged, and
+    rename it; what went wrong, else None."""
+    old = take.old
+    try:
+        exchange_in(tmp, old, take.judged)
+    except Exception as exc:
+        return exc
+    try:
+        rename_noreplace(old, take.new)
+    except Exception as exc:
+        return exc
     return None
 
 
-def _stage(old: Path, data: bytes) -> Path | Exception:
-    """The new content of `old` in a temp file beside it, not yet flushed."""
-    chmod, chgrp = kept_permissions(old)
+def exchange_in(tmp: Path, target: Path, expect: os.stat_result | None = None) -> None:
+    """Swap the new content in `tmp` into `target` atomically (renameat2 RENAME_EXCHANGE) and
+    remove what was there: unlike a rename over it, this fails (FileNotFoundError) when
+    `target` is gone, so a file deleted meanwhile is never brought back. With `expect`, a file
+    at `target` that is not that one (replaced meanwhile) is swapped back and left as it is,
+    and FileNotFoundError is raised too. `tmp` is gone afterwards, whatever happens."""
     try:
-        return atomic.write_temp(
-            old, data, durable=False, suffix=atomic.BRIDGE_TEMP_SUFFIX, chmod=chmod, chgrp=chgrp
-        )
-    except Exception as exc:
-        return exc
-
-
-def _land_then_rename(tmp: Path, old: Path, new: Path) -> Exception | None:
-    keys = OWN.expect(None, old)
-    try:
-        if not os.path.lexists(old):  # deleted since it was judged: never brought back
-            raise FileNotFoundError(errno.ENOENT, "deleted meanwhile", str(old))
-        if os.path.lexists(new):  # its new name is another file's: left as it is
-            raise FileExistsError(errno.EEXIST, "the new name is taken", str(new))
-        os.replace(tmp, old)
-    except Exception as exc:
-        OWN.cancel(keys)
+        _announced(target, target, lambda: _exchange(tmp, target))
+    except BaseException:
         tmp.unlink(missing_ok=True)
-        return exc
+        raise
     try:
-        rename_noreplace(old, new)
-    except Exception as exc:
-        return exc
-    return None
+        if expect is not None:
+            was = os.lstat(tmp)
+            if (was.st_dev, was.st_ino) != (expect.st_dev, expect.st_ino):
+                _announced(target, target, lambda: _exchange(tmp, target))  # put it back
+                raise FileNotFoundError(errno.ENOENT, "replaced meanwhile", str(target))
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-def _one_folder_per_device(paths: Iterable[Path]) -> list[Path]:
-    folders: dict[int, Path] = {}
-    for folder in {path.parent for path in paths}:
-        folders.setdefault(os.stat(folder).st_dev, folder)
-    return list(folders.values())
+def _exchange(a: Path, b: Path) -> None:
+    if _renameat2 is None:
+        raise OSError(errno.ENOSYS, "renameat2 is missing: cannot exchange files", str(b))
+    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(b), None, str(a))
+
+
+class _Flush:
+    """When one syncfs may stand for the fsyncs of a batch: on a local file system whose type
+    is known to write back reliably, on a kernel that reports write errors from syncfs (5.8 and
+    later), and not while a syncfs has lately been slow (it flushes whatever else is dirty on
+    the file system: a packer's archive, say), which falls back to an fsync a file for a while.
+    """
+
+    SLOW_S = 1.0
+    BACKOFF_S = 60.0
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        self.types: dict[int, bool] = {}
+
+    def allowed(self) -> bool:
+        return atomic.SYNCFS_REPORTS_ERRORS and time.monotonic() >= self.until
+
+    def trusted(self, device: int) -> bool:
+        known = self.types.get(device)
+        if known is None:
+            known = self.types[device] = atomic.file_system_type(device) in SYNCFS_TYPES
+        return known
+
+    def sync(self, fd: int) -> None:
+        started = time.monotonic()
+        atomic.syncfs(fd)
+        took = time.monotonic() - started
+        if took > self.SLOW_S:
+            self.until = time.monotonic() + self.BACKOFF_S
+            log.warning(
+                "flushing the file system took %.1f s (other writes on it); taking files with "
+                "an fsync each for %.0f s",
+                took,
+                self.BACKOFF_S,
+            )
+
+
+SYNCFS_TYPES = frozenset({"ext4", "ext3", "xfs", "btrfs", "f2fs", "tmpfs"})
+_FLUSH = _Flush()

@@ -49,6 +49,7 @@ class Decision:
     verdict: Verdict = field(default_factory=Verdict)
     fields: dict[str, Any] = field(default_factory=dict)
     keep_aside: bool = False  # too large to keep inline: the original is kept beside
+    judged: os.stat_result | None = None  # the file the verdict is of (TAKE): its lstat
 
 
 def owned_limit(max_task_bytes: int) -> int:
@@ -198,7 +199,7 @@ class Intake:
             return Decision(DROP)
         verdict = judge(raw, entry.name, self.types, self.formats)
         if verdict.ok:
-            return Decision(TAKE, entry.name, verdict)
+            return Decision(TAKE, entry.name, verdict, judged=st)
         if verdict.incomplete and quiet < self.settings.reject_after:
             return Decision(WAIT)
         if verdict.incomplete:

@@ -10,8 +10,8 @@ both to a Redis pipeline the way kombu's channel publishes, with the channel's o
 delivery tags, priority lists and event topics: kombu's wire format, one round trip.
 
 This ties the bridge to the task protocol of the Celery it is pinned to (pyproject: 5.7.x);
-`tests/unit/test_wire.py` compares what this builds with what `send_task` sends, field by field,
-on a real Redis, and the suite runs real workers and Flower against it.
+`tests/integration/test_wire.py` compares what this builds with what `send_task` sends, field
+by field, on a real Redis, and the suite runs real workers and Flower against it.
 """
 
 from __future__ import annotations

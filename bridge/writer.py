@@ -50,7 +50,11 @@ def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> 
     core.table.move(task, new_path)
     task.written = files.signature(new_path)  # a rename moves the ctime: still ours
     core.owners.note(task.user, task.task_id, new_path)
-    files.atomic_write(new_path, contract.dump(fields), durable=state_changed)
+    try:
+        files.rewrite_existing(new_path, contract.dump(fields), durable=state_changed)
+    except FileNotFoundError:
+        core.cancel(task)  # deleted since it was renamed: the UI cancelled it
+        return True
     task.fields, task.last_write = fields, now
     task.written = files.signature(new_path)
     if terminal:

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
+import platform
 import secrets
 from pathlib import Path
 
@@ -136,16 +138,38 @@ def write_temp(
     return tmp
 
 
-def sync_file_system(folder: Path) -> None:
-    """Every write to the file system holding `folder` is on disk (syncfs(2)): one flush for
-    many new files instead of an fsync each. Where syncfs is missing, `sync()`."""
+def syncfs(fd: int) -> None:
+    """Every write to the file system holding the open folder `fd` is on disk (syncfs(2)), and
+    any write error on it since `fd` was opened is raised."""
     if _syncfs is None:
-        os.sync()
-        return
-    fd = os.open(folder, _DIR_FLAGS)
+        raise OSError(errno.ENOSYS, "syncfs is missing")
+    if _syncfs(fd) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err) if err else "syncfs failed")
+
+
+def _reports_errors(release: str) -> bool:
+    """syncfs returns write errors from Linux 5.8 on; before, it said nothing of them."""
     try:
-        if _syncfs(fd) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err) if err else "syncfs failed", str(folder))
-    finally:
-        os.close(fd)
+        major, minor = (int(part) for part in release.split(".")[:2])
+    except ValueError:
+        return False
+    return _syncfs is not None and (major, minor) >= (5, 8)
+
+
+SYNCFS_REPORTS_ERRORS = _reports_errors(platform.release())
+
+
+def file_system_type(device: int) -> str | None:
+    """The type of the mounted file system of `device` (`ext4`, `nfs`...), from the process's
+    mount table; None when it is not found."""
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as table:
+            for line in table:
+                fields = line.split()
+                if len(fields) > 2 and fields[2] == wanted and " - " in line:
+                    return line.split(" - ", 1)[1].split()[0]
+    except OSError:
+        return None
+    return None

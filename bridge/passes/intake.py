@@ -134,16 +134,18 @@ def _act_on(
     """Take or reject what was decided, while the pass's budget lasts; the files taken."""
     taken: list[Tracked] = []
     batch = _Takes(core, now, taken)
-    for path, decision in decided:
-        if time.monotonic() - started > 2 * PASS_BUDGET_S:
-            core.intake_cut = True  # left pending: judged again next pass
-            break
-        if decision.action == intake.TAKE:
-            batch.add(path, decision)
-        else:
-            batch.flush_if_held(decision.name)  # a rejected file of the same id comes after
-            _act(core, path, decision, now)
-    batch.flush()
+    try:
+        for path, decision in decided:
+            if time.monotonic() - started > 2 * PASS_BUDGET_S:
+                core.intake_cut = True  # left pending: judged again next pass
+                break
+            if decision.action == intake.TAKE:
+                batch.add(path, decision)
+            else:
+                batch.flush_if_held(decision.name)  # a rejected file of the same id comes after
+                _act(core, path, decision, now)
+    finally:
+        batch.flush()  # no take outlives its pass, whatever happened in it
     return taken
 
 
@@ -216,6 +218,7 @@ class _Take:
     fields: dict[str, Any]
     data: bytes
     decision: intake.Decision
+    judged: os.stat_result  # the file as it was judged: only that one is taken
 
 
 class _Takes:
@@ -266,7 +269,7 @@ class _Takes:
 
     def _start(self, inline: bool = False) -> None:
         ready, self.ready = self.ready, []
-        batch = [(t.path, t.new_path, t.data) for t in ready]
+        batch = [files.Take(t.path, t.new_path, t.data, t.judged) for t in ready]
         future: Future[list[Exception | None]] = Future()
         if inline:  # nothing to overlap with: no hand-over to the thread
             future.set_result(files.rewrite_then_rename_many(batch))
@@ -335,7 +338,9 @@ def prepare_take(core: Core, path: Path, decision: intake.Decision) -> _Take | N
         contract.render_name(name.stem, name.type, fields, task_type.runtime_info)
     )
     # A file already under the new name is found by the rewrite (FileExistsError), see _track.
-    return _Take(path, new_path, name, task_type, fields, contract.dump(fields), decision)
+    assert decision.judged is not None
+    data = contract.dump(fields)
+    return _Take(path, new_path, name, task_type, fields, data, decision, decision.judged)
 
 
 def _track(

@@ -192,9 +192,10 @@ def save_settled(core: Core) -> None:
 
 
 def _sweep_leftovers(core: Core, full: bool) -> None:
-    """Remove temp files of a process killed mid-write. This bridge writes only on its loop's
-    thread, so none of its own is in flight; a worker's is spared for a minute. Folders the
-    rescan did not need to list are swept on a full one."""
+    """Remove temp files of a process killed mid-write. None of this bridge's own is in flight:
+    it writes on its loop's thread, and the thread that writes a batch of takes is done with
+    it before the intake pass ends (`passes/intake.py`); a worker's is spared for a minute.
+    Folders the rescan did not need to list are swept on a full one."""
     wall = time.time()
     skipped = set() if full else set(core.folders)
     for path in watch.leftovers(core.settings.task_queue, skipped):

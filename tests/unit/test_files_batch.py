@@ -1,5 +1,7 @@
-"""A batch of takes (`files.rewrite_then_rename_many`): every new content is on disk before any
-file is renamed, one flush of the file system for all, and a file that fails ends alone."""
+"""Taking files (`files.rewrite_then_rename_many`): every new content is durable before any
+file is renamed (one flush of the file system for a batch, where that can be trusted), only the
+file that was judged is taken (one deleted meanwhile is never brought back, one replaced
+meanwhile is left for judging again), and a file that fails ends alone."""
 
 from __future__ import annotations
 
@@ -13,82 +15,157 @@ import pytest
 from bridge import files
 from taskd import atomic
 
+UI = b'{"type": "NOOP"}'
 
-def _batch(folder: Path, n: int) -> list[tuple[Path, Path, bytes]]:
+
+def _batch(folder: Path, n: int) -> list[files.Take]:
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     for i in range(n):
         old = folder / f"t{i}.NOOP"
-        old.write_bytes(b'{"type": "NOOP"}')
-        out.append((old, folder / f"t{i}-0.NOOP", f'{{"task-id": "t{i}"}}'.encode()))
+        old.write_bytes(UI)
+        data = f'{{"task-id": "t{i}"}}'.encode()
+        out.append(files.Take(old, folder / f"t{i}-0.NOOP", data, os.lstat(old)))
     return out
 
 
+@pytest.fixture
+def flushes(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Each syncfs made, as the names its folder held at that moment."""
+    seen: list[list[str]] = []
+    real = atomic.syncfs
+
+    def flush(fd: int) -> None:
+        seen.append(sorted(os.listdir(fd)))
+        real(fd)
+
+    monkeypatch.setattr(atomic, "syncfs", flush)
+    monkeypatch.setattr(files._FLUSH, "until", 0.0)
+    return seen
+
+
+def _names(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
 def test_no_file_is_renamed_before_the_file_system_is_flushed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, flushes: list[list[str]]
 ) -> None:
     batch = _batch(tmp_path / "3", files.SYNCFS_BATCH + 3)
-    seen_at_flush: list[list[str]] = []
-    real = atomic.sync_file_system
-
-    def flush(folder: Path) -> None:
-        seen_at_flush.append(sorted(p.name for p in folder.iterdir()))
-        real(folder)
-
-    monkeypatch.setattr(atomic, "sync_file_system", flush)
     assert files.rewrite_then_rename_many(batch) == [None] * len(batch)
-    assert len(seen_at_flush) == 1  # one flush for the whole batch
-    names = seen_at_flush[0]
-    assert [n for n in names if not n.startswith(".")] == sorted(o.name for o, _, _ in batch)
+    assert len(flushes) == 1  # one flush for the whole batch
+    names = flushes[0]
+    assert [n for n in names if not n.startswith(".")] == sorted(t.old.name for t in batch)
     assert sum(n.endswith(atomic.BRIDGE_TEMP_SUFFIX) for n in names) == len(batch)
-    for old, new, data in batch:
-        assert not old.exists() and new.read_bytes() == data
-    assert sorted(p.name for p in (tmp_path / "3").iterdir()) == sorted(n.name for _, n, _ in batch)
+    for take in batch:
+        assert not take.old.exists() and take.new.read_bytes() == take.data
+    assert _names(tmp_path / "3") == sorted(t.new.name for t in batch)
 
 
-def test_a_small_batch_fsyncs_each_file_instead(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_small_batch_fsyncs_each_file_instead(tmp_path: Path, flushes: list[list[str]]) -> None:
     batch = _batch(tmp_path / "3", files.SYNCFS_BATCH - 1)
-    monkeypatch.setattr(atomic, "sync_file_system", lambda folder: pytest.fail("flushed"))
     assert files.rewrite_then_rename_many(batch) == [None] * len(batch)
-    assert all(new.read_bytes() == data for _, new, data in batch)
+    assert flushes == [] and all(t.new.read_bytes() == t.data for t in batch)
 
 
-def test_a_file_gone_or_whose_name_is_taken_fails_alone(tmp_path: Path) -> None:
-    batch = _batch(tmp_path / "3", files.SYNCFS_BATCH + 2)
-    batch[1][0].unlink()  # deleted by the UI meanwhile
-    batch[2][1].write_bytes(b"someone else's")  # the new name is taken
+@pytest.mark.parametrize("n", [1, files.SYNCFS_BATCH + 2], ids=["one file", "a batch"])
+def test_a_file_deleted_or_replaced_since_it_was_judged_is_left_as_it_is(
+    tmp_path: Path, flushes: list[list[str]], n: int
+) -> None:
+    batch = _batch(tmp_path / "3", n)
+    batch[0].old.unlink()  # the UI cancelled it
+    if n > 1:
+        batch[1].old.unlink()
+        batch[1].old.write_bytes(b'{"type": "NOOP", "again": true}')  # and wrote it anew
     outcome = files.rewrite_then_rename_many(batch)
-    assert isinstance(outcome[1], FileNotFoundError)
-    assert not batch[1][0].exists() and not batch[1][1].exists()  # never brought back
-    assert isinstance(outcome[2], FileExistsError)
-    assert batch[2][1].read_bytes() == b"someone else's"
-    assert batch[2][0].read_bytes() == b'{"type": "NOOP"}'  # left as the UI wrote it
-    assert all(outcome[i] is None for i in range(3, len(batch)))
+    assert isinstance(outcome[0], FileNotFoundError)
+    assert not batch[0].old.exists() and not batch[0].new.exists()  # never brought back
+    if n > 1:
+        assert isinstance(outcome[1], FileNotFoundError)  # judged again, as a new file
+        assert batch[1].old.read_bytes() == b'{"type": "NOOP", "again": true}'
+        assert not batch[1].new.exists()
+        assert all(outcome[i] is None for i in range(2, n))
     leftovers = [p for p in (tmp_path / "3").iterdir() if p.name.endswith(".taskd-tmp")]
     assert leftovers == []
 
 
-def test_a_flush_that_fails_renames_nothing_and_leaves_no_temp_file(
+@pytest.mark.parametrize("n", [1, files.SYNCFS_BATCH], ids=["one file", "a batch"])
+def test_a_taken_new_name_leaves_the_file_as_it_was(tmp_path: Path, n: int) -> None:
+    batch = _batch(tmp_path / "3", n)
+    batch[0].new.write_bytes(b"someone else's")
+    outcome = files.rewrite_then_rename_many(batch)
+    assert isinstance(outcome[0], FileExistsError)
+    assert batch[0].old.read_bytes() == UI
+    assert batch[0].new.read_bytes() == b"someone else's"
+
+
+def test_a_flush_that_fails_fails_only_the_files_on_that_file_system(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batch = _batch(tmp_path / "3", files.SYNCFS_BATCH)
+    monkeypatch.setattr(files._FLUSH, "until", 0.0)
 
-    def failing(folder: Path) -> None:
-        raise OSError(errno.EIO, os.strerror(errno.EIO), str(folder))
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, os.strerror(errno.EIO))
 
-    monkeypatch.setattr(atomic, "sync_file_system", failing)
+    monkeypatch.setattr(atomic, "syncfs", failing)
     outcome = files.rewrite_then_rename_many(batch)
     assert all(isinstance(e, OSError) and e.errno == errno.EIO for e in outcome)
-    assert sorted(p.name for p in (tmp_path / "3").iterdir()) == sorted(o.name for o, _, _ in batch)
-    assert all(old.read_bytes() == b'{"type": "NOOP"}' for old, _, _ in batch)
+    assert _names(tmp_path / "3") == sorted(t.old.name for t in batch)
+    assert all(t.old.read_bytes() == UI for t in batch)
 
 
-def test_sync_file_system_flushes_a_real_folder(tmp_path: Path) -> None:
-    atomic.sync_file_system(tmp_path)
+def test_a_folder_gone_fails_only_its_own_files(tmp_path: Path, flushes: list[list[str]]) -> None:
+    ok = _batch(tmp_path / "3", files.SYNCFS_BATCH)
+    gone = _batch(tmp_path / "4", 2)
+    for take in gone:
+        take.old.unlink()
+    (tmp_path / "4").rmdir()
+    outcome = files.rewrite_then_rename_many(ok + gone)
+    assert outcome[: len(ok)] == [None] * len(ok)
+    assert all(isinstance(e, FileNotFoundError) for e in outcome[len(ok) :])
+
+
+def test_an_untrusted_file_system_gets_an_fsync_a_file(
+    tmp_path: Path, flushes: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files._FLUSH, "types", {})
+    monkeypatch.setattr(atomic, "file_system_type", lambda device: "nfs4")
+    synced: list[Path] = []
+    monkeypatch.setattr(atomic, "fsync_path", synced.append)
+    batch = _batch(tmp_path / "3", files.SYNCFS_BATCH)
+    assert files.rewrite_then_rename_many(batch) == [None] * len(batch)
+    assert flushes == [] and len(synced) == len(batch)
+
+
+def test_a_slow_flush_falls_back_to_an_fsync_a_file_for_a_while(
+    tmp_path: Path, flushes: list[list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files._Flush, "SLOW_S", -1.0)  # every flush counts as slow
+    assert (
+        files.rewrite_then_rename_many(_batch(tmp_path / "3", files.SYNCFS_BATCH))
+        == [None] * files.SYNCFS_BATCH
+    )
+    assert len(flushes) == 1
+    files.rewrite_then_rename_many(_batch(tmp_path / "4", files.SYNCFS_BATCH))
+    assert len(flushes) == 1  # the second batch did not flush the file system
+
+
+def test_the_file_system_type_of_a_real_folder_is_found(tmp_path: Path) -> None:
+    assert atomic.file_system_type(os.stat(tmp_path).st_dev) is not None
+    assert atomic.file_system_type(-12345 & 0xFFFFFFFF) is None
+
+
+def test_rewriting_a_deleted_file_never_brings_it_back(tmp_path: Path) -> None:
+    path = tmp_path / "t-40.SLOW"
+    path.write_text("{}")
+    os.chmod(path, 0o640)
+    files.rewrite_existing(path, b'{"progress": 41}', durable=False)
+    assert path.read_bytes() == b'{"progress": 41}' and (path.stat().st_mode & 0o777) == 0o640
+    path.unlink()
     with pytest.raises(FileNotFoundError):
-        atomic.sync_file_system(tmp_path / "missing")
+        files.rewrite_existing(path, b'{"progress": 42}', durable=True)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_two_files_of_one_task_id_in_one_pass_take_one_and_reject_the_other(
@@ -115,16 +192,6 @@ def test_two_files_of_one_task_id_in_one_pass_take_one_and_reject_the_other(
     assert "already used" in json.loads(rejected.read_text())["error"]
     taken = [p for p in folder.iterdir() if "-ERR." not in p.name and "-" in p.name]
     assert len(taken) == files.SYNCFS_BATCH + 1
-
-
-@pytest.mark.parametrize("n", [1, files.SYNCFS_BATCH], ids=["one file", "a batch"])
-def test_a_taken_new_name_leaves_the_file_as_it_was(tmp_path: Path, n: int) -> None:
-    batch = _batch(tmp_path / "3", n)
-    batch[0][1].write_bytes(b"someone else's")
-    outcome = files.rewrite_then_rename_many(batch)
-    assert isinstance(outcome[0], FileExistsError)
-    assert batch[0][0].read_bytes() == b'{"type": "NOOP"}'
-    assert batch[0][1].read_bytes() == b"someone else's"
 
 
 @pytest.mark.parametrize("others", [0, files.SYNCFS_BATCH], ids=["alone", "in a burst"])

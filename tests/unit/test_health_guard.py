@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from bridge import dispatch, files
+from bridge import dispatch
 from bridge.daemon import Bridge
 from bridge.guard import BACKOFF_CAP_S, STALE_S, Guard, Held
 from bridge.model import Tracked
 from bridge.schedule import Known
-from taskd import states
+from taskd import atomic, states
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType, load_types
 from tests.support.noredis import NoRedis
@@ -45,8 +45,9 @@ def bridge(tmp_path: Path, types: dict[str, TaskType]) -> Bridge:
 
 
 class Refusing:
-    """`files.atomic_write` while the disk refuses: the temp file's name (new on every try, as
-    the real one is) rides on the error, as when the open of the temp file itself fails."""
+    """`atomic.write_temp` (where every write of a task file starts) while the disk refuses:
+    the temp file's name (new on every try, as the real one is) rides on the error, as when the
+    open of the temp file itself fails."""
 
     def __init__(self, code: int) -> None:
         self.code = code
@@ -72,7 +73,7 @@ def test_a_file_the_disk_refuses_is_taken_later_and_logged_once(
     path = bridge.settings.task_queue / "3" / "f.SLOW"
     path.write_text('{"type": "SLOW"}')
     refusing = Refusing(code)
-    monkeypatch.setattr(files, "atomic_write", refusing)
+    monkeypatch.setattr(atomic, "write_temp", refusing)
     caplog.set_level(logging.INFO, logger="bridge")
     now = 0.0
     for _ in range(6000):  # 5 minutes of a loop turning every 50 ms, each turn an intake pass
@@ -109,7 +110,7 @@ def test_a_different_error_is_logged_again(
     caplog.set_level(logging.ERROR, logger="bridge")
     now = 0.0
     for code in (errno.ENOSPC, errno.ENOSPC, errno.EROFS, errno.EROFS):
-        monkeypatch.setattr(files, "atomic_write", Refusing(code))
+        monkeypatch.setattr(atomic, "write_temp", Refusing(code))
         for _ in range(400):
             bridge.intake.note(path, now)
             bridge.intake_once(now)
@@ -154,7 +155,7 @@ def test_a_running_task_the_disk_refuses_is_logged_once_though_its_name_moves_on
     monkeypatch.setattr(bridge.core.publisher, "known", known)
     monkeypatch.setattr(dispatch, "publish_when_due", lambda *a, **k: None)
     refusing = Refusing(errno.ENOSPC)
-    monkeypatch.setattr(files, "atomic_write", refusing)
+    monkeypatch.setattr(atomic, "write_temp", refusing)
     caplog.set_level(logging.INFO, logger="bridge")
     now = 0.0
     for _ in range(120):  # two minutes of mirror ticks
@@ -177,7 +178,7 @@ def test_a_running_task_is_written_when_the_disk_has_room_again(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     task = _running(bridge, types)
-    real_write = files.atomic_write
+    real_write = atomic.write_temp
 
     def known(ids: Any, quiet: Any = None) -> tuple[dict[str, Known], str]:
         meta = {"status": "PROGRESS", "result": {states.META_PROGRESS: 42}}
@@ -185,14 +186,14 @@ def test_a_running_task_is_written_when_the_disk_has_room_again(
 
     monkeypatch.setattr(bridge.core.publisher, "known", known)
     monkeypatch.setattr(dispatch, "publish_when_due", lambda *a, **k: None)
-    monkeypatch.setattr(files, "atomic_write", Refusing(errno.ENOSPC))
+    monkeypatch.setattr(atomic, "write_temp", Refusing(errno.ENOSPC))
     caplog.set_level(logging.INFO, logger="bridge")
     now = 0.0
     for _ in range(10):
         bridge.mirror_once(now)
         now += 1.0
     assert bridge.core.guard.held(now)
-    monkeypatch.setattr(files, "atomic_write", real_write)
+    monkeypatch.setattr(atomic, "write_temp", real_write)
     for _ in range(int(BACKOFF_CAP_S) + 2):
         bridge.mirror_once(now)
         now += 1.0

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from bridge import files
 from bridge.daemon import Bridge
 from bridge.model import Tracked
+from taskd import atomic
 from taskd.sample import write_sample
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
@@ -41,14 +41,14 @@ def test_a_task_file_that_cannot_be_rewritten_is_kept_and_written_on_a_later_tic
     path.write_text(json.dumps(fields))
     task = Tracked("3", "t1", types["SLOW"], path, fields)
     bridge.table.add(task)
-    real_write = files.atomic_write
+    real_write = atomic.write_temp
 
     def read_only(*args: Any, **kwargs: Any) -> None:
         raise PermissionError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(files, "atomic_write", read_only)
+    monkeypatch.setattr(atomic, "write_temp", read_only)
     bridge.write(task, {"state": "PROGRESS", "progress": 40}, now=10.0)
-    monkeypatch.setattr(files, "atomic_write", real_write)
+    monkeypatch.setattr(atomic, "write_temp", real_write)
     renamed = directory / "t1-AB_40.SLOW"
     assert renamed.exists() and json.loads(renamed.read_text())["state"] == "QUEUED"
     assert bridge.table.by_job["j1"].path == renamed
