@@ -169,8 +169,9 @@ def file_ops_rate(base: Path, n: int) -> float:
     for i in range(n):
         drop(directory, f"t{i:05d}.{NOOP}")
     data = contract.dump({"type": NOOP, "task-id": "t", "state": "QUEUED", "progress": 0})
+    olds = [directory / f"t{i:05d}.{NOOP}" for i in range(n)]
     batch = [
-        (directory / f"t{i:05d}.{NOOP}", directory / f"t{i:05d}-0.{NOOP}", data) for i in range(n)
+        files.Take(old, old.with_name(f"{old.stem}-0.{NOOP}"), data, os.lstat(old)) for old in olds
     ]
     start = time.perf_counter()
     for at in range(0, n, TAKE_BATCH):
