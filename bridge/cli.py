@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "status": "counts by state (today, total), queues, live workers, running tasks",
         "up": "bridge, workers and Flower on one machine (a private Redis if none answers)",
         "retry": "run FAILURE tasks again, same task-id, new job id",
+        "schedules": "each schedule in <data-root>/schedules/, its next runs and its last",
     }
     parsers = {}
     for name, help_text in commands.items():
@@ -297,6 +298,43 @@ def _wait_for(settings: Settings, target: Path, timeout: float | None) -> int:
     return outcome.code
 
 
+def cmd_schedules(args: argparse.Namespace) -> int:
+    """Each schedule: its cron, user and type, its next three runs and the last due time
+    written; a bad one with its error. Exit 1 if any is bad."""
+    from datetime import UTC, datetime
+
+    from bridge import files, schedules, watch
+    from bridge.passes import schedules as schedule_pass
+    from taskd.tasktypes import load_types
+
+    settings = _settings(args)
+    settings.require_data_root()
+    types = load_types(settings.schema_dirs)
+    now = datetime.now(UTC).replace(microsecond=0)
+    where = settings.data_root / schedule_pass.FOLDER
+    bad = 0
+    entries = sorted(e.name for e in watch.listed(where) if e.name.endswith(schedules.SUFFIX))
+    if not entries:
+        print(f"no schedules in {where}")
+    for file_name in entries:
+        name = file_name[: -len(schedules.SUFFIX)]
+        try:
+            raw = files.read_regular(where / file_name, schedules.MAX_BYTES)
+            schedule = schedules.parse(name, raw, types)
+        except (OSError, schedules.ScheduleError) as exc:
+            bad += 1
+            print(f"{file_name}: BAD: {exc}")
+            continue
+        record = schedule_pass.records_in(settings.data_root) / name
+        last = record.read_text().strip() if record.exists() else "never"
+        runs = ", ".join(f"{t:%Y-%m-%d %H:%M:%S}Z" for t in schedules.next_runs(schedule, now))
+        print(
+            f"{file_name}: {schedule.cron!r} user {schedule.user} type {schedule.type} "
+            f"(missed: {schedule.missed}); next {runs}; last written {last}"
+        )
+    return EXIT_BAD if bad else EXIT_OK
+
+
 def _holder_of(target: Path) -> Path | None:
     """The file that already holds the task-id of `target`, under whatever name it has now
     (the bridge would reject a second file of the same task-id)."""
@@ -462,6 +500,7 @@ HANDLERS = {
     "flower": cmd_flower,
     "check": cmd_check,
     "submit": cmd_submit,
+    "schedules": cmd_schedules,
     "show": cmd_show,
     "status": cmd_status,
     "up": cmd_up,

@@ -18,7 +18,7 @@ from celery import Celery
 from bridge import metrics, status, watch, web, writer
 from bridge.core import Core
 from bridge.model import Table, Tracked
-from bridge.passes import cancel, intake, mirror, notify, reconcile
+from bridge.passes import cancel, intake, mirror, notify, reconcile, schedules
 from bridge.rootcheck import RootCheck
 from bridge.settledindex import Settled
 from taskd import states
@@ -28,6 +28,7 @@ from taskd.tasktypes import TaskType
 
 log = logging.getLogger(__name__)
 TICK_FAILED_PAUSE_S = 1.0
+SCHEDULE_EVERY_S = 0.5  # how often due schedules are looked for (cron has seconds)
 
 
 def _row(task: Tracked) -> metrics.TaskRow:
@@ -74,6 +75,8 @@ class Bridge:
         self._last_failure: str | None = None
         self.glance_every = settings.mirror_interval / mirror.GLANCES_PER_TICK
         self.next_glance = 0.0
+        self.schedules = schedules.Schedules()
+        self.next_schedule = 0.0
 
     # What tests and the HTTP endpoint read.
     @property
@@ -172,6 +175,9 @@ class Bridge:
         elif now >= self.next_glance:
             reported = mirror.glance_once(self.core, now)
             self.next_glance = now + self.glance_every if reported else next_mirror
+        if now >= self.next_schedule:
+            schedules.schedules_once(self.core, self.schedules, now)
+            self.next_schedule = now + SCHEDULE_EVERY_S
         if now >= next_rescan:
             self.rescan_once(now)
             reconcile.cancel_orphans(self.core, now)
@@ -210,6 +216,8 @@ class Bridge:
                     self._tick_failed(exc, stop)
                     continue
                 wake = min(next_mirror, next_rescan, self.next_glance)
+                if self.schedules.known:
+                    wake = min(wake, self.next_schedule)
                 if self.core.intake_cut:
                     wake = now
                 elif self._busy(now):

@@ -225,6 +225,13 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     _announced(src, dst, lambda: _rename_noreplace(src, dst))
 
 
+def place_new(tmp: Path, target: Path) -> None:
+    """A file the bridge writes for its intake to take, as the UI would (a schedule's task):
+    renamed in without replacing anything, and not announced as the bridge's own, so the
+    watcher hands it to intake like any new file."""
+    _rename_noreplace(tmp, target)
+
+
 def _announced(src: Path, dst: Path, move: Callable[[], None]) -> None:
     """`move()`, a rename of `src` to `dst` the watcher is told of first; told again if it
     fails."""
