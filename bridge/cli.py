@@ -326,7 +326,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
             print(f"{file_name}: BAD: {exc}")
             continue
         record = schedule_pass.records_in(settings.data_root) / name
-        last = record.read_text().strip() if record.exists() else "never"
+        last = record.read_text().split(" ", 1)[0].strip() if record.exists() else "never"
         runs = ", ".join(f"{t:%Y-%m-%d %H:%M:%S}Z" for t in schedules.next_runs(schedule, now))
         print(
             f"{file_name}: {schedule.cron!r} user {schedule.user} type {schedule.type} "

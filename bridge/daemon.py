@@ -50,7 +50,7 @@ class _Rows:
         for task in tasks:
             fields = task.fields
             state = fields.get(states.STATE)
-            progress = (fields.get(states.PROGRESS_FIELD), fields.get(states.PROGRESS_TEXT))
+            progress = tuple(fields.get(k) for k in (states.PROGRESS_FIELD, *states.STEP_FIELDS))
             old = self._made.get(id(task))  # held in `old`, so no other task has its id
             if old and old[0] is task and old[1] == state and old[2] == progress:
                 row = old[3]

@@ -39,6 +39,7 @@ RUN_ONCE, SKIP = "run-once", "skip"
 LATE_S = 60.0
 """A due time later than this when the bridge gets to it was missed (no bridge ran)."""
 KEYS = frozenset({"cron", "user-id", "type", "task", "missed"})
+_RANDOM = re.compile(r"(?<![A-Za-z])[RHrh](?![A-Za-z])")  # croniter's random and hashed
 
 
 class ScheduleError(ValueError):
@@ -83,7 +84,9 @@ class Schedule:
         return contract.dump(self.task)
 
 
-def parse(name: str, raw: bytes, known_types: Mapping[str, Any]) -> Schedule:
+def parse(
+    name: str, raw: bytes, known_types: Mapping[str, Any], now: datetime | None = None
+) -> Schedule:
     """A schedule file's content, checked; ScheduleError names what is wrong."""
     if not NAME_RE.fullmatch(name):
         raise ScheduleError(
@@ -103,6 +106,20 @@ def parse(name: str, raw: bytes, known_types: Mapping[str, Any]) -> Schedule:
     user = fields.get("user-id")
     if not isinstance(user, str) or not contract.USER_RE.fullmatch(user):
         raise ScheduleError("field 'user-id': write the user's folder name ([A-Za-z0-9_]+)")
+    kind, task = _task_of(fields, known_types)
+    missed = fields.get("missed", RUN_ONCE)
+    if missed not in (RUN_ONCE, SKIP):
+        raise ScheduleError(f"field 'missed': write {RUN_ONCE!r} or {SKIP!r}")
+    schedule = Schedule(name, cron, user, kind, {"type": kind, **task}, missed)
+    try:
+        schedule.content()
+    except ValueError as exc:
+        raise ScheduleError(f"field 'task': not strict JSON ({exc})") from None
+    _due_again(schedule, now or datetime.now(UTC))
+    return schedule
+
+
+def _task_of(fields: Mapping[str, Any], known_types: Mapping[str, Any]) -> tuple[str, Any]:
     kind = fields.get("type")
     if not isinstance(kind, str) or kind not in known_types:
         raise ScheduleError(
@@ -113,10 +130,17 @@ def parse(name: str, raw: bytes, known_types: Mapping[str, Any]) -> Schedule:
         raise ScheduleError("field 'task': write the task file's JSON object")
     if task.get("type", kind) != kind:
         raise ScheduleError(f"field 'task': its type {task.get('type')!r} is not {kind!r}")
-    missed = fields.get("missed", RUN_ONCE)
-    if missed not in (RUN_ONCE, SKIP):
-        raise ScheduleError(f"field 'missed': write {RUN_ONCE!r} or {SKIP!r}")
-    return Schedule(name, cron, user, kind, {"type": kind, **task}, missed)
+    return kind, task
+
+
+def _due_again(schedule: Schedule, now: datetime) -> None:
+    try:
+        next(schedule.runs_after(now))
+    except Exception as exc:  # noqa: BLE001 - croniter's "no such date" errors
+        raise ScheduleError(
+            f"field 'cron': {schedule.cron!r} is never due again (a date that does not exist, "
+            f"or a year gone: {exc})"
+        ) from None
 
 
 def _cron(value: object) -> str:
@@ -129,8 +153,13 @@ def _cron(value: object) -> str:
             "weekday), 6 (seconds first) or 7 (seconds first, year last)"
         )
     text = " ".join(fields)
+    if _RANDOM.search(text):
+        raise ScheduleError(
+            f"field 'cron': {value!r}: R (random) and H (hashed) are not allowed; write the "
+            "times themselves"
+        )
     try:
-        next(iter(Schedule("x", text, "u", "T", {}).runs_after(datetime(2000, 1, 1, tzinfo=UTC))))
+        croniter(text, second_at_beginning=len(fields) > 5)
     except Exception as exc:  # noqa: BLE001 - croniter raises several kinds for a bad field
         raise ScheduleError(f"field 'cron': {value!r} is not a cron expression ({exc})") from None
     return text
@@ -148,5 +177,12 @@ def due(schedule: Schedule, last: datetime, now: datetime) -> datetime | None:
 
 
 def next_runs(schedule: Schedule, now: datetime, n: int = 3) -> list[datetime]:
+    """Up to `n` next due times (fewer when a year field leaves fewer)."""
+    out: list[datetime] = []
     runs = schedule.runs_after(now)
-    return [next(runs) for _ in range(n)]
+    for _ in range(n):
+        try:
+            out.append(next(runs))
+        except Exception:  # noqa: BLE001 - no further date
+            break
+    return out

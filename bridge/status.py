@@ -112,12 +112,13 @@ def read_task_files(
             log.warning("cannot list %s (%s); its tasks are left out", user.path, exc)
             continue
         for entry in entries:
-            task = _read_one(user.name, entry, max_bytes)
+            task = read_one(user.name, entry, max_bytes)
             if task is not None:
                 yield task
 
 
-def _read_one(user: str, entry: os.DirEntry[str], max_bytes: int) -> TaskFile | None:
+def read_one(user: str, entry: os.DirEntry[str], max_bytes: int) -> TaskFile | None:
+    """One entry of a user's folder as a task file, or None when it is not one (or is gone)."""
     if contract.parse_name((user, entry.name)) is None:
         return None
     try:

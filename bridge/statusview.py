@@ -84,7 +84,7 @@ def running_table(status: Status) -> Table:
             task.type,
             bar,
             str(task.progress),
-            task.doing or "-",
+            Text(task.doing or "-"),  # a task's own words: never read as markup
             task.worker,
             task.started_at,
         )

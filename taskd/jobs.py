@@ -13,6 +13,7 @@ an exception in the reader.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -158,11 +159,12 @@ def doing(result_: Mapping[str, Any]) -> Doing:
     text = result_.get(states.META_TEXT)
     if not (_count(step) and _count(steps) and step <= steps):  # type: ignore[operator]
         step = steps = None
-    if not isinstance(text, str) or not text.strip():
-        text = None
-    else:
-        text = " ".join(text.split())[: states.PROGRESS_TEXT_MAX]
+    text = " ".join(_CONTROL.sub(" ", text).split()) if isinstance(text, str) else ""
+    text = text[: states.PROGRESS_TEXT_MAX] or None
     return Doing(step, steps, text)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _count(value: object) -> bool:

@@ -8,9 +8,9 @@ changed. A bad schedule file is logged once per content and its error written be
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -72,13 +72,37 @@ def schedules_once(core: Core, state: Schedules, now: float, wall: datetime | No
         _relist(core, state, where)
     wall = wall or datetime.now(UTC).replace(microsecond=0)
     for name, known in state.known.items():
-        if known.schedule is not None:
+        key = f"schedule {name}"
+        if known.schedule is None or not core.guard.ready(key, now):
+            continue
+        problem = _folder_problem(core, known.schedule)
+        if problem != known.error:  # said beside it, once, and taken back once it works
+            known.error = problem
+            if problem:
+                log.error("schedule %s%s: %s", name, schedules.SUFFIX, problem)
+            _write_error(where / f"{name}{schedules.SUFFIX}", problem)
+        if problem is None:
             core.guard.run(
-                f"schedule {name}",
+                key,
                 "scheduling",
                 now,
                 lambda s=known.schedule: _fire_if_due(core, state, s, wall),  # type: ignore[misc]
             )
+
+
+def _folder_problem(core: Core, schedule: Schedule) -> str | None:
+    """Why the schedule's user folder cannot be written to, or None: it must be a folder of
+    task_queue/, made by the UI (never made here), not a link."""
+    try:
+        st = os.lstat(core.settings.task_queue / schedule.user)
+    except OSError:
+        st = None
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        return (
+            f"field 'user-id': task_queue/{schedule.user} is not a folder (missing, or a link); "
+            "name a user whose folder the UI made"
+        )
+    return None
 
 
 def _relist(core: Core, state: Schedules, where: Path) -> None:
@@ -93,7 +117,11 @@ def _relist(core: Core, state: Schedules, where: Path) -> None:
         except OSError:
             sig = None
         was = state.known.get(name)
-        seen[name] = was if was is not None and was.sig == sig else _read(core, name, path, sig)
+        if was is not None and was.sig == sig:
+            seen[name] = was
+        else:
+            seen[name] = _read(core, name, path, sig)
+            state.last.pop(name, None)  # read again from its record, which knows its cron
     state.known = seen
 
 
@@ -134,13 +162,13 @@ def _write_error(path: Path, error: str | None) -> None:
 
 
 def _fire_if_due(core: Core, state: Schedules, schedule: Schedule, wall: datetime) -> None:
-    last = state.last.get(schedule.name) or _load_last(core, schedule.name, wall)
+    last = state.last.get(schedule.name) or _load_last(core, schedule, wall)
     state.last[schedule.name] = last
     when = schedules.due(schedule, last, wall)
     if when is None:
         return
     _write_task(core, schedule, when)
-    _save_last(core, schedule.name, when)
+    _save_last(core, schedule, when)
     state.last[schedule.name] = when
 
 
@@ -148,7 +176,6 @@ def _write_task(core: Core, schedule: Schedule, when: datetime) -> None:
     """The task file of one due time, unless a file of its task-id is there already (written
     before a restart or by another bridge): one file per due time, whatever happens."""
     user_dir = core.settings.task_queue / schedule.user
-    atomic.make_dirs(user_dir, 0o755)
     task_id = schedule.task_id(when)
     for entry in watch.listed(user_dir):
         if entry.name.startswith((f"{task_id}.", f"{task_id}-")):
@@ -167,21 +194,32 @@ def _write_task(core: Core, schedule: Schedule, when: datetime) -> None:
     log.info("schedule %s: wrote %s/%s", schedule.name, schedule.user, target.name)
 
 
-def _load_last(core: Core, name: str, wall: datetime) -> datetime:
-    """The last due time written for a schedule; a schedule never seen starts now."""
-    path = records(core) / name
+def _load_last(core: Core, schedule: Schedule, wall: datetime) -> datetime:
+    """The last due time written for this schedule as it is now; a schedule never seen, one
+    whose cron changed, or a record that cannot be believed (no zone, in the future) starts
+    now."""
+    path = records(core) / schedule.name
     try:
-        return datetime.fromisoformat(path.read_text().strip())
+        when_text, _, cron = path.read_text().strip().partition(" ")
+        when = datetime.fromisoformat(when_text)
     except (OSError, ValueError):
-        _save_last(core, name, wall)
+        when, cron = None, ""
+    if when is None or when.tzinfo is None or when > wall or cron != schedule.cron:
+        if when is not None:
+            log.info("schedule %s: starts from now (%s)", schedule.name, _why_reset(when, wall))
+        _save_last(core, schedule, wall)
         return wall
+    return when
 
 
-def _save_last(core: Core, name: str, when: datetime) -> None:
+def _why_reset(when: datetime, wall: datetime) -> str:
+    if when.tzinfo is None:
+        return "its record has no time zone"
+    return "its record is in the future" if when > wall else "its cron changed"
+
+
+def _save_last(core: Core, schedule: Schedule, when: datetime) -> None:
     where = records(core)
     atomic.make_dirs(where, 0o700)
-    try:
-        atomic.write_atomic(where / name, when.isoformat().encode(), durable=True)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
+    record = f"{when.isoformat()} {schedule.cron}\n".encode()
+    atomic.write_atomic(where / schedule.name, record, durable=True)

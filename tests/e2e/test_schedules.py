@@ -43,6 +43,8 @@ def test_a_schedule_writes_one_task_a_due_time_and_a_bad_one_says_why(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     (schedule_dir / "bad.json").write_text(json.dumps({"cron": "nonsense", "user-id": "3"}))
+    nobody = {"cron": "* * * * * *", "user-id": "no_such_user_x", "type": "SLOW", "task": {}}
+    (schedule_dir / "nobody.json").write_text(json.dumps(nobody))
     good = {
         "cron": "*/2 * * * * *",
         "user-id": drop.user,
@@ -56,6 +58,9 @@ def test_a_schedule_writes_one_task_a_due_time_and_a_bad_one_says_why(
         wait_until(lambda: len(_ids(drop)) >= 2, 30, interval=0.2, what="two due times")
         error = (schedule_dir / "bad.error").read_text()
         assert "field 'cron'" in error and "nonsense" in error
+        missing = (schedule_dir / "nobody.error").read_text()
+        assert "task_queue/no_such_user_x is not a folder" in missing
+        assert not (data_root / "task_queue" / "no_such_user_x").exists()  # never made here
     finally:
         first.stop()
     before = _ids(drop)

@@ -117,3 +117,34 @@ def test_a_due_time_is_never_written_twice_whatever_the_clock(
             seen.append(when)
             last = when
     assert seen == sorted(set(seen))
+
+
+@pytest.mark.parametrize(
+    ("cron", "says"),
+    [
+        ("R R * * *", "R (random)"),
+        ("H * * * *", "R (random)"),
+        ("0 0 12 * * * 2020", "never due again"),
+        ("0 0 30 2 *", "field 'cron'"),
+    ],
+)
+def test_random_hashed_and_never_due_crons_are_refused(cron: str, says: str) -> None:
+    with pytest.raises(ScheduleError) as caught:
+        schedules.parse("n", _raw(cron=cron), TYPES, now=T0)
+    assert says in str(caught.value)
+
+
+def test_names_of_days_and_months_are_not_taken_for_random() -> None:
+    assert schedules.parse("n", _raw(cron="0 9 * MAR THU"), TYPES, now=T0).cron == "0 9 * MAR THU"
+
+
+def test_a_task_that_is_not_strict_json_is_refused() -> None:
+    raw = b'{"cron": "0 2 * * *", "user-id": "3", "type": "SLOW", "task": {"x": NaN}}'
+    with pytest.raises(ScheduleError) as caught:
+        schedules.parse("n", raw, TYPES)
+    assert "field 'task'" in str(caught.value)
+
+
+def test_next_runs_of_a_year_with_fewer_left_lists_those_there_are() -> None:
+    s = _every("0 0 12 31 12 * 2026")
+    assert schedules.next_runs(s, T0, 3) == [datetime(2026, 12, 31, 12, tzinfo=UTC)]
