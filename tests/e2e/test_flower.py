@@ -101,6 +101,10 @@ def test_flower_asks_for_its_basic_auth(flower: Flower) -> None:
     assert flower.get("/healthcheck", auth=None)[0] == 200
 
 
+PROGRESS_LINE = r"[1-9][0-9]?% \(step [0-9]+/300: sleeping 0\.2 s\)"
+"""What Flower shows of a running SLOW job: its percent, step and words (tasks/progress.py)."""
+
+
 def test_flower_shows_a_running_jobs_progress_and_its_user_and_task(
     flower: Flower, bridge: BridgeProc, drop: Drop, env: dict[str, str]
 ) -> None:
@@ -112,7 +116,7 @@ def test_flower_shows_a_running_jobs_progress_and_its_user_and_task(
         status, info = flower.get(f"/api/task/info/{job_id}")
         if status != 200 or not isinstance(info, dict) or info.get("state") != "PROGRESS":
             return None
-        return info if re.fullmatch(r"[1-9][0-9]?%", str(info.get("result"))) else None
+        return info if re.fullmatch(PROGRESS_LINE, str(info.get("result"))) else None
 
     info = wait_until(progressing, 30, interval=0.2, what="Flower to show the job's progress")
     assert info["name"] == "tests.support.slowtask.run"
@@ -129,7 +133,8 @@ def test_flower_shows_a_running_jobs_progress_and_its_user_and_task(
     query = urllib.parse.quote(f"kwargs:user-id={drop.user} kwargs:task-id=f1")
     status, listed = flower.get(f"/api/tasks?search={query}")
     assert status == 200 and list(listed) == [job_id]
-    assert re.fullmatch(r"[0-9]+%", listed[job_id]["result"])
+    assert re.fullmatch(PROGRESS_LINE, listed[job_id]["result"])
+    assert "(step " in info["result"] and "/300: sleeping 0.2 s)" in info["result"]
 
     # Done with it: deleting the file cancels the job (before this test's bridge stops).
     (drop.find("f1") or drop.dir / "f1.SLOW").unlink()

@@ -307,8 +307,8 @@ class HostileMachine(RuleBasedStateMachine):
         else:
             task_id = str((parse(read_no_follow(path)) or {}).get("task-id"))
             mail = directory / f"{task_id}.notify.eml"
-            if "/" in task_id or os.path.lexists(mail):
-                return
+            if "/" in task_id or len(os.fsencode(mail.name)) > 255 or os.path.lexists(mail):
+                return  # a task-id near the name limit has no room for the mail's suffix
             mail.symlink_to(self.world.canaries.mail)
         self._leave_alone(mail)
         self.may_vanish.add(mail)
