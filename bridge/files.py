@@ -32,8 +32,8 @@ _renameat2 = getattr(_libc, "renameat2", None)
 
 SYNCFS_BATCH = 8
 """From this many new files on, a batch of durable rewrites flushes the file system once
-(`atomic.sync_file_system`) instead of fsyncing each file: on a virtual disk each fsync is a
-flush of the device, and costs more than all the rest of a take."""
+(`atomic.syncfs`, where `_Flush` trusts it) instead of fsyncing each file: on a virtual disk
+each fsync is a flush of the device, and costs more than all the rest of a take."""
 
 
 class NotRegularFile(OSError):

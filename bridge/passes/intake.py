@@ -213,12 +213,24 @@ class _Take:
 
     path: Path
     new_path: Path
-    name: contract.TaskName
-    task_type: TaskType
     fields: dict[str, Any]
     data: bytes
-    decision: intake.Decision
-    judged: os.stat_result  # the file as it was judged: only that one is taken
+    decision: intake.Decision  # its name, its type, and the file judged: only that one is taken
+
+    @property
+    def name(self) -> contract.TaskName:
+        assert self.decision.name is not None
+        return self.decision.name
+
+    @property
+    def task_type(self) -> TaskType:
+        assert self.decision.verdict.task_type is not None
+        return self.decision.verdict.task_type
+
+    @property
+    def judged(self) -> os.stat_result:
+        assert self.decision.judged is not None
+        return self.decision.judged
 
 
 class _Takes:
@@ -339,8 +351,7 @@ def prepare_take(core: Core, path: Path, decision: intake.Decision) -> _Take | N
     )
     # A file already under the new name is found by the rewrite (FileExistsError), see _track.
     assert decision.judged is not None
-    data = contract.dump(fields)
-    return _Take(path, new_path, name, task_type, fields, data, decision, decision.judged)
+    return _Take(path, new_path, fields, contract.dump(fields), decision)
 
 
 def _track(

@@ -6,6 +6,9 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from bridge import waiting
 
@@ -31,7 +34,9 @@ def test_its_own_job_is_followed_past_a_newer_file_of_the_same_task_id(tmp_path:
     assert other_type is None
 
 
-def test_a_file_missed_by_one_look_is_not_a_cancel(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_file_missed_by_one_look_is_not_a_cancel(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = tmp_path / "3"
     folder.mkdir()
     looks = iter([None, "done"])
@@ -39,7 +44,7 @@ def test_a_file_missed_by_one_look_is_not_a_cancel(tmp_path: Path, monkeypatch) 
     path = _file(folder, "a-100.SLOW", **done)
     real = waiting.look_once
 
-    def flaky(*args):  # type: ignore[no-untyped-def]
+    def flaky(*args: Any) -> Any:
         return None if next(looks) is None else real(*args)
 
     monkeypatch.setattr(waiting, "look_once", flaky)
