@@ -52,13 +52,19 @@ def fsync_dir(directory: Path) -> None:
 
 def signature(path: Path) -> tuple[int, int, int, int] | None:
     """What changes when a file is written: inode, size, mtime and ctime (ns); None if gone."""
+    st = regular_or_none(path)
+    return None if st is None else signature_of(st)
+
+
+def regular_or_none(path: Path) -> os.stat_result | None:
+    """The lstat of a regular file; None if gone (a symlink, FIFO or directory is refused)."""
     try:
         st = os.lstat(path)
     except FileNotFoundError:
         return None
     if not stat.S_ISREG(st.st_mode):
         raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
-    return signature_of(st)
+    return st
 
 
 def signature_of(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -133,6 +139,11 @@ def kept_permissions(path: Path) -> tuple[int | None, int | None]:
         st = os.lstat(path)
     except FileNotFoundError:
         return None, None
+    return permissions_of(st)
+
+
+def permissions_of(st: os.stat_result) -> tuple[int | None, int | None]:
+    """`kept_permissions` of a stat already made."""
     if not stat.S_ISREG(st.st_mode):
         return None, None
     return stat.S_IMODE(st.st_mode) & ~_SET_ID_BITS, st.st_gid
@@ -257,11 +268,13 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
     os.rename(src, dst)
 
 
-def rewrite_existing(path: Path, data: bytes, durable: bool) -> None:
-    """Replace a tracked file's content, keeping its mode and group, only if the file is still
-    there: FileNotFoundError when it was deleted (a cancel), never a file brought back. The
-    folder is fsynced too when `durable`."""
-    chmod, chgrp = kept_permissions(path)
+def rewrite_existing(
+    path: Path, data: bytes, durable: bool, seen: os.stat_result | None = None
+) -> None:
+    """Replace a tracked file's content, keeping its mode and group (from `seen`, its lstat
+    just made, if given), only if the file is still there: FileNotFoundError when it was
+    deleted (a cancel), never a file brought back. The folder is fsynced too when `durable`."""
+    chmod, chgrp = kept_permissions(path) if seen is None else permissions_of(seen)
     tmp = atomic.write_temp(
         path, data, durable=durable, suffix=atomic.BRIDGE_TEMP_SUFFIX, chmod=chmod, chgrp=chgrp
     )

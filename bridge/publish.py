@@ -42,12 +42,36 @@ def job_label(task: Tracked) -> dict[str, str]:
     return {"user-id": task.user, "task-id": task.task_id, "type": task.type.name}
 
 
+class Metas:
+    """Each job's state parsed once a change: ticks and glances read the same bytes again and
+    again while a job runs. The parsed dicts are shared: callers read them, never change them."""
+
+    def __init__(self) -> None:
+        self._by_job: dict[str, tuple[bytes, dict[str, Any] | None]] = {}
+
+    def parsed(self, job_id: str, raw: bytes | None) -> dict[str, Any] | None:
+        if raw is None:
+            return None
+        hit = self._by_job.get(job_id)
+        if hit is not None and hit[0] == raw:
+            return hit[1]
+        meta = jobs.parse_meta(raw)
+        self._by_job[job_id] = (raw, meta)
+        return meta
+
+    def keep_only(self, job_ids: Iterable[str]) -> None:
+        """Forget the jobs not named (no longer mirrored): the cache never outgrows the table."""
+        by_job = self._by_job
+        self._by_job = {j: hit for j in job_ids if (hit := by_job.get(j)) is not None}
+
+
 class Publisher:
     def __init__(self, app: Celery, client: Any, root: str = "") -> None:
         self.app = app
         self.client = client
         self.root = root  # the data root's identity, carried by every record and message
         self._wire: Wire | None = None  # made at the first send: it asks the app for its setup
+        self.metas = Metas()
 
     def publish(self, task: Tracked, attempt: int = 0) -> None:
         """Record, then send; `attempt` is the retry this sends (0 for the first try)."""
@@ -154,24 +178,27 @@ class Publisher:
         records = replies[1 : 1 + 2 * len(ids) : 2]
         leases = replies[2 : 2 + 2 * len(ids) : 2]
         out: dict[str, Known] = {}
-        for job_id, record, leased, meta in zip(
+        parsed = self.metas.parsed
+        for job_id, record, leased, raw in zip(
             ids, records, leases, metas[: len(ids)], strict=True
         ):
             status, attempt = record
             out[job_id] = Known(
                 record=_text(status),
-                meta=jobs.parse_meta(meta),
+                meta=parsed(job_id, raw),
                 attempt=jobs.count(_text(attempt)),
                 leased=bool(leased),
+                raw=raw,
             )
         given = quiet or {}
-        for job_id, meta in zip(still, metas[len(ids) :], strict=True):
+        for job_id, raw in zip(still, metas[len(ids) :], strict=True):
             was = given[job_id]
             # A state now: a worker took it (and holds its lease, or the mirror's next full
             # look says otherwise).
             out[job_id] = (
-                was if meta is None else replace(was, meta=jobs.parse_meta(meta), leased=True)
+                was if raw is None else replace(was, meta=parsed(job_id, raw), leased=True, raw=raw)
             )
+        self.metas.keep_only(out)
         return out, run_id
 
     def in_flight(self, task: Tracked) -> bool:

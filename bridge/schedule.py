@@ -30,6 +30,7 @@ class Known:
     meta: dict[str, Any] | None  # the result backend's meta, None while PENDING
     attempt: int = 0  # the retry the record was published for
     leased: bool = False  # a worker holds the job's lease now
+    raw: bytes | None = None  # the meta as stored (what a glance compares)
 
 
 @dataclass(frozen=True)

@@ -127,14 +127,16 @@ def write_temp(
     fd = os.open(tmp, TEMP_FLAGS, mode)
     try:
         set_permissions(fd, chmod, chgrp, tmp)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if durable:
+            os.fsync(fd)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        os.close(fd)
     return tmp
 
 

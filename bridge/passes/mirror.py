@@ -31,6 +31,7 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     is looked at in full (its record and lease too) on the rescan interval, after Redis was
     away, and after it restarted.
     """
+    core.period_start = now  # a new mirror period: each running file may be written once more
     pairs = list(core.table.by_job.items())  # by job id: `Tracked.job_id` reads the fields
     tasks = [task for _, task in pairs]
     if now >= core.full_look_at:
@@ -52,8 +53,7 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     sliced = time.monotonic()
     for job_id, task in pairs:
         info = known.get(job_id) or Known(None, None)
-        if quiet.get(job_id) is info:
-            still[job_id] = info  # as it was: nothing to publish, nothing to write
+        if _as_it_was(core, quiet, still, job_id, info):
             continue
         if core.between is not None and time.monotonic() - sliced >= SLICE_S:
             core.between()  # a file dropped meanwhile is taken now, not after the whole tick
@@ -80,6 +80,29 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     handed_out_once(core, now, tasks, known)
     core.metrics.mirrored(now, time.monotonic())
     return known
+
+
+def _as_it_was(
+    core: Core, quiet: dict[str, Known], still: dict[str, Known], job_id: str, info: Known
+) -> bool:
+    """Nothing to publish, recover or write for this job this tick: quiet and still as it was
+    (kept quiet in `still`), or mirrored by a glance since."""
+    if quiet.get(job_id) is info:
+        still[job_id] = info
+        return True
+    return _glanced(core, job_id, info)
+
+
+def _glanced(core: Core, job_id: str, info: Known) -> bool:
+    """Running, its worker's lease held, and its state the very one a glance since the last
+    tick put in its file: nothing for the tick to publish, recover or write."""
+    return (
+        info.raw is not None
+        and info.leased
+        and core.glanced.get(job_id) == info.raw
+        and job_id not in core.orphans
+        and jobs.status(info.meta) in schedule.RUNNING
+    )
 
 
 def _quiet(core: Core, task: Tracked, info: Known, key: str, now: float) -> bool:
@@ -201,7 +224,7 @@ def _glance_one(
 ) -> bool:
     """Whether the file says what `raw` says (written, or nothing new), or nothing is for a
     glance to do with it; False: look again at the next glance."""
-    meta = jobs.parse_meta(raw)
+    meta = core.publisher.metas.parsed(job_id, raw)
     key = f"job {job_id}"
     if jobs.status(meta) not in schedule.RUNNING or core.table.by_job.get(job_id) is not task:
         return True  # the tick's to mirror

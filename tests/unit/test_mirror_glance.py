@@ -128,3 +128,55 @@ def test_only_running_jobs_are_read(bridge: Bridge, redis_states: States) -> Non
     _running(bridge, 2)
     mirror.glance_once(bridge.core, 100.0)
     assert redis_states.asked == [["j2"]]
+
+
+def test_a_late_write_does_not_hold_the_next_period_back(
+    bridge: Bridge, redis_states: States
+) -> None:
+    """One write a period, not one a second apart: a file written late in one period is written
+    again in the next as soon as its job reports, so a late write never makes later ones late."""
+    task = _running(bridge, 1)
+    bridge.core.period_start = 100.0  # as the tick at 100.0 does
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
+    mirror.glance_once(bridge.core, 100.9)  # late in the period
+    assert _on_disk(task)["progress"] == 40
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 50)
+    mirror.glance_once(bridge.core, 100.95)  # the same period: not yet
+    assert _on_disk(task)["progress"] == 40
+    bridge.core.period_start = 101.0  # the next tick
+    mirror.glance_once(bridge.core, 101.2)  # 0.3 s after the last write, in a new period
+    assert _on_disk(task)["progress"] == 50 and task.path.name == "t1-50.SLOW"
+
+
+def test_a_state_is_parsed_once_while_its_bytes_stay_the_same() -> None:
+    from bridge.publish import Metas
+
+    metas = Metas()
+    raw = _meta(states.PROGRESS, 40)
+    first = metas.parsed("j1", raw)
+    assert first is not None and first["result"]["progress"] == 40
+    assert metas.parsed("j1", bytes(raw)) is first  # equal bytes: the same parse
+    assert metas.parsed("j1", _meta(states.PROGRESS, 50))["result"]["progress"] == 50  # type: ignore[index]
+    assert metas.parsed("j1", None) is None
+    metas.keep_only(["j2"])
+    assert metas.parsed("j1", _meta(states.PROGRESS, 50)) is not first  # forgotten: parsed anew
+
+
+def test_the_tick_leaves_alone_what_a_glance_mirrored(bridge: Bridge, redis_states: States) -> None:
+    """A running job whose state is the one a glance wrote, its lease held, needs nothing from
+    the tick; any other difference (no lease, another state, an orphan) is the tick's."""
+    from bridge.schedule import Known
+
+    _running(bridge, 1)
+    raw = _meta(states.PROGRESS, 40)
+    redis_states.raw["j1"] = raw
+    mirror.glance_once(bridge.core, 100.0)
+    meta = json.loads(raw)
+    assert mirror._glanced(bridge.core, "j1", Known("published", meta, leased=True, raw=raw))
+    assert not mirror._glanced(bridge.core, "j1", Known("published", meta, leased=False, raw=raw))
+    other = _meta(states.PROGRESS, 41)
+    assert not mirror._glanced(
+        bridge.core, "j1", Known("published", json.loads(other), leased=True, raw=other)
+    )
+    bridge.core.orphans["j1"] = 99.0
+    assert not mirror._glanced(bridge.core, "j1", Known("published", meta, leased=True, raw=raw))
