@@ -6,9 +6,11 @@ reads or modifications). A rename's two halves are paired by cookie, whatever co
 them, and no other event waits behind an unpaired half (watchdog's observer held every event
 back half a second behind one: the tail of the intake latency). The
 bridge's own renames are announced beforehand (`bridge/ownmoves.py`) and dropped here with one
-lookup; its temp files by their suffix. Handlers only filter and enqueue; the bridge's loop does
-the work. An inotify overflow asks for a full scan at once; and as a file written into a
-brand-new directory may come with no event, the driver also rescans on a timer.
+lookup, and its temp files by their suffix, as the inotify buffer is read (`_Reader`): no
+object is made for them, and while mirroring they are most of the events. Handlers only filter
+and enqueue; the bridge's loop does the work. An inotify overflow asks for a full scan at once;
+and as a file written into a brand-new directory may come with no event, the driver also
+rescans on a timer.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import itertools
 import logging
 import os
 import queue
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -105,6 +108,42 @@ class _Folder:
         self.watcher.overflowed()
 
 
+_EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
+_MOVES = In.IN_MOVED_FROM | In.IN_MOVED_TO
+
+
+class _Reader(InotifyFD):
+    """watchdog's inotify thread, reading its buffer itself: the bridge's own temp files and
+    announced renames are dropped with a suffix test and a set lookup before any event object
+    is made (watchdog's reader makes one for every event, then the callback drops it)."""
+
+    def __init__(self, paths: dict[WatchDescriptor, bytes], own: OwnMoves) -> None:
+        super().__init__()
+        self._folders, self._own = paths, own
+
+    def read_events(self, *, event_buffer_size: int = 64 * 1024) -> list[InotifyEvent]:
+        buffer = self._read_event_buffer(event_buffer_size)
+        folders, consume = self._folders, self._own.consume
+        out: list[InotifyEvent] = []
+        at, end = 0, len(buffer) - _EVENT.size
+        while at <= end:
+            wd, mask, cookie, length = _EVENT.unpack_from(buffer, at)
+            start = at + _EVENT.size
+            at = start + length
+            name = buffer[start:at].rstrip(b"\0")
+            if wd == -1 and not mask & In.IN_Q_OVERFLOW:
+                continue  # other global events: ignored, as watchdog does
+            if name.endswith(_OWN_TEMP):
+                continue
+            folder = folders.get(WatchDescriptor(wd)) if mask & _MOVES else None
+            if folder is not None and consume(
+                (TO if mask & In.IN_MOVED_TO else FROM) + folder + b"/" + name
+            ):
+                continue
+            out.append(InotifyEvent(WatchDescriptor(wd), Mask(mask), cookie, name))
+        return out
+
+
 class Watcher:
     """Owns the inotify thread; `events` is drained by the bridge's loop."""
 
@@ -125,7 +164,7 @@ class Watcher:
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self._fd = InotifyFD()
+        self._fd = _Reader(self._paths, self.own)
         self._fd.start()
         self._watch(os.fsencode(self.root), top=True)
         for entry in listed(self.root):

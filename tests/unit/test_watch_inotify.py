@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from watchdog.observers.inotify_c import InotifyConstants as In
+from watchdog.observers.inotify_c import WatchDescriptor
 
 from bridge import files, watch
 from bridge.ownmoves import OwnMoves
+from bridge.watch import _Reader
 from taskd.atomic import BRIDGE_TEMP_SUFFIX
 
 
@@ -195,3 +199,40 @@ def test_a_rename_split_by_other_events_is_still_one_move(queue_root: Path) -> N
     assert [(s.kind, s.path.name, s.dest.name if s.dest else None) for s in moved] == [
         ("moved", "a.SLOW", "b.SLOW")
     ]
+
+
+def _event(wd: int, mask: int, name: bytes, cookie: int = 0) -> bytes:
+    padded = name + b"\0" * (-len(name) % 16 or 16) if name else b""
+    return struct.pack("iIII", wd, mask, cookie, len(padded)) + padded
+
+
+def test_the_reader_drops_the_bridges_own_events_before_making_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Own temp files and announced renames never become event objects; a foreign event, an
+    unannounced rename and an overflow do; other global events are ignored."""
+    own = OwnMoves()
+    own.expect(Path("/q/7/a.NOOP"), Path("/q/7/a-5.NOOP"))
+    reader = _Reader({WatchDescriptor(3): b"/q/7"}, own)
+    try:
+        buffer = b"".join(
+            [
+                _event(3, In.IN_CREATE, b".a-5.NOOP.1234" + BRIDGE_TEMP_SUFFIX.encode()),
+                _event(3, In.IN_MOVED_FROM, b"a.NOOP", cookie=9),
+                _event(3, In.IN_MOVED_TO, b"a-5.NOOP", cookie=9),
+                _event(3, In.IN_MOVED_TO, b"b.NOOP", cookie=11),
+                _event(3, In.IN_CLOSE_WRITE, b"c.NOOP"),
+                _event(-1, In.IN_Q_OVERFLOW, b""),
+                _event(-1, In.IN_IGNORED, b""),
+            ]
+        )
+        monkeypatch.setattr(reader, "_read_event_buffer", lambda size: buffer)
+        seen = [(e.wd, e.mask, e.name) for e in reader.read_events()]
+    finally:
+        reader.close()
+    assert seen == [
+        (3, In.IN_MOVED_TO, b"b.NOOP"),
+        (3, In.IN_CLOSE_WRITE, b"c.NOOP"),
+        (-1, In.IN_Q_OVERFLOW, b""),
+    ]
+    assert len(own) == 0  # both halves of the announced rename counted off
