@@ -10,7 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from bridge import contract, files, metrics, schedule
+from bridge import contract, files, metrics
 from bridge.core import Core, task_ids
 from bridge.mirror import utc_now
 from bridge.model import Tracked
@@ -18,14 +18,12 @@ from taskd import states
 
 log = logging.getLogger(__name__)
 
-NEVER = float("-inf")
-
 
 def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> bool:
     """Merge `updates` into the task's file, at most once a mirror period (from one tick to the
-    next) unless the state ends (and a start does not count); False when the file was written
-    in this period already and must wait for the next tick (the updates are not in it). A whole
-    interval after the last write, a file may be written whatever the period.
+    next) unless the state ends; False when the file was written in this period already and
+    must wait for the next tick (the updates are not in it). A whole interval after the last
+    write, a file may be written whatever the period.
 
     Counting by period rather than by spacing is what keeps both halves of the contract, one
     write a second and within a second of a change: under a spacing of a second, a job that
@@ -63,10 +61,7 @@ def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> 
     except FileNotFoundError:
         core.cancel(task)  # deleted since it was renamed: the UI cancelled it
         return True
-    # A start is a change of state, shown at once like an end: it holds back none of the
-    # running task's writes, so the first progress shows as soon as the task reports it.
-    starts = task.state not in schedule.RUNNING and fields[states.STATE] in schedule.RUNNING
-    task.fields, task.last_write = fields, (NEVER if starts else now)
+    task.fields, task.last_write = fields, now
     task.written = files.signature(new_path)
     if terminal:
         ended(core, task, now)

@@ -180,17 +180,3 @@ def test_the_tick_leaves_alone_what_a_glance_mirrored(bridge: Bridge, redis_stat
     )
     bridge.core.orphans["j1"] = 99.0
     assert not mirror._glanced(bridge.core, "j1", Known("published", meta, leased=True, raw=raw))
-
-
-def test_a_start_holds_back_no_progress_but_progress_holds_back_progress(bridge: Bridge) -> None:
-    """The start is shown at once and the first progress right after it; from then on, one
-    write a period."""
-    from bridge import writer
-
-    task = _running(bridge, 1, state=states.QUEUED)
-    bridge.core.period_start = 100.0
-    assert writer.write(bridge.core, task, {"state": states.STARTED}, 100.1)
-    assert writer.write(bridge.core, task, {"state": states.PROGRESS, "progress": 20}, 100.3)
-    assert _on_disk(task)["progress"] == 20 and _on_disk(task)["state"] == states.PROGRESS
-    assert not writer.write(bridge.core, task, {"progress": 30}, 100.5)
-    assert _on_disk(task)["progress"] == 20
