@@ -191,9 +191,6 @@ class Core:
         # looks at every job in full.
         self.quiet: dict[str, Known] = {}
         self.glanced: dict[str, bytes] = {}  # job id -> the state a glance last mirrored
-        # When the current mirror period began (the last tick): a running task's file is
-        # written at most once a period (`writer.write`).
-        self.period_start = 0.0
         self.full_look_at = 0.0
 
     def cancel(self, task: Tracked) -> None:

@@ -18,16 +18,12 @@ from taskd import states
 
 log = logging.getLogger(__name__)
 
+RATE_SLACK = 0.95
+
 
 def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> bool:
-    """Merge `updates` into the task's file, at most once a mirror period (from one tick to the
-    next) unless the state ends; False when the file was written in this period already and
-    must wait for the next tick (the updates are not in it). A whole interval after the last
-    write, a file may be written whatever the period.
-
-    Counting by period rather than by spacing is what keeps both halves of the contract, one
-    write a second and within a second of a change: under a spacing of a second, a job that
-    reports every second could never have its file catch up once a write came late.
+    """Merge `updates` into the task's file, at most once a tick unless the state ends; False
+    when the file was written less than a tick ago and must wait (the updates are not in it).
 
     An OSError is raised to the caller's guard (which holds the file back while the disk is
     full, say); a file gone under the bridge is a cancel.
@@ -37,8 +33,7 @@ def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> 
         return True
     state_changed = fields[states.STATE] != task.state
     terminal = fields[states.STATE] in states.TERMINAL
-    interval = core.settings.mirror_interval
-    if not terminal and task.last_write >= core.period_start and now - task.last_write < interval:
+    if not terminal and now - task.last_write < RATE_SLACK * core.settings.mirror_interval:
         return False
     new_path = task.path.with_name(
         contract.render_name(task.task_id, task.type.name, fields, task.type.runtime_info)

@@ -31,7 +31,6 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     is looked at in full (its record and lease too) on the rescan interval, after Redis was
     away, and after it restarted.
     """
-    core.period_start = now  # a new mirror period: each running file may be written once more
     pairs = list(core.table.by_job.items())  # by job id: `Tracked.job_id` reads the fields
     tasks = [task for _, task in pairs]
     if now >= core.full_look_at:
@@ -188,16 +187,20 @@ def _check_run_id(core: Core, run_id: str) -> bool:
 
 
 def glance_once(core: Core, now: float) -> int:
-    """Between ticks: the running jobs' states in one MGET, and each file whose job reported
-    since is written now instead of at the next tick (still at most once a tick a file), so
-    progress shows within a fraction of a tick. Only running jobs, and only their progress:
-    anything else (a start, an end, a retry, a job Redis lost) waits for the tick, which looks
-    at each job in full. Returns how many running jobs reported since the last glance (none:
-    no glance until the next tick, so stalled or silent jobs cost one glance a tick)."""
+    """Between ticks: the states of the running jobs and of the quiet ones (queued, waiting for
+    a worker) in one MGET, and each file whose job started or reported since is written now
+    instead of at the next tick (still at most once a tick a file), so progress shows within a
+    fraction of a tick. A start is written by the glance after it too: the file's writes then
+    follow the job's own reports, a second apart, rather than the ticks, which would hold each
+    report back until the next. Anything else (an end, a retry, a job Redis lost) waits for
+    the tick, which looks at each job in full. Returns how many jobs reported since the last
+    glance (none: no glance until the next tick, so stalled or silent jobs cost one glance a
+    tick)."""
+    quiet = core.quiet
     running = [
         (job_id, task)
         for job_id, task in core.table.by_job.items()
-        if task.fields.get(states.STATE) in schedule.RUNNING
+        if job_id in quiet or task.fields.get(states.STATE) in schedule.RUNNING
     ]
     if not running:
         core.glanced = {}

@@ -130,24 +130,6 @@ def test_only_running_jobs_are_read(bridge: Bridge, redis_states: States) -> Non
     assert redis_states.asked == [["j2"]]
 
 
-def test_a_late_write_does_not_hold_the_next_period_back(
-    bridge: Bridge, redis_states: States
-) -> None:
-    """One write a period, not one a second apart: a file written late in one period is written
-    again in the next as soon as its job reports, so a late write never makes later ones late."""
-    task = _running(bridge, 1)
-    bridge.core.period_start = 100.0  # as the tick at 100.0 does
-    redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
-    mirror.glance_once(bridge.core, 100.9)  # late in the period
-    assert _on_disk(task)["progress"] == 40
-    redis_states.raw["j1"] = _meta(states.PROGRESS, 50)
-    mirror.glance_once(bridge.core, 100.95)  # the same period: not yet
-    assert _on_disk(task)["progress"] == 40
-    bridge.core.period_start = 101.0  # the next tick
-    mirror.glance_once(bridge.core, 101.2)  # 0.3 s after the last write, in a new period
-    assert _on_disk(task)["progress"] == 50 and task.path.name == "t1-50.SLOW"
-
-
 def test_a_state_is_parsed_once_while_its_bytes_stay_the_same() -> None:
     from bridge.publish import Metas
 
@@ -180,3 +162,20 @@ def test_the_tick_leaves_alone_what_a_glance_mirrored(bridge: Bridge, redis_stat
     )
     bridge.core.orphans["j1"] = 99.0
     assert not mirror._glanced(bridge.core, "j1", Known("published", meta, leased=True, raw=raw))
+
+
+def test_a_quiet_job_that_starts_is_written_at_the_next_glance(
+    bridge: Bridge, redis_states: States
+) -> None:
+    """A queued job a worker took shows its start at the next glance, not the next tick, so its
+    file's writes follow its own reports from the first."""
+    from bridge.schedule import Known
+
+    task = _running(bridge, 1, state=states.QUEUED)
+    task.last_write = 90.0
+    bridge.core.quiet = {"j1": Known("published", None)}
+    assert mirror.glance_once(bridge.core, 100.0) == 0  # not started: nothing written
+    assert _on_disk(task)["state"] == states.QUEUED
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 30)
+    assert mirror.glance_once(bridge.core, 100.25) == 1
+    assert _on_disk(task)["state"] == states.PROGRESS and task.path.name == "t1-30.SLOW"

@@ -188,7 +188,6 @@ def test_a_progress_write_renames_then_rewrites_keeping_mode_and_group(
     core: Any = types.SimpleNamespace(
         settings=Settings(data_root=tmp_path),
         table=table,
-        period_start=0.0,
         owners=types.SimpleNamespace(note=lambda *args: None),
     )
     writer.write(core, task, {states.PROGRESS_FIELD: 42}, now=100.0)
