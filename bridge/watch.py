@@ -110,6 +110,8 @@ class _Folder:
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _MOVES = In.IN_MOVED_FROM | In.IN_MOVED_TO
+_BUSY_BYTES = 512
+_GATHER_S = 0.002
 
 
 class _Reader(InotifyFD):
@@ -123,6 +125,8 @@ class _Reader(InotifyFD):
 
     def read_events(self, *, event_buffer_size: int = 64 * 1024) -> list[InotifyEvent]:
         buffer = self._read_event_buffer(event_buffer_size)
+        if len(buffer) >= _BUSY_BYTES:  # more are coming: let them gather, then read them at once
+            time.sleep(_GATHER_S)
         folders, consume = self._folders, self._own.consume
         out: list[InotifyEvent] = []
         at, end = 0, len(buffer) - _EVENT.size
