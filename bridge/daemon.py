@@ -48,15 +48,16 @@ class _Rows:
         made: dict[int, tuple[Tracked, Any, Any, metrics.TaskRow]] = {}
         out = []
         for task in tasks:
+            # A write gives a task new fields (a new dict); only a publish changes its state in
+            # place (`dispatch.after_publish`), so the dict and the state say whether it moved.
             fields = task.fields
             state = fields.get(states.STATE)
-            progress = tuple(fields.get(k) for k in (states.PROGRESS_FIELD, *states.STEP_FIELDS))
             old = self._made.get(id(task))  # held in `old`, so no other task has its id
-            if old and old[0] is task and old[1] == state and old[2] == progress:
+            if old and old[0] is task and old[1] is fields and old[2] == state:
                 row = old[3]
             else:
                 row = _row(task)
-            made[id(task)] = (task, state, progress, row)
+            made[id(task)] = (task, fields, state, row)
             out.append(row)
         self._made = made
         return out

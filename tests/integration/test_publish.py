@@ -57,16 +57,23 @@ def _task(job_id: str, tmp_path: Path) -> Tracked:
 def test_known_reads_any_number_of_jobs_in_one_round_trip(
     publisher: Publisher, client: redis.Redis, sent: list[bytes]
 ) -> None:
-    ids = [f"job-{i}" for i in range(300)]
+    ids = [f"job-{i}" for i in range(2500)]  # more than one script call's worth
     client.set(states.meta_key("job-7"), json.dumps({"status": "PROGRESS", "result": {}}))
     client.hset(states.job_key("job-9"), "status", states.JOB_PUBLISHED)
+    client.hset(states.job_key("job-1999"), mapping={"status": "publishing", "attempt": "2"})
+    client.set(states.claim_key("job-1999"), "w1")
+    client.set(states.claim_key("job-2"), "w2")
     sent.clear()  # what setting up the test sent
     known, run_id = publisher.known(ids)
     assert len(sent) == 1
     assert run_id
     assert known["job-7"].meta == {"status": "PROGRESS", "result": {}}
-    assert known["job-9"].record == states.JOB_PUBLISHED
+    assert known["job-9"].record == states.JOB_PUBLISHED and not known["job-9"].leased
     assert known["job-1"].record is None and known["job-1"].meta is None
+    assert (known["job-1999"].record, known["job-1999"].attempt) == ("publishing", 2)
+    assert known["job-1999"].leased and known["job-2"].leased
+    assert sum(k.leased for k in known.values()) == 2
+    assert sum(k.record is not None for k in known.values()) == 2
 
 
 def test_a_published_job_is_recorded_and_found_in_its_queue(
@@ -94,7 +101,11 @@ def test_quiet_jobs_cost_only_their_state_and_come_back_when_it_appears(
     sent.clear()  # what setting up the test sent
     known, _ = publisher.known(["hot-1"], quiet)
     assert len(sent) == 1
-    assert sent[0].count(b"HMGET") == 1 and sent[0].count(b"EXISTS") == 1  # the hot job only
+    # The record and lease of the hot job only; the quiet ones cost their state's place alone.
+    assert states.job_key("hot-1").encode() in sent[0]
+    assert states.claim_key("hot-1").encode() in sent[0]
+    assert all(states.job_key(q).encode() not in sent[0] for q in quiet)
+    assert all(states.claim_key(q).encode() not in sent[0] for q in quiet)
     assert known["quiet-0"] is waiting  # nothing new: the very answer given
     assert known["quiet-5"].meta == {"status": "STARTED", "result": {}}
     assert known["quiet-5"].record == states.JOB_PUBLISHED
