@@ -350,13 +350,41 @@ def dump(fields: Mapping[str, Any]) -> bytes:
     Indenting every level multiplies deep nesting many times over (a 2 KB file of nested
     lists becomes megabytes): past twice the compact size, only the top level is indented.
     """
-    text = json.dumps(fields, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    text = _indented(fields)
     if len(text) > PRETTY_CHECK_CHARS:
         flat = _top_level_indented(fields)
         if len(text) > 2 * len(flat):
             text = flat
     # A lone surrogate (from a \\ud800 escape in the UI's JSON) is written back as that escape.
     return text.encode("utf-8", "backslashreplace")
+
+
+_LITERALS = {None: "null", True: "true", False: "false"}
+_string = json.encoder.encode_basestring  # json's own, in C: what ensure_ascii=False writes
+
+
+def _indented(fields: Mapping[str, Any]) -> str:
+    """`json.dumps(fields, ensure_ascii=False, indent=2, allow_nan=False)` and a newline, byte
+    for byte, without json's indenting encoder, which is written in Python: the mirror writes
+    thousands of files a second, mostly flat. Strings and integers are encoded by json's C
+    functions; a nested value as json would at the top, its lines indented one level more (no
+    line break can sit inside a JSON string)."""
+    if not fields:
+        return "{}\n"
+    parts = []
+    for key, value in fields.items():
+        kind = type(value)
+        if kind is str:
+            text = _string(value)
+        elif kind is int:
+            text = int.__repr__(value)
+        elif value is None or kind is bool:
+            text = _LITERALS[value]
+        else:
+            text = json.dumps(value, ensure_ascii=False, indent=2, allow_nan=False)
+            text = text.replace("\n", "\n  ")
+        parts.append(f"  {_string(key)}: {text}")
+    return "{\n" + ",\n".join(parts) + "\n}\n"
 
 
 def _top_level_indented(fields: Mapping[str, Any]) -> str:

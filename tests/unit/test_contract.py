@@ -400,6 +400,14 @@ def test_parse_content_inverts_dump(fields: dict[str, Any]) -> None:
 
 
 @settings(database=None, deadline=None)
+@given(json_objects)
+def test_dump_writes_what_json_writes_indented(fields: dict[str, Any]) -> None:
+    """The bridge's own indenting is json's, byte for byte, whatever the values."""
+    expected = json.dumps(fields, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
+    assert contract._indented(fields) == expected
+
+
+@settings(database=None, deadline=None)
 @given(st.dictionaries(st.text(), json_values, min_size=1, max_size=6))
 def test_a_trailing_comma_before_the_last_brace_still_parses(fields: dict[str, Any]) -> None:
     text = dump(fields).decode("utf-8").rstrip()
