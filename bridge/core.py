@@ -191,6 +191,7 @@ class Core:
         # looks at every job in full.
         self.quiet: dict[str, Known] = {}
         self.glanced: dict[str, bytes] = {}  # job id -> the state a glance last mirrored
+        self.ended_jobs: list[str] = []  # ended since the last `writer.forget_ended`
         self.full_look_at = 0.0
 
     def cancel(self, task: Tracked) -> None:

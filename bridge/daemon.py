@@ -183,6 +183,7 @@ class Bridge:
             self.rescan_once(now)
             reconcile.cancel_orphans(self.core, now)
             next_rescan = now + self.settings.rescan_interval
+        writer.forget_ended(self.core, now)  # what other passes ended this tick
         return next_mirror, next_rescan
 
     def run(self, stop: threading.Event, server: web.StatusServer | None = None) -> None:

@@ -269,18 +269,41 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
 
 
 def rewrite_existing(
-    path: Path, data: bytes, durable: bool, seen: os.stat_result | None = None
+    path: Path,
+    data: bytes,
+    durable: bool,
+    seen: os.stat_result | None = None,
+    sync_dir: bool = True,
 ) -> None:
     """Replace a tracked file's content, keeping its mode and group (from `seen`, its lstat
     just made, if given), only if the file is still there: FileNotFoundError when it was
-    deleted (a cancel), never a file brought back. The folder is fsynced too when `durable`."""
+    deleted (a cancel), never a file brought back. The folder is fsynced too when `durable`,
+    unless `sync_dir` is False: the caller then fsyncs it (`fsync_dirs`) before it acts on the
+    write."""
     chmod, chgrp = kept_permissions(path) if seen is None else permissions_of(seen)
     tmp = atomic.write_temp(
         path, data, durable=durable, suffix=atomic.BRIDGE_TEMP_SUFFIX, chmod=chmod, chgrp=chgrp
     )
     exchange_in(tmp, path)
-    if durable:
+    if durable and sync_dir:
         fsync_dir(path.parent)
+
+
+def fsync_dirs(folders: Iterable[Path]) -> None:
+    """Each folder's entries on disk: what `rewrite_existing(..., sync_dir=False)` left to do.
+    A folder that cannot be flushed is logged, and the others are still flushed."""
+    for folder in folders:
+        try:
+            fsync_dir(folder)
+        except FileNotFoundError:
+            continue  # removed since: nothing of it to keep
+        except OSError as exc:
+            log.error(
+                "cannot flush folder %s (%s): its last state changes may not survive a "
+                "crash of the machine",
+                folder,
+                exc,
+            )
 
 
 def rewrite_then_rename(old: Path, new: Path, data: bytes, sync_dir: bool = True) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from bridge import contract, files, metrics
@@ -21,9 +22,19 @@ log = logging.getLogger(__name__)
 RATE_SLACK = 0.95
 
 
-def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> bool:
+def write(
+    core: Core,
+    task: Tracked,
+    updates: Mapping[str, Any],
+    now: float,
+    folders: set[Path] | None = None,
+) -> bool:
     """Merge `updates` into the task's file, at most once a tick unless the state ends; False
     when the file was written less than a tick ago and must wait (the updates are not in it).
+
+    With `folders`, a change of state leaves its folder's fsync to the caller, who flushes the
+    folders gathered (`files.fsync_dirs`) before acting on any of the writes: one flush a folder
+    for a tick's starts and ends instead of one a file.
 
     An OSError is raised to the caller's guard (which holds the file back while the disk is
     full, say); a file gone under the bridge is a cancel.
@@ -52,7 +63,10 @@ def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> 
     task.written = None if seen is None else files.signature_of(seen)  # a rename moves the ctime
     core.owners.note(task.user, task.task_id, new_path)
     try:
-        files.rewrite_existing(new_path, contract.dump(fields), state_changed, seen)
+        sync_dir = folders is None or not state_changed
+        files.rewrite_existing(new_path, contract.dump(fields), state_changed, seen, sync_dir)
+        if not sync_dir and folders is not None:
+            folders.add(new_path.parent)
     except FileNotFoundError:
         core.cancel(task)  # deleted since it was renamed: the UI cancelled it
         return True
@@ -66,7 +80,7 @@ def write(core: Core, task: Tracked, updates: Mapping[str, Any], now: float) -> 
 def ended(core: Core, task: Tracked, now: float) -> None:
     """A task's file says it ended: stop mirroring it, and send its notify mail if there is one."""
     core.table.drop(task)
-    core.redis.call(now, lambda: core.publisher.forget([task.job_id]))
+    core.ended_jobs.append(task.job_id)  # Redis forgets it with the others ended this tick
     core.metrics.count(metrics.ENDED, task.fields[states.STATE])
     log.info("%s ended %s", task.path.name, task.fields[states.STATE], extra=task_ids(task))
     # A notify job, if its mail is there: published by the next tick, once Redis was asked.
@@ -88,3 +102,11 @@ def fail(core: Core, task: Tracked, error: str, now: float) -> None:
     )
     if task.job_id in core.table.by_job:  # the write could not happen: still stop mirroring
         ended(core, task, now)
+
+
+def forget_ended(core: Core, now: float) -> None:
+    """Redis forgets the jobs whose files ended since the last call, in one round trip (a
+    round trip each cost more than the rest of an end)."""
+    if core.ended_jobs:
+        ids, core.ended_jobs = core.ended_jobs, []
+        core.redis.call(now, lambda: core.publisher.forget(ids))

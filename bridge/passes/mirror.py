@@ -7,8 +7,9 @@ import logging
 import time
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 
-from bridge import dispatch, schedule, writer
+from bridge import dispatch, files, schedule, writer
 from bridge.core import Core, task_ids
 from bridge.mirror import updates_for, utc_now
 from bridge.model import Tracked
@@ -49,6 +50,7 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     now_iso = utc_now()
     still: dict[str, Known] = {}
     due: list[Tracked] = []
+    folders: set[Path] = set()
     sliced = time.monotonic()
     for job_id, task in pairs:
         info = known.get(job_id) or Known(None, None)
@@ -66,7 +68,7 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
             key,
             "mirroring",
             now,
-            lambda t=task, i=info: _mirror_one(core, t, i, now, now_iso, due),  # type: ignore[misc]
+            lambda t=task, i=info: _mirror_one(core, t, i, now, now_iso, due, folders),  # type: ignore[misc]
             end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
             log_ids=partial(task_ids, task),
             shown=lambda t=task: str(t.path),  # type: ignore[misc]
@@ -74,9 +76,11 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
         if _quiet(core, task, info, key, now):
             still[job_id] = info
     core.quiet = {j: k for j, k in still.items() if j in core.table.by_job}
+    files.fsync_dirs(folders)  # the starts and ends written: durable before anything acts on them
     dispatch.publish_batch(core, due, now)
     tasks = [t for t in tasks if core.table.by_job.get(t.job_id) is t]  # none cancelled meanwhile
     handed_out_once(core, now, tasks, known)
+    writer.forget_ended(core, now)
     core.metrics.mirrored(now, time.monotonic())
     return known
 
@@ -115,12 +119,18 @@ def _quiet(core: Core, task: Tracked, info: Known, key: str, now: float) -> bool
 
 
 def _mirror_one(
-    core: Core, task: Tracked, info: Known, now: float, now_iso: str, due: list[Tracked]
+    core: Core,
+    task: Tracked,
+    info: Known,
+    now: float,
+    now_iso: str,
+    due: list[Tracked],
+    folders: set[Path],
 ) -> None:
     info = with_kept_outcome(core, task, info)
     dispatch.publish_when_due(core, task, info, now, due)
     if task.job_id in core.table.by_job:  # a recovery may have ended it
-        writer.write(core, task, updates_for(info.meta, task.fields, now_iso), now)
+        writer.write(core, task, updates_for(info.meta, task.fields, now_iso), now, folders)
 
 
 def with_kept_outcome(core: Core, task: Tracked, info: Known) -> Known:
@@ -211,22 +221,30 @@ def glance_once(core: Core, now: float) -> int:
     was, core.glanced = core.glanced, {}
     now_iso = utc_now()
     reported = 0
+    folders: set[Path] = set()
     for (job_id, task), raw in zip(running, raws, strict=True):
         if raw is None or was.get(job_id) == raw:
             if raw is not None:
                 core.glanced[job_id] = raw
             continue
         reported += 1
-        if _glance_one(core, job_id, task, raw, now, now_iso):
+        if _glance_one(core, job_id, task, raw, (now, now_iso), folders):
             core.glanced[job_id] = raw
+    files.fsync_dirs(folders)  # the starts written
     return reported
 
 
 def _glance_one(
-    core: Core, job_id: str, task: Tracked, raw: bytes, now: float, now_iso: str
+    core: Core,
+    job_id: str,
+    task: Tracked,
+    raw: bytes,
+    when: tuple[float, str],
+    folders: set[Path],
 ) -> bool:
     """Whether the file says what `raw` says (written, or nothing new), or nothing is for a
     glance to do with it; False: look again at the next glance."""
+    now, now_iso = when
     meta = core.publisher.metas.parsed(job_id, raw)
     key = f"job {job_id}"
     if jobs.status(meta) not in schedule.RUNNING or core.table.by_job.get(job_id) is not task:
@@ -237,7 +255,7 @@ def _glance_one(
         key,
         "mirroring",
         now,
-        lambda: writer.write(core, task, updates_for(meta, task.fields, now_iso), now),
+        lambda: writer.write(core, task, updates_for(meta, task.fields, now_iso), now, folders),
         end=lambda error: writer.fail(core, task, error, now),
         log_ids=partial(task_ids, task),
         shown=lambda: str(task.path),

@@ -179,3 +179,29 @@ def test_a_quiet_job_that_starts_is_written_at_the_next_glance(
     redis_states.raw["j1"] = _meta(states.PROGRESS, 30)
     assert mirror.glance_once(bridge.core, 100.25) == 1
     assert _on_disk(task)["state"] == states.PROGRESS and task.path.name == "t1-30.SLOW"
+
+
+def test_starts_in_one_folder_flush_it_once_after_all_are_written(
+    bridge: Bridge, redis_states: States, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change of state is durable before anything acts on it, the folder flushed once for
+    all the glance's starts rather than once a file; progress alone flushes nothing."""
+    from bridge import files
+    from bridge.schedule import Known
+
+    flushed: list[Path] = []
+    monkeypatch.setattr(files, "fsync_dir", flushed.append)
+    tasks = [_running(bridge, n, state=states.QUEUED) for n in (1, 2, 3)]
+    for task in tasks:
+        task.last_write = 90.0
+    bridge.core.quiet = {t.job_id: Known("published", None) for t in tasks}
+    for n in (1, 2, 3):
+        redis_states.raw[f"j{n}"] = _meta(states.PROGRESS, 30)
+    assert mirror.glance_once(bridge.core, 100.0) == 3
+    assert all(_on_disk(t)["state"] == states.PROGRESS for t in tasks)
+    assert flushed == [tasks[0].path.parent]
+    flushed.clear()
+    for n in (1, 2, 3):
+        redis_states.raw[f"j{n}"] = _meta(states.PROGRESS, 60)
+    assert mirror.glance_once(bridge.core, 101.0) == 3
+    assert all(_on_disk(t)["progress"] == 60 for t in tasks) and flushed == []
