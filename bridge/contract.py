@@ -373,6 +373,8 @@ def _indented(fields: Mapping[str, Any]) -> str:
         return "{}\n"
     parts = []
     for key, value in fields.items():
+        if type(key) is not str:  # json turns such keys into strings: its own way, then
+            return json.dumps(fields, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
         kind = type(value)
         if kind is str:
             text = _string(value)

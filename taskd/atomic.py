@@ -126,17 +126,18 @@ def write_temp(
     tmp = temp_beside(target, suffix)
     fd = os.open(tmp, TEMP_FLAGS, mode)
     try:
-        set_permissions(fd, chmod, chgrp, tmp)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if durable:
-            os.fsync(fd)
+        try:
+            set_permissions(fd, chmod, chgrp, tmp)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]  # os.write raises rather than write nothing
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)  # a network file system may report a failed write only here
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    finally:
-        os.close(fd)
     return tmp
 
 

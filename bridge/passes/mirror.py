@@ -3,6 +3,7 @@ whose fields changed is written (at most once a tick while it runs, at once when
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import replace
@@ -20,8 +21,29 @@ log = logging.getLogger(__name__)
 
 SLICE_S = 0.005
 """A tick writing many files lets intake take new ones at least this often."""
+QUIET_GLANCED = 2000
+"""A glance reads the states of this many queued jobs at most, the first taken: the ones that
+start next. A start further back in a long queue is written by the tick."""
 GLANCES_PER_TICK = 4
 """Between two ticks, the running jobs' states are read this many times (`glance_once`)."""
+
+
+class Pace:
+    """A pass over many jobs: intake runs between every `SLICE_S` of it (a file dropped
+    meanwhile is taken then, not after the whole pass), and its `now` moves on with the clock,
+    so a write is stamped when it is made and the next one is never let in early."""
+
+    def __init__(self, core: Core, now: float) -> None:
+        self.core, self.base = core, now
+        self.started = self.sliced = time.monotonic()
+
+    def now(self) -> float:
+        return self.base + (time.monotonic() - self.started)
+
+    def breathe(self) -> None:
+        if self.core.between is not None and time.monotonic() - self.sliced >= SLICE_S:
+            self.core.between()
+            self.sliced = time.monotonic()
 
 
 def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
@@ -51,29 +73,28 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     still: dict[str, Known] = {}
     due: list[Tracked] = []
     folders: set[Path] = set()
-    sliced = time.monotonic()
+    pace = Pace(core, now)
     for job_id, task in pairs:
         info = known.get(job_id) or Known(None, None)
         if _as_it_was(core, quiet, still, job_id, info):
             continue
-        if core.between is not None and time.monotonic() - sliced >= SLICE_S:
-            core.between()  # a file dropped meanwhile is taken now, not after the whole tick
-            sliced = time.monotonic()
+        pace.breathe()
+        at = pace.now()
         if core.table.by_job.get(job_id) is not task:
             continue  # cancelled meanwhile (its file was deleted): nothing to publish or write
         key = f"job {job_id}"  # not the path: a write that fails after the rename moves it
-        if not core.guard.ready(key, now):
+        if not core.guard.ready(key, at):
             continue  # held back by the machine (a full disk): tried again after its pause
         core.guard.run(
             key,
             "mirroring",
-            now,
-            lambda t=task, i=info: _mirror_one(core, t, i, now, now_iso, due, folders),  # type: ignore[misc]
-            end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
+            at,
+            lambda t=task, i=info, a=at: _mirror_one(core, t, i, a, now_iso, due, folders),  # type: ignore[misc]
+            end=lambda error, t=task, a=at: writer.fail(core, t, error, a),  # type: ignore[misc]
             log_ids=partial(task_ids, task),
             shown=lambda t=task: str(t.path),  # type: ignore[misc]
         )
-        if _quiet(core, task, info, key, now):
+        if _quiet(core, task, info, key, at):
             still[job_id] = info
     core.quiet = {j: k for j, k in still.items() if j in core.table.by_job}
     files.fsync_dirs(folders)  # the starts and ends written: durable before anything acts on them
@@ -206,12 +227,17 @@ def glance_once(core: Core, now: float) -> int:
     the tick, which looks at each job in full. Returns how many jobs reported since the last
     glance (none: no glance until the next tick, so stalled or silent jobs cost one glance a
     tick)."""
-    quiet = core.quiet
+    by_job = core.table.by_job
     running = [
         (job_id, task)
-        for job_id, task in core.table.by_job.items()
-        if job_id in quiet or task.fields.get(states.STATE) in schedule.RUNNING
+        for job_id, task in by_job.items()
+        if task.fields.get(states.STATE) in schedule.RUNNING
     ]
+    # The queue's head: the quiet jobs taken first, which are the ones workers start next.
+    for job_id in itertools.islice(core.quiet, QUIET_GLANCED):
+        task = by_job.get(job_id)
+        if task is not None and task.fields.get(states.STATE) not in schedule.RUNNING:
+            running.append((job_id, task))
     if not running:
         core.glanced = {}
         return 0
@@ -222,13 +248,15 @@ def glance_once(core: Core, now: float) -> int:
     now_iso = utc_now()
     reported = 0
     folders: set[Path] = set()
+    pace = Pace(core, now)
     for (job_id, task), raw in zip(running, raws, strict=True):
         if raw is None or was.get(job_id) == raw:
             if raw is not None:
                 core.glanced[job_id] = raw
             continue
         reported += 1
-        if _glance_one(core, job_id, task, raw, (now, now_iso), folders):
+        pace.breathe()
+        if _glance_one(core, job_id, task, raw, (pace.now(), now_iso), folders):
             core.glanced[job_id] = raw
     files.fsync_dirs(folders)  # the starts written
     return reported

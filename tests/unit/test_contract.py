@@ -405,6 +405,8 @@ def test_dump_writes_what_json_writes_indented(fields: dict[str, Any]) -> None:
     """The bridge's own indenting is json's, byte for byte, whatever the values."""
     expected = json.dumps(fields, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
     assert contract._indented(fields) == expected
+    odd = {1: "a", None: [1.5], 2.5: {"b": None}, **fields}
+    assert contract._indented(odd) == json.dumps(odd, ensure_ascii=False, indent=2) + "\n"
 
 
 @settings(database=None, deadline=None)

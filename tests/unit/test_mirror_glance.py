@@ -205,3 +205,23 @@ def test_starts_in_one_folder_flush_it_once_after_all_are_written(
         redis_states.raw[f"j{n}"] = _meta(states.PROGRESS, 60)
     assert mirror.glance_once(bridge.core, 101.0) == 3
     assert all(_on_disk(t)["progress"] == 60 for t in tasks) and flushed == []
+
+
+def test_a_glance_reads_only_the_head_of_a_long_queue(
+    bridge: Bridge, redis_states: States, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Of the queued jobs only the first taken are glanced at (the ones that start next): a
+    backlog of any length costs a glance a bounded read; a start further back waits for the
+    tick."""
+    from bridge.schedule import Known
+
+    monkeypatch.setattr(mirror, "QUIET_GLANCED", 2)
+    tasks = [_running(bridge, n, state=states.QUEUED) for n in (1, 2, 3)]
+    for task in tasks:
+        task.last_write = 90.0
+    bridge.core.quiet = {t.job_id: Known("published", None) for t in tasks}
+    for n in (1, 2, 3):
+        redis_states.raw[f"j{n}"] = _meta(states.PROGRESS, 30)
+    assert mirror.glance_once(bridge.core, 100.0) == 2
+    assert redis_states.asked == [["j1", "j2"]]
+    assert [_on_disk(t)["state"] for t in tasks] == [states.PROGRESS, states.PROGRESS, "QUEUED"]

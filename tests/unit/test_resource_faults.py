@@ -71,3 +71,23 @@ def test_a_full_disk_while_packing_is_a_passing_failure_leaving_no_output(tmp_pa
     assert retry is not None and "No space left" in retry.message
     assert not list((settings.download / "3").glob("*.tar.gz"))
     assert not job.tmp_space.exists()
+
+
+def test_a_write_that_fails_only_when_closed_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A network file system may report a failed write at close(): the error is raised and the
+    temp file is gone, as with any other failed write."""
+    import os
+
+    real_close = os.close
+
+    def failing_close(fd: int) -> None:
+        real_close(fd)
+        raise OSError(errno.EDQUOT, "quota exceeded")
+
+    monkeypatch.setattr(atomic.os, "close", failing_close)
+    with pytest.raises(OSError, match="quota"):
+        atomic.write_temp(tmp_path / "t.json", b"{}", durable=False, suffix=".tmp")
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
