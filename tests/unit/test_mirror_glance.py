@@ -181,22 +181,29 @@ def test_a_quiet_job_that_starts_is_written_at_the_next_glance(
     assert _on_disk(task)["state"] == states.PROGRESS and task.path.name == "t1-30.SLOW"
 
 
-def test_starts_in_one_folder_flush_it_once_after_all_are_written(
-    bridge: Bridge, redis_states: States, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A change of state is durable before anything acts on it, the folder flushed once for
-    all the glance's starts rather than once a file; progress alone flushes nothing."""
-    from bridge import files
+def _three_queued_that_started(bridge: Bridge, redis_states: States) -> list[Tracked]:
+    """Three quiet jobs (queued, taken long ago) whose workers have just reported progress."""
     from bridge.schedule import Known
 
-    flushed: list[Path] = []
-    monkeypatch.setattr(files, "fsync_dir", flushed.append)
     tasks = [_running(bridge, n, state=states.QUEUED) for n in (1, 2, 3)]
     for task in tasks:
         task.last_write = 90.0
     bridge.core.quiet = {t.job_id: Known("published", None) for t in tasks}
     for n in (1, 2, 3):
         redis_states.raw[f"j{n}"] = _meta(states.PROGRESS, 30)
+    return tasks
+
+
+def test_starts_in_one_folder_flush_it_once_after_all_are_written(
+    bridge: Bridge, redis_states: States, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A change of state is durable before anything acts on it, the folder flushed once for
+    all the glance's starts rather than once a file; progress alone flushes nothing."""
+    from bridge import files
+
+    flushed: list[Path] = []
+    monkeypatch.setattr(files, "fsync_dir", flushed.append)
+    tasks = _three_queued_that_started(bridge, redis_states)
     assert mirror.glance_once(bridge.core, 100.0) == 3
     assert all(_on_disk(t)["state"] == states.PROGRESS for t in tasks)
     assert flushed == [tasks[0].path.parent]
@@ -213,15 +220,8 @@ def test_a_glance_reads_only_the_head_of_a_long_queue(
     """Of the queued jobs only the first taken are glanced at (the ones that start next): a
     backlog of any length costs a glance a bounded read; a start further back waits for the
     tick."""
-    from bridge.schedule import Known
-
     monkeypatch.setattr(mirror, "QUIET_GLANCED", 2)
-    tasks = [_running(bridge, n, state=states.QUEUED) for n in (1, 2, 3)]
-    for task in tasks:
-        task.last_write = 90.0
-    bridge.core.quiet = {t.job_id: Known("published", None) for t in tasks}
-    for n in (1, 2, 3):
-        redis_states.raw[f"j{n}"] = _meta(states.PROGRESS, 30)
+    tasks = _three_queued_that_started(bridge, redis_states)
     assert mirror.glance_once(bridge.core, 100.0) == 2
     assert redis_states.asked == [["j1", "j2"]]
     assert [_on_disk(t)["state"] for t in tasks] == [states.PROGRESS, states.PROGRESS, "QUEUED"]
