@@ -38,6 +38,7 @@ chromium:
 # `make run WORKERS=2 FLOWER_PORT=5556`; up prints where to drop task files and where Flower is.
 run: install redis-server
 	TASKD_HTTP_PORT=$${TASKD_HTTP_PORT:-$(or $(HTTP_PORT),8080)} \
+	TASKD_EXEC_DIR=$${TASKD_EXEC_DIR:-$(CURDIR)/examples/programs} \
 	  $(BIN)/taskd up --data-root $(DATA_ROOT) --sample \
 	  --workers $(or $(WORKERS),1) --flower-port $(or $(FLOWER_PORT),5555)
 

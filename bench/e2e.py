@@ -35,7 +35,7 @@ from taskd.celeryconf import kombu_priority, make_app
 from taskd.settings import Settings
 from tests.support.procs import wait_until
 
-RATIO_GOAL = 0.5
+RATIO_GOAL = 0.8  # the bridge costs at most a fifth of the throughput
 POLL_S = 0.1
 DONE_SUFFIX = f"-100.{NOOP}"
 

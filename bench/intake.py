@@ -253,7 +253,7 @@ def steps(system: Stack, n: int) -> str:
     root = system.new_root()
     directory = task_dir(root, "7")
     settings = Settings.from_env(system.env(root))
-    noop = load_types(settings.schema_dirs)[NOOP]
+    noop = load_types(settings.type_dirs)[NOOP]
     app = make_app(settings)
     publisher = Publisher(publishing_app(settings), system.r)
     fields = {"type": NOOP, states.TASK_ID: "s", states.STATE: states.QUEUED, "progress": 0}

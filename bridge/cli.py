@@ -137,7 +137,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stopping)
-    bridge = Bridge(settings, load_types(settings.schema_dirs), publishing_app(settings), client)
+    bridge = Bridge(settings, load_types(settings.type_dirs), publishing_app(settings), client)
     leader = Leadership(client, settings.data_root, settings.redis_url, bridge.metrics)
     # Served while standing by too: /healthz answers 503 and says why this bridge waits.
     server = web.serve(settings.http_host, settings.serve_port, bridge.metrics)
@@ -187,7 +187,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from taskd.tasktypes import load_types
 
     settings = _settings(args)
-    types = load_types(settings.schema_dirs)
+    types = load_types(settings.type_dirs)
     formats = checker(settings.mail_db_path)
     bad = 0
     for path in args.files:
@@ -217,7 +217,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     from taskd.tasktypes import load_types
 
     settings = _settings(args)
-    types = load_types(settings.schema_dirs)
+    types = load_types(settings.type_dirs)
     bad = 0
     for path in args.files:
         try:
@@ -309,7 +309,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     settings.require_data_root()
-    types = load_types(settings.schema_dirs)
+    types = load_types(settings.type_dirs)
     now = datetime.now(UTC).replace(microsecond=0)
     where = settings.data_root / schedule_pass.FOLDER
     bad = 0
@@ -432,7 +432,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     settings.require_data_root()
-    queues = set(QUEUES) | {t.queue for t in load_types(settings.schema_dirs).values()}
+    queues = set(QUEUES) | {t.queue for t in load_types(settings.type_dirs).values()}
     client = redis_lib.Redis.from_url(
         settings.redis_url, socket_connect_timeout=3, socket_timeout=3
     )

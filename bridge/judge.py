@@ -17,7 +17,7 @@ from jsonschema import FormatChecker
 from bridge import contract
 from bridge.schedule import parse_time, time_error
 from taskd import states
-from taskd.tasktypes import TaskType
+from taskd.tasktypes import OFF_UNTIL, TaskType
 
 QUEUED_AT_SLACK = timedelta(hours=1)  # clocks of hosts sharing a data root may differ a little
 
@@ -86,11 +86,7 @@ def judge_fields(
         )
     task_type = types.get(name.type)
     if task_type is None:
-        known = ", ".join(sorted(types)) or "none"
-        return Verdict(
-            fields=fields,
-            error=f"unknown task type {name.type!r} (file suffix); known types: {known}",
-        )
+        return Verdict(fields=fields, error=unknown_type(name.type, types))
     declared = fields.get("type")
     if declared is not None and declared != name.type:
         return Verdict(
@@ -150,8 +146,7 @@ def adoption_error(
         return bad_id
     task_type = types.get(name.type)
     if task_type is None:
-        known = ", ".join(sorted(types)) or "none"
-        return f"unknown task type {name.type!r} (file suffix); known types: {known}"
+        return unknown_type(name.type, types)
     bad = _bridge_field_error(fields)
     if bad:
         return bad
@@ -195,3 +190,15 @@ def _is_uuid(text: str) -> bool:
         return str(uuid.UUID(text)) == text
     except ValueError:
         return False
+
+
+def unknown_type(name: str, types: Mapping[str, TaskType]) -> str:
+    """Why a file's type is not run here: a type ops have not turned on, or no type at all."""
+    setting = OFF_UNTIL.get(name)
+    if setting is not None:
+        return (
+            f"task type {name!r} is off on this system: ops turn it on with {setting} "
+            "(docs/operations.md); until then no such task runs"
+        )
+    known = ", ".join(sorted(types)) or "none"
+    return f"unknown task type {name!r} (file suffix); known types: {known}"

@@ -72,7 +72,7 @@ def flower_options(extra: list[str], environ: Mapping[str, str]) -> list[str]:
 
 def worker_queues(settings: Settings) -> str:
     """Every queue a task type names, the built-in ones included (site types may add more)."""
-    types = load_types(settings.schema_dirs)
+    types = load_types(settings.type_dirs)
     return ",".join(sorted(set(QUEUES) | {t.queue for t in types.values()}))
 
 

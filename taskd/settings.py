@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+import schemas as _schemas
 from taskd.names import PRIVATE_DIR, REDIS_DIR, REJECTED_DIR
 
 DEFAULT_DATA_ROOT = "/usr/local/mozart/data"
@@ -56,6 +57,9 @@ DEFAULT_MAX_PACK_BYTES = 20 << 30
 """Bytes of mails and files in one pack (before compression): bounds the tmp-space and the
 download folder a single task can fill, and keeps a pack under the 2-hour time limit."""
 DEFAULT_MAX_NOTIFY_BYTES = 10 << 20
+DEFAULT_EXEC_OUTPUT_BYTES = 1 << 20
+EXEC_SCHEMA_DIR = Path(_schemas.__file__).resolve().parent / "exec"
+"""The EXEC type's schema: read only when TASKD_EXEC_DIR turns program tasks on."""
 """A notify mail larger than this is not sent: the UI writes a short note, and most SMTP
 servers refuse messages of 10 to 25 MB anyway."""
 
@@ -214,6 +218,9 @@ class Settings:
     max_pack_mails: int = DEFAULT_MAX_PACK_MAILS
     max_pack_bytes: int = DEFAULT_MAX_PACK_BYTES
     max_notify_bytes: int = DEFAULT_MAX_NOTIFY_BYTES
+    exec_dir: Path | None = None
+    """TASKD_EXEC_DIR: the folder of the programs EXEC tasks may run; EXEC is off without it."""
+    exec_output_bytes: int = DEFAULT_EXEC_OUTPUT_BYTES
 
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -241,6 +248,11 @@ class Settings:
             raise SettingsError(
                 f"TASKD_CONFIG_DIR={str(self.config_dir)!r} must be the absolute folder of the "
                 f"env file taskd is started with; write e.g. {DEFAULT_CONFIG_DIR}"
+            )
+        if self.exec_dir is not None and not self.exec_dir.is_absolute():
+            raise SettingsError(
+                f"TASKD_EXEC_DIR={str(self.exec_dir)!r} is a relative path; write the absolute "
+                "folder of the programs EXEC tasks may run, e.g. /usr/local/lib/taskd/programs"
             )
         for root in self.allowed_file_roots:
             if not root.is_absolute():
@@ -314,6 +326,14 @@ class Settings:
             )
 
     @property
+    def type_dirs(self) -> tuple[Path, ...]:
+        """Where task types are read beside the built-in ones: the types ops turned on (EXEC
+        with TASKD_EXEC_DIR), then TASKD_SCHEMA_PATH's folders (a later type of the same name
+        wins)."""
+        turned_on = (EXEC_SCHEMA_DIR,) if self.exec_dir is not None else ()
+        return (*turned_on, *self.schema_dirs)
+
+    @property
     def output_folder_mode(self) -> int:
         """The mode of the folders outputs and result sets are created in."""
         return folder_mode(self.output_mode)
@@ -325,6 +345,7 @@ class Settings:
             ("TASKD_MAX_PACK_MAILS", self.max_pack_mails, DEFAULT_MAX_PACK_MAILS),
             ("TASKD_MAX_PACK_BYTES", self.max_pack_bytes, DEFAULT_MAX_PACK_BYTES),
             ("TASKD_MAX_NOTIFY_BYTES", self.max_notify_bytes, DEFAULT_MAX_NOTIFY_BYTES),
+            ("TASKD_EXEC_OUTPUT_BYTES", self.exec_output_bytes, DEFAULT_EXEC_OUTPUT_BYTES),
         )
         for name, value, default in limits:
             if value < 1:
@@ -371,6 +392,8 @@ class Settings:
             "max_pack_mails": _int(env, "TASKD_MAX_PACK_MAILS", DEFAULT_MAX_PACK_MAILS),
             "max_pack_bytes": _int(env, "TASKD_MAX_PACK_BYTES", DEFAULT_MAX_PACK_BYTES),
             "max_notify_bytes": _int(env, "TASKD_MAX_NOTIFY_BYTES", DEFAULT_MAX_NOTIFY_BYTES),
+            "exec_dir": Path(env["TASKD_EXEC_DIR"]) if env.get("TASKD_EXEC_DIR") else None,
+            "exec_output_bytes": _int(env, "TASKD_EXEC_OUTPUT_BYTES", DEFAULT_EXEC_OUTPUT_BYTES),
         }
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

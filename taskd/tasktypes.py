@@ -219,6 +219,10 @@ def load_types(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskType]:
     return types
 
 
+OFF_UNTIL = {"EXEC": "TASKD_EXEC_DIR"}
+"""Built-in types that are off until ops configure them, each with the setting that turns it on
+(`Settings.type_dirs`)."""
+
 NOTIFY = "NOTIFY"
 NOTIFY_TIME_LIMIT_S = 300.0
 

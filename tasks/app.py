@@ -28,7 +28,7 @@ brokerfix.apply()
 class TaskdCelery(Celery):
     def on_configure(self) -> None:
         settings = Settings.from_env(os.environ)
-        types = load_types(settings.schema_dirs)
+        types = load_types(settings.type_dirs)
         modules = sorted({t.module for t in types.values()} | {NOTIFY_MODULE})
         self.conf.update(config(settings, include=modules))
 

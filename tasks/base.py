@@ -104,7 +104,7 @@ def retry_policy(settings: Settings, type_name: str) -> RetryPolicy:
     """The retry intervals of a task type (notify mails have their own setting)."""
     if type_name == NOTIFY_TYPE:
         return RetryPolicy.parse(settings.notify_retry_intervals)
-    task_type = _types_of(settings.schema_dirs).get(type_name)
+    task_type = _types_of(settings.type_dirs).get(type_name)
     return task_type.retry if task_type is not None else RetryPolicy()
 
 
