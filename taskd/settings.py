@@ -60,6 +60,9 @@ DEFAULT_MAX_NOTIFY_BYTES = 10 << 20
 DEFAULT_EXEC_OUTPUT_BYTES = 1 << 20
 EXEC_SCHEMA_DIR = Path(_schemas.__file__).resolve().parent / "exec"
 """The EXEC type's schema: read only when TASKD_EXEC_DIR turns program tasks on."""
+HTTP_SCHEMA_DIR = Path(_schemas.__file__).resolve().parent / "http"
+"""The HTTP type's schema: read only when TASKD_HTTP_ALLOWED_HOSTS turns web tasks on."""
+DEFAULT_HTTP_BODY_BYTES = 1 << 20
 """A notify mail larger than this is not sent: the UI writes a short note, and most SMTP
 servers refuse messages of 10 to 25 MB anyway."""
 
@@ -221,6 +224,10 @@ class Settings:
     exec_dir: Path | None = None
     """TASKD_EXEC_DIR: the folder of the programs EXEC tasks may run; EXEC is off without it."""
     exec_output_bytes: int = DEFAULT_EXEC_OUTPUT_BYTES
+    http_allowed_hosts: tuple[str, ...] = ()
+    """TASKD_HTTP_ALLOWED_HOSTS: the hosts (`host` or `host:port`) HTTP tasks may call; HTTP is
+    off without them."""
+    http_body_bytes: int = DEFAULT_HTTP_BODY_BYTES
 
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -328,9 +335,11 @@ class Settings:
     @property
     def type_dirs(self) -> tuple[Path, ...]:
         """Where task types are read beside the built-in ones: the types ops turned on (EXEC
-        with TASKD_EXEC_DIR), then TASKD_SCHEMA_PATH's folders (a later type of the same name
-        wins)."""
-        turned_on = (EXEC_SCHEMA_DIR,) if self.exec_dir is not None else ()
+        with TASKD_EXEC_DIR, HTTP with TASKD_HTTP_ALLOWED_HOSTS), then TASKD_SCHEMA_PATH's
+        folders (a later type of the same name wins)."""
+        turned_on = [EXEC_SCHEMA_DIR] if self.exec_dir is not None else []
+        if self.http_allowed_hosts:
+            turned_on.append(HTTP_SCHEMA_DIR)
         return (*turned_on, *self.schema_dirs)
 
     @property
@@ -346,6 +355,7 @@ class Settings:
             ("TASKD_MAX_PACK_BYTES", self.max_pack_bytes, DEFAULT_MAX_PACK_BYTES),
             ("TASKD_MAX_NOTIFY_BYTES", self.max_notify_bytes, DEFAULT_MAX_NOTIFY_BYTES),
             ("TASKD_EXEC_OUTPUT_BYTES", self.exec_output_bytes, DEFAULT_EXEC_OUTPUT_BYTES),
+            ("TASKD_HTTP_BODY_BYTES", self.http_body_bytes, DEFAULT_HTTP_BODY_BYTES),
         )
         for name, value, default in limits:
             if value < 1:
@@ -394,6 +404,10 @@ class Settings:
             "max_notify_bytes": _int(env, "TASKD_MAX_NOTIFY_BYTES", DEFAULT_MAX_NOTIFY_BYTES),
             "exec_dir": Path(env["TASKD_EXEC_DIR"]) if env.get("TASKD_EXEC_DIR") else None,
             "exec_output_bytes": _int(env, "TASKD_EXEC_OUTPUT_BYTES", DEFAULT_EXEC_OUTPUT_BYTES),
+            "http_allowed_hosts": tuple(
+                h.lower() for h in re.split(r"[\s,]+", env.get("TASKD_HTTP_ALLOWED_HOSTS", "")) if h
+            ),
+            "http_body_bytes": _int(env, "TASKD_HTTP_BODY_BYTES", DEFAULT_HTTP_BODY_BYTES),
         }
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

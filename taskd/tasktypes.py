@@ -219,7 +219,7 @@ def load_types(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskType]:
     return types
 
 
-OFF_UNTIL = {"EXEC": "TASKD_EXEC_DIR"}
+OFF_UNTIL = {"EXEC": "TASKD_EXEC_DIR", "HTTP": "TASKD_HTTP_ALLOWED_HOSTS"}
 """Built-in types that are off until ops configure them, each with the setting that turns it on
 (`Settings.type_dirs`)."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Drop
-from tests.support.procs import BridgeProc, Worker, wait_until
+from tests.support.procs import BridgeProc, Worker, running, wait_until
 
 PROGRAMS = {
     "hello": """
@@ -48,22 +48,17 @@ def exec_env(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> d
 
 @pytest.fixture(scope="module")
 def exec_worker(exec_env: dict[str, str], data_root: Path) -> Iterator[Worker]:
-    proc = Worker(
-        exec_env, data_root / "worker-exec.log", name="wexec", concurrency=2, queues="exec"
-    )
-    proc.start()
-    yield proc
-    proc.stop()
+    log = data_root / "worker-exec.log"
+    with running(Worker(exec_env, log, name="wexec", concurrency=2, queues="exec")) as proc:
+        yield proc
 
 
 @pytest.fixture
 def exec_bridge(
     exec_env: dict[str, str], data_root: Path, exec_worker: Worker, worker: Worker
 ) -> Iterator[BridgeProc]:
-    proc = BridgeProc(exec_env, data_root / "bridge-exec.log")
-    proc.start()
-    yield proc
-    proc.stop()
+    with running(BridgeProc(exec_env, data_root / "bridge-exec.log")) as proc:
+        yield proc
 
 
 def _gone(pid: int) -> bool:

@@ -6,6 +6,7 @@ stopped with SIGTERM then SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,16 @@ class BridgeProc:
     def stop(self) -> None:
         if self.proc is not None:
             stop_process(self.proc)
+
+
+@contextlib.contextmanager
+def running(proc: Worker | BridgeProc) -> Iterator[Worker | BridgeProc]:
+    """A worker or bridge started for the block, stopped after it whatever happens."""
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
 
 
 def status_json(env: dict[str, str], *args: str) -> dict[str, Any]:
