@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import schemas as _schemas
 from taskd.names import PRIVATE_DIR, REDIS_DIR, REJECTED_DIR
@@ -189,6 +190,18 @@ def _overlaps(root: Path, how: str, variable: str, folder: Path) -> SettingsErro
     )
 
 
+def _host_entry(entry: str) -> bool:
+    """`host`, `host:port`, an IPv4 address, or an IPv6 one in brackets (with or without port)."""
+    if entry.count(":") > 1 and not entry.startswith("["):
+        return False  # an IPv6 address without brackets: its last part would read as a port
+    parts = urlsplit("//" + entry)
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return False
+    return bool(parts.hostname) and not (parts.username or parts.path or parts.query)
+
+
 @dataclass(frozen=True)
 class Settings:
     data_root: Path = Path(DEFAULT_DATA_ROOT)
@@ -256,6 +269,12 @@ class Settings:
                 f"TASKD_CONFIG_DIR={str(self.config_dir)!r} must be the absolute folder of the "
                 f"env file taskd is started with; write e.g. {DEFAULT_CONFIG_DIR}"
             )
+        for entry in self.http_allowed_hosts:
+            if not _host_entry(entry):
+                raise SettingsError(
+                    f"TASKD_HTTP_ALLOWED_HOSTS: {entry!r} is not host or host:port; write e.g. "
+                    "api.example.com, api.example.com:8443, 10.0.0.5 or [fd00::5]:8080"
+                )
         if self.exec_dir is not None and not self.exec_dir.is_absolute():
             raise SettingsError(
                 f"TASKD_EXEC_DIR={str(self.exec_dir)!r} is a relative path; write the absolute "

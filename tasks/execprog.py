@@ -20,6 +20,8 @@ import shutil
 import signal
 import stat
 import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +43,8 @@ STOP_GRACE_S = 5.0
 """After SIGTERM, the program's group has this long before SIGKILL."""
 MAX_LINE = 64 << 10
 """A line longer than this is kept as it comes, never looked at as a progress line."""
+MAX_TEXT = 120
+"""What a progress line's words may be: one line of printable text, this long at most."""
 BASE_PATH = "/usr/local/bin:/usr/bin:/bin"
 
 
@@ -93,17 +97,20 @@ def environment(job: Job, tmp: Path) -> dict[str, str]:
     }
 
 
-SETPRIV = shutil.which("setpriv")
-"""util-linux's setpriv (Debian has it everywhere): it asks the kernel for SIGKILL when the
-worker's process dies, then becomes the program. Done by an exec rather than in Python between
-fork and exec, which is not safe in a worker that runs threads."""
+SUPERVISOR = Path(__file__).resolve().with_name("execsupervise.py")
 
 
 def argv(path: Path, args: list[str]) -> list[str]:
-    """The command line: the program and its arguments, as a list (no shell), the program
-    killed with its worker wherever setpriv is there to ask for it."""
-    own = [str(path), *args]
-    return [SETPRIV, "--pdeathsig", "KILL", "--", *own] if SETPRIV else own
+    """The command line: the program and its arguments, as a list (no shell), under the small
+    supervisor (`tasks/execsupervise.py`) that ends its whole group with the task, or with the
+    worker's process if that dies first."""
+    for arg in args:
+        if "\0" in arg or any(0xD800 <= ord(c) <= 0xDFFF for c in arg):
+            raise TaskFailed(
+                "field 'args': an argument holds a NUL or a lone surrogate, which no program "
+                "can be given; remove it"
+            )
+    return [sys.executable, "-I", str(SUPERVISOR), str(os.getpid()), str(path), *args]
 
 
 @dataclass
@@ -119,7 +126,8 @@ def progress_line(line: bytes) -> Report | None:
     match = _PROGRESS_LINE.fullmatch(line.rstrip(b"\r\n"))
     if match is None:
         return None
-    text = (match.group(2) or b"").decode("utf-8", "replace").strip()
+    words = (match.group(2) or b"").decode("utf-8", "replace")
+    text = "".join(c for c in words if c.isprintable()).strip()[:MAX_TEXT]
     return Report(min(100.0, float(match.group(1))), text)
 
 
@@ -136,13 +144,13 @@ class Kept:
         self.kept += min(room, len(data))
         self.dropped += max(0, len(data) - room)
 
-    def close(self) -> None:
+    def finish(self) -> None:
         if self.dropped:
             self.handle.write(
                 f"\n[taskd: {self.dropped} more bytes of output not kept, over "
                 f"TASKD_EXEC_OUTPUT_BYTES={self.limit}]\n".encode()
             )
-        self.handle.close()
+        self.handle.flush()
 
 
 class Lines:
@@ -170,18 +178,17 @@ class Lines:
 
 
 def stop_group(proc: subprocess.Popen[bytes]) -> None:
-    """End the program and whatever it started in its group: SIGTERM, and SIGKILL to what is
-    left after the grace (at once, when the program had already ended by itself)."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(STOP_GRACE_S)
-    _signal_group(proc.pid, signal.SIGKILL)
-    proc.wait()
-
-
-def _signal_group(group: int, sig: int) -> None:
+    """End the program and whatever it started in its group: SIGTERM to the supervisor, which
+    ends the group (SIGTERM, then SIGKILL after its grace); SIGKILL to the supervisor's own group
+    if it has not finished by then."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(STOP_GRACE_S + 2)
     with contextlib.suppress(ProcessLookupError):  # the group is gone already
-        os.killpg(group, sig)
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _pump(proc: subprocess.Popen[bytes], lines: Lines, job: Job, deadline: float) -> int | None:
@@ -189,6 +196,8 @@ def _pump(proc: subprocess.Popen[bytes], lines: Lines, job: Job, deadline: float
     the deadline came first. Between reads, a report that looks at the cancel flag
     (`job.progress` raises Cancelled, at most once a second)."""
     assert proc.stdout is not None
+    poller = select.poll()  # not select(): a worker may hold descriptors past 1024
+    poller.register(proc.stdout.fileno(), select.POLLIN | select.POLLHUP)
     fd: int | None = proc.stdout.fileno()
     while fd is not None or proc.poll() is None:
         if time.monotonic() >= deadline:
@@ -196,7 +205,7 @@ def _pump(proc: subprocess.Popen[bytes], lines: Lines, job: Job, deadline: float
         if fd is None:  # its output closed, the program still running
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(READ_S)
-        elif select.select([fd], [], [], READ_S)[0]:
+        elif poller.poll(READ_S * 1000):
             data = os.read(fd, 1 << 16)
             if data:
                 lines.feed(data)
@@ -247,6 +256,18 @@ def _started(job: Job, path: Path, tmp: Path) -> subprocess.Popen[bytes]:
     )
 
 
+def _named(log: IO[bytes], path: Path) -> Path:
+    """The kept output under `path`, a new file of its own (the program, ended by now, may have
+    left anything there), to be published."""
+    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        log.seek(0)
+        shutil.copyfileobj(log, out)
+    return path
+
+
 def run_program(job: Job) -> dict[str, Any]:
     settings = job.settings
     path = program_path(settings.exec_dir, str(job.fields.get("program", "")))
@@ -254,14 +275,17 @@ def run_program(job: Job) -> dict[str, Any]:
     stem = pack.safe_name(str(job.fields.get("description") or ""), job.task_id)
     with job.work_dir() as tmp:
         job.progress(0, force=True, **{"tmp-space": str(tmp)})
-        log_file = tmp / f"{job.job_id}.log"
-        kept = Kept(open(log_file, "wb"), settings.exec_output_bytes)  # noqa: SIM115
-        proc = _started(job, path, tmp)
-        try:
-            code = _pump(proc, Lines(kept, _reporter(job)), job, deadline)
-        finally:
-            stop_group(proc)  # whatever happened: nothing of the program outlives its task
-            kept.close()
+        # Unnamed while the program runs (O_TMPFILE): nothing it does in its folder can swap
+        # what is published for a file of its choosing.
+        with tempfile.TemporaryFile(dir=tmp) as log:
+            kept = Kept(log, settings.exec_output_bytes)
+            proc = _started(job, path, tmp)
+            try:
+                code = _pump(proc, Lines(kept, _reporter(job)), job, deadline)
+            finally:
+                stop_group(proc)  # whatever happened: nothing of the program outlives its task
+                kept.finish()
+            log_file = _named(log, tmp / f"{job.job_id}.log")
         target_dir = settings.download / job.user_id
         atomic.make_dirs(target_dir, settings.output_folder_mode)
         output = pack.publish(log_file, target_dir, stem, suffix=".log", mode=settings.output_mode)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import http.client
 import ipaddress
+import re
 import socket
 import ssl
 from collections.abc import Iterable
@@ -64,6 +65,22 @@ def listed(host: str, port: int, allowed: Iterable[str]) -> bool:
     return any(h == host and p in (None, port) for h, p in _entries(allowed))
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def public(address: str) -> bool:
+    """Whether an address is on the public internet, an IPv4 address carried inside an IPv6
+    one (mapped, 6to4, NAT64, compatible) judged as itself."""
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ip.ipv4_mapped or ip.sixtofour
+        if inner is None and (ip in _NAT64 or int(ip) >> 32 == 0):
+            inner = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+        if inner is not None and not inner.is_global:
+            return False
+    return ip.is_global
+
+
 def check(url: str, allowed: tuple[str, ...], resolve: Any = socket.getaddrinfo) -> Target:
     """The target of `url`, if its host is listed and the address it goes to may be reached;
     TaskFailed saying which rule it broke otherwise."""
@@ -83,11 +100,15 @@ def check(url: str, allowed: tuple[str, ...], resolve: Any = socket.getaddrinfo)
         )
     try:
         found = resolve(host, port, type=socket.SOCK_STREAM)
-    except (socket.gaierror, UnicodeError) as exc:
+    except UnicodeError:
+        raise TaskFailed(f"field 'url': {host!r} is not a host name") from None
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_NONAME:
+            raise TaskFailed(f"field 'url': no such host {host} ({exc.strerror})") from None
         raise Retryable(f"the name {host} cannot be looked up now ({exc}); will try again") from exc
     for *_, sockaddr in found:
         address = str(sockaddr[0])
-        if ipaddress.ip_address(address.split("%")[0]).is_global or listed(address, port, allowed):
+        if public(address) or listed(address, port, allowed):
             path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
             return Target(scheme, host, port, path, address)
     raise TaskFailed(
@@ -122,13 +143,23 @@ class _PinnedHTTPS(http.client.HTTPSConnection):
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+CREDENTIALS = {"authorization", "cookie", "proxy-authorization"}
+
+
 def headers_of(job: Job) -> dict[str, str]:
     given = {str(k): str(v) for k, v in (job.fields.get("headers") or {}).items()}
-    for name in given:
-        if name.lower() in RESERVED_HEADERS or "\n" in name + given[name] or "\r" in name:
+    for name, value in given.items():
+        if name.lower() in RESERVED_HEADERS:
             raise TaskFailed(
-                f"field 'headers': {name!r} cannot be set (taskd sets Host, Content-Length and "
-                "the connection, and no header may hold a line break); remove it"
+                f"field 'headers': {name!r} is taskd's to set (Host, Content-Length and the "
+                "connection's); remove it"
+            )
+        if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value):
+            raise TaskFailed(
+                f"field 'headers': {name!r} is not a header name, or its value holds a control "
+                "character (a line break, say); fix or remove it"
             )
     return {"User-Agent": "taskd", **given}
 
@@ -145,7 +176,7 @@ class Answer:
 def _read_body(response: http.client.HTTPResponse, out: IO[bytes], limit: int, job: Job) -> Answer:
     kept, truncated = 0, False
     while True:
-        chunk = response.read(CHUNK)
+        chunk = response.read1(CHUNK)  # what has come: a trickle still reaches the cancel check
         if not chunk:
             break
         room = limit - kept
@@ -160,23 +191,32 @@ def _read_body(response: http.client.HTTPResponse, out: IO[bytes], limit: int, j
 
 
 def _once(
-    job: Job, target: Target, method: str, body: bytes | None, out: IO[bytes]
+    job: Job, target: Target, request: tuple[str, bytes | None, dict[str, str]], out: IO[bytes]
 ) -> tuple[Answer, str | None]:
     """One request: the answer, and where a redirect points (None if it is not one)."""
+    method, body, headers = request
     timeout = float(job.fields.get("timeout") or DEFAULT_TIMEOUT_S)
     kind = _PinnedHTTPS if target.scheme == "https" else _PinnedHTTP
     conn = kind(target, timeout)
-    headers = headers_of(job)
-    if body is not None:
-        headers.setdefault(
-            "Content-Type", str(job.fields.get("content-type") or "application/json")
-        )
+    sent = False
     try:
         conn.request(method, target.path, body=body, headers=headers)
+        sent = True
         response = conn.getresponse()
         location = response.getheader("Location") if response.status in REDIRECTS else None
         answer = _read_body(response, out, job.settings.http_body_bytes, job)
+    except ssl.SSLCertVerificationError as exc:
+        raise TaskFailed(
+            f"{target.host}'s certificate is not trusted ({exc.verify_message})"
+        ) from None
+    except http.client.InvalidURL as exc:
+        raise TaskFailed(f"field 'url': {exc}") from None
     except (OSError, http.client.HTTPException) as exc:
+        if sent and method == "POST":
+            raise TaskFailed(
+                f"no whole answer from {target.host}:{target.port} after the POST was sent "
+                f"({exc}); not sent again, as the server may have acted on it"
+            ) from None
         raise Retryable(
             f"{target.host}:{target.port} could not be reached ({exc}); will try again"
         ) from exc
@@ -186,25 +226,35 @@ def _once(
 
 
 def call(job: Job, out_path: Path) -> Answer:
-    """The request, redirects followed within the allow-list; the final answer."""
+    """The request, redirects followed within the allow-list (credentials go no further than
+    the host they were given for, and never from https to http); the final answer."""
     allowed = job.settings.http_allowed_hosts
     url = str(job.fields["url"])
     method = str(job.fields.get("method") or "GET")
     raw = job.fields.get("body")
     body = str(raw).encode("utf-8") if method == "POST" and raw is not None else None
+    headers = headers_of(job)
+    if body is not None and not any(k.lower() == "content-type" for k in headers):
+        headers["Content-Type"] = str(job.fields.get("content-type") or "application/json")
+    first = check(url, allowed)
+    target = first
     for _ in range(MAX_REDIRECTS + 1):
-        target = check(url, allowed)
         with open(out_path, "wb") as out:
-            answer, location = _once(job, target, method, body, out)
+            answer, location = _once(job, target, (method, body, headers), out)
         if location is None:
             return answer
         url = urljoin(url, location)
         if answer.status == 303 or (answer.status in (301, 302) and method == "POST"):
             method, body = "GET", None
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
         try:
-            check(url, allowed)
+            target = check(url, allowed)
         except TaskFailed as exc:
             raise TaskFailed(f"a redirect to {url!r} leaves the allowed hosts: {exc}") from None
+        if first.scheme == "https" and target.scheme == "http":
+            raise TaskFailed(f"a redirect to {url!r} leaves https for plain http; not followed")
+        if (target.host, target.port) != (first.host, first.port):
+            headers = {k: v for k, v in headers.items() if k.lower() not in CREDENTIALS}
     raise TaskFailed(f"more than {MAX_REDIRECTS} redirects, the last to {url!r}")
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import Drop
-from tests.support.procs import BridgeProc, Worker, running, wait_until
+from tests.support.procs import BridgeProc, Worker, process_gone, running, wait_until
 
 PROGRAMS = {
     "hello": """
@@ -59,15 +59,6 @@ def exec_bridge(
 ) -> Iterator[BridgeProc]:
     with running(BridgeProc(exec_env, data_root / "bridge-exec.log")) as proc:
         yield proc
-
-
-def _gone(pid: int) -> bool:
-    """Ended (a zombie waiting for a parent that never reaps it counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_a_program_runs_with_its_arguments_and_its_output_is_kept(
@@ -123,7 +114,7 @@ def _started_group(drop: Drop, task_id: str, tmp_path: Path, **fields: object) -
         lambda: pids.exists() and len(pids.read_text().split()) == 2, 30, what="both processes"
     )
     found = [int(p) for p in pids.read_text().split()]
-    assert not any(_gone(pid) for pid in found)
+    assert not any(process_gone(pid) for pid in found)
     return found
 
 
@@ -135,7 +126,7 @@ def test_cancel_ends_the_programs_whole_group(
     path = drop.find("e4")
     assert path is not None
     path.unlink()  # the UI cancels the task
-    wait_until(lambda: all(_gone(pid) for pid in pids), 30, what="the program and its child")
+    wait_until(lambda: all(process_gone(pid) for pid in pids), 30, what="the program and its child")
 
 
 def test_the_tasks_timeout_stops_the_program_and_its_group(
@@ -147,7 +138,7 @@ def test_the_tasks_timeout_stops_the_program_and_its_group(
     assert (
         "ran longer than 2 s (field 'timeout') and was stopped; its output is in" in done["error"]
     )
-    wait_until(lambda: all(_gone(pid) for pid in pids), 15, what="the program and its child")
+    wait_until(lambda: all(process_gone(pid) for pid in pids), 15, what="the program and its child")
 
 
 def test_without_the_folder_exec_is_off(bridge: BridgeProc, drop: Drop) -> None:

@@ -242,6 +242,15 @@ def running(proc: Worker | BridgeProc) -> Iterator[Worker | BridgeProc]:
         proc.stop()
 
 
+def process_gone(pid: int) -> bool:
+    """Ended (a zombie whose parent never reaps it counts as ended: it runs nothing)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
 def status_json(env: dict[str, str], *args: str) -> dict[str, Any]:
     """`taskd status --json` in a process of its own, as an operator runs it."""
     done = subprocess.run(

@@ -108,11 +108,10 @@ def test_progress_lines_are_read_and_the_rest_is_kept() -> None:
 
 def test_output_is_kept_up_to_the_limit_and_says_what_was_dropped() -> None:
     out = io.BytesIO()
-    out.close = lambda: None  # type: ignore[method-assign]
     kept = execprog.Kept(out, 10)
     lines = execprog.Lines(kept, lambda r: None)
     lines.feed(b"0123456789abcdef\n" * 3)
-    kept.close()
+    kept.finish()
     assert out.getvalue().startswith(b"0123456789\n[taskd: 41 more bytes of output not kept")
     assert kept.kept == 10 and kept.dropped == 41
 
@@ -167,8 +166,12 @@ def test_the_examples_make_run_offers_are_good_task_files(tmp_path: Path) -> Non
             assert execprog.program_path(programs, verdict.fields["program"]).exists()
 
 
-def test_the_program_is_asked_to_die_with_its_worker(tmp_path: Path) -> None:
+def test_the_program_runs_under_the_supervisor_with_its_arguments_as_a_list(
+    tmp_path: Path,
+) -> None:
     line = execprog.argv(tmp_path / "hello", ["a b", "; rm -rf /"])
     assert line[-3:] == [str(tmp_path / "hello"), "a b", "; rm -rf /"]  # a list: no shell
-    if execprog.SETPRIV:
-        assert line[:4] == [execprog.SETPRIV, "--pdeathsig", "KILL", "--"]
+    assert line[1:4] == ["-I", str(execprog.SUPERVISOR), str(os.getpid())]
+    for bad in ("a\0b", "\ud800"):
+        with pytest.raises(TaskFailed, match="field 'args'"):
+            execprog.argv(tmp_path / "hello", [bad])

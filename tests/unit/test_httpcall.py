@@ -97,7 +97,17 @@ class _Job:
 
 
 @pytest.mark.parametrize(
-    "headers", [{"Host": "other"}, {"content-length": "5"}, {"X-A": "a\r\nInjected: 1"}]
+    "headers",
+    [
+        {"Host": "other"},
+        {"content-length": "5"},
+        {"X-A": "a\r\nInjected: 1"},
+        {"Host ": "evil.internal"},
+        {"Transfer-Encoding\t": "chunked"},
+        {"X-A": "a\rb"},
+        {"X-A": "a\x00b"},
+        {"": "x"},
+    ],
 )
 def test_headers_taskd_sets_or_that_break_lines_are_refused(headers: dict[str, str]) -> None:
     with pytest.raises(TaskFailed, match="field 'headers'"):
@@ -115,3 +125,83 @@ def test_the_type_is_on_only_with_allowed_hosts(tmp_path: Any) -> None:
     assert "HTTP" not in load_types(off.type_dirs)
     assert "HTTP" in load_types(on.type_dirs) and HTTP_SCHEMA_DIR in on.type_dirs
     assert on.http_allowed_hosts == ("api.example.com", "b.org:8443")
+
+
+@pytest.mark.parametrize(
+    "inside",
+    [
+        "64:ff9b::a9fe:a9fe",
+        "2002:a9fe:a9fe::1",
+        "::a9fe:a9fe",
+        "::ffff:10.0.0.1",
+        "::ffff:127.0.0.1",
+    ],
+)
+def test_an_inside_ipv4_address_carried_in_ipv6_is_inside(inside: str) -> None:
+    assert not httpcall.public(inside)
+    with pytest.raises(TaskFailed, match="inside the network"):
+        httpcall.check("http://api.example.com/", ("api.example.com",), _resolving(inside))
+
+
+def test_public_addresses_stay_public() -> None:
+    assert httpcall.public("93.184.216.34") and httpcall.public("2606:2800:220:1::1")
+    assert httpcall.public("64:ff9b::5db8:d822")  # NAT64 of a public address
+
+
+def test_a_name_that_does_not_exist_fails_at_once() -> None:
+    def missing(host: str, port: int, type: int = 0) -> list[Any]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    with pytest.raises(TaskFailed, match="no such host api.example.com"):
+        httpcall.check("https://api.example.com/", ("api.example.com",), missing)
+
+
+@pytest.mark.parametrize("entry", ["fd00::5", "http://a.example", "a.example:port", "u@a.example"])
+def test_an_allowed_host_written_wrong_is_refused_at_start(tmp_path: Any, entry: str) -> None:
+    from taskd.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="TASKD_HTTP_ALLOWED_HOSTS"):
+        Settings.from_env({"TASKD_DATA_ROOT": str(tmp_path), "TASKD_HTTP_ALLOWED_HOSTS": entry})
+
+
+class _CallJob:
+    def __init__(self, url: str, allowed: tuple[str, ...]) -> None:
+        self.fields = {"url": url, "headers": {"Authorization": "Bearer t", "X-Keep": "y"}}
+        self.settings = type("S", (), {"http_allowed_hosts": allowed})()
+
+
+def _redirecting(monkeypatch: pytest.MonkeyPatch, hops: list[str]) -> list[dict[str, str]]:
+    """`_once` answering each request with a redirect to the next of `hops`, then a 200; the
+    headers each request carried."""
+    sent: list[dict[str, str]] = []
+
+    def once(job: Any, target: Any, request: Any, out: Any) -> Any:
+        sent.append(dict(request[2]))
+        nxt = hops[len(sent) - 1] if len(sent) <= len(hops) else None
+        status = 302 if nxt else 200
+        return httpcall.Answer(status, "", "text/plain", 0, False), nxt
+
+    monkeypatch.setattr(httpcall, "_once", once)
+    return sent
+
+
+def test_credentials_go_no_further_than_their_host(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    sent = _redirecting(monkeypatch, ["http://127.0.0.1:1/again", "http://127.0.0.1:2/other"])
+    job = _CallJob("http://127.0.0.1:1/start", ("127.0.0.1:1", "127.0.0.1:2"))
+    assert httpcall.call(job, tmp_path / "body").status == 200  # type: ignore[arg-type]
+    assert [("Authorization" in h, h["X-Keep"]) for h in sent] == [
+        (True, "y"),
+        (True, "y"),  # the same host and port: still its own
+        (False, "y"),  # another one: not given the token
+    ]
+
+
+def test_a_redirect_from_https_to_plain_http_is_not_followed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    _redirecting(monkeypatch, ["http://127.0.0.1:1/plain"])
+    job = _CallJob("https://127.0.0.1:1/start", ("127.0.0.1:1",))
+    with pytest.raises(TaskFailed, match="leaves https for plain http"):
+        httpcall.call(job, tmp_path / "body")  # type: ignore[arg-type]
