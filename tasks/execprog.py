@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from taskd import atomic
 from tasks import pack
 from tasks.app import app
 from tasks.base import Job, TaskdTask
@@ -286,9 +285,7 @@ def run_program(job: Job) -> dict[str, Any]:
                 stop_group(proc)  # whatever happened: nothing of the program outlives its task
                 kept.finish()
             log_file = _named(log, tmp / f"{job.job_id}.log")
-        target_dir = settings.download / job.user_id
-        atomic.make_dirs(target_dir, settings.output_folder_mode)
-        output = pack.publish(log_file, target_dir, stem, suffix=".log", mode=settings.output_mode)
+        output = pack.publish_download(settings, job.user_id, log_file, stem, ".log")
         return _outcome(job, code, output)
 
 

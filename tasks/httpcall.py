@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urljoin, urlsplit
 
-from taskd import atomic
 from tasks import pack
 from tasks.app import app
 from tasks.base import Job, TaskdTask
@@ -258,9 +257,8 @@ def call(job: Job, out_path: Path) -> Answer:
     raise TaskFailed(f"more than {MAX_REDIRECTS} redirects, the last to {url!r}")
 
 
-def _outcome(job: Job, answer: Answer, output: Path) -> dict[str, Any]:
-    if 500 <= answer.status < 600:
-        raise Retryable(f"the server answered {answer.status} {answer.reason}; will try again")
+def _outcome(answer: Answer, output: Path) -> dict[str, Any]:
+    """The file's fields for a kept answer: SUCCESS for a 2xx, else FAILURE naming it."""
     if not 200 <= answer.status < 300:
         raise TaskFailed(
             f"the server answered {answer.status} {answer.reason}; its body is in {output}"
@@ -277,17 +275,12 @@ def _outcome(job: Job, answer: Answer, output: Path) -> dict[str, Any]:
 
 @app.task(base=TaskdTask, name="tasks.httpcall.run")
 def run(job: Job) -> dict[str, Any]:
-    settings = job.settings
     stem = pack.safe_name(str(job.fields.get("description") or ""), job.task_id)
     with job.work_dir() as tmp:
         job.progress(0, force=True, **{"tmp-space": str(tmp)})
         body_file = tmp / f"{job.job_id}.body"
         answer = call(job, body_file)
-        if 500 <= answer.status < 600:
-            return _outcome(job, answer, body_file)  # raises Retryable: nothing to keep yet
-        target_dir = settings.download / job.user_id
-        atomic.make_dirs(target_dir, settings.output_folder_mode)
-        output = pack.publish(
-            body_file, target_dir, stem, suffix=".body", mode=settings.output_mode
-        )
-        return _outcome(job, answer, output)
+        if 500 <= answer.status < 600:  # nothing to keep: tried again
+            raise Retryable(f"the server answered {answer.status} {answer.reason}; will try again")
+        output = pack.publish_download(job.settings, job.user_id, body_file, stem, ".body")
+        return _outcome(answer, output)

@@ -31,7 +31,7 @@ from typing import IO, Any, BinaryIO
 from isal import igzip_threaded
 
 from taskd import atomic
-from taskd.settings import DEFAULT_OUTPUT_MODE
+from taskd.settings import DEFAULT_OUTPUT_MODE, Settings
 from tasks.spillset import SpillSet, digest
 
 log = logging.getLogger(__name__)
@@ -323,6 +323,16 @@ def unique_path(directory: Path, stem: str, suffix: str = TAR_SUFFIX) -> Path:
         if not os.path.lexists(candidate):
             return candidate
     raise PackError(f"no free name for {stem!r} in {directory} up to ({MAX_CLASH_NUMBER})")
+
+
+def publish_download(
+    settings: Settings, user_id: str, tmp_file: Path, stem: str, suffix: str
+) -> Path:
+    """`publish` a task's output file into `download/<user-id>/`, made if missing, with the
+    modes TASKD_OUTPUT_MODE gives."""
+    folder = settings.download / user_id
+    atomic.make_dirs(folder, settings.output_folder_mode)
+    return publish(tmp_file, folder, stem, suffix=suffix, mode=settings.output_mode)
 
 
 def publish(
