@@ -23,12 +23,30 @@ from pathlib import Path
 
 import pytest
 
+from bridge.passes.reconcile import FULL_RESCAN_EVERY, WORKER_TEMP_AGE_S
+from taskd.atomic import WORKER_TEMP_SUFFIX
 from tests.conftest import Drop
 from tests.e2e.test_worker_death import _children
 from tests.support.procs import BridgeProc, RedisServer, Worker, wait_until
 from tests.support.smtp import SmtpServer
 
 pytestmark = [pytest.mark.chaos, pytest.mark.timeout(900)]
+
+
+def _hidden(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("."))
+
+
+def _wait_for_no_hidden(directory: Path, rescan_s: float) -> None:
+    """A sent-marker whose outcome is recorded goes at the next rescan at the latest. A worker
+    killed mid-write leaves a temp file that is spared a minute (it may be a live write from
+    another host) and goes at the first full rescan after that."""
+    worker_temp = any(name.endswith(WORKER_TEMP_SUFFIX) for name in _hidden(directory))
+    timeout = 10 + (WORKER_TEMP_AGE_S + FULL_RESCAN_EVERY * rescan_s if worker_temp else 0)
+    try:
+        wait_until(lambda: not _hidden(directory), timeout, what="no hidden files left")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {_hidden(directory)}") from None
 
 
 @dataclass
@@ -207,12 +225,7 @@ def test_chaos(
             )
 
         wait_until(settled, 240 * scale, interval=1.0, what=f"all tasks done after {cast.log}")
-        # a sent-marker whose outcome is recorded goes at the next rescan at the latest
-        wait_until(
-            lambda: not [p for p in drop.dir.iterdir() if p.name.startswith(".")],
-            10,
-            what="no hidden files left in the queue directory",
-        )
+        _wait_for_no_hidden(drop.dir, float(env["TASKD_RESCAN_INTERVAL"]))
     finally:
         reader.stop.set()
         thread.join(5)
