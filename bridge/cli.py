@@ -47,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "up": "bridge, workers and Flower on one machine (a private Redis if none answers)",
         "retry": "run FAILURE tasks again, same task-id, new job id",
         "schedules": "each schedule in <data-root>/schedules/, its next runs and its last",
+        "cap": "list or set how many jobs of a type run at once, without restarting anything",
     }
     parsers = {}
     for name, help_text in commands.items():
@@ -79,6 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parsers["status"].add_argument(
         "--user", metavar="USER-ID", help="count this user's tasks only (queues stay global)"
+    )
+    parsers["cap"].add_argument("type", nargs="?", help="a task type, like PACKMS")
+    parsers["cap"].add_argument(
+        "value", nargs="?", help="jobs running at once (0 holds them all), or none for no cap"
+    )
+    parsers["cap"].add_argument(
+        "--default", action="store_true", help="drop what ops set: the schema's cap holds again"
     )
     parsers["up"].add_argument("--workers", type=int, default=1, help="worker processes")
     parsers["up"].add_argument(
@@ -298,6 +306,46 @@ def _wait_for(settings: Settings, target: Path, timeout: float | None) -> int:
     return outcome.code
 
 
+def cmd_cap(args: argparse.Namespace) -> int:
+    """List each type's cap, or set one type's: the active bridge applies it at its next tick."""
+    from taskd import caps
+    from taskd.tasktypes import load_types
+
+    settings = _settings(args)
+    settings.require_data_root()
+    types = load_types(settings.all_type_dirs)
+    try:
+        overrides = caps.read(settings.data_root)
+        if args.type is not None:
+            if args.type not in types:
+                print(
+                    f"taskd cap: no task type {args.type!r}; known: {', '.join(sorted(types))}",
+                    file=sys.stderr,
+                )
+                return EXIT_USAGE
+            if args.default == (args.value is not None):
+                print("taskd cap: give TYPE and a value, or TYPE --default", file=sys.stderr)
+                return EXIT_USAGE
+            overrides.pop(args.type, None)
+            if not args.default:
+                overrides[args.type] = caps.parse_cap(args.value)
+            caps.write(settings.data_root, overrides)
+    except caps.CapsError as exc:
+        print(f"taskd cap: {exc}", file=sys.stderr)
+        return EXIT_BAD
+    for name, task_type in sorted(types.items()):
+        print(f"{name}: {_cap_line(task_type.max_running, overrides, name)}")
+    return EXIT_OK
+
+
+def _cap_line(schema_cap: int | None, overrides: dict[str, int | None], name: str) -> str:
+    schema = "no cap" if schema_cap is None else f"{schema_cap}"
+    if name not in overrides:
+        return f"{schema} (the schema's)" if schema_cap is not None else "no cap"
+    value = overrides[name]
+    return f"{'no cap' if value is None else value} (set by ops; the schema says {schema})"
+
+
 def cmd_schedules(args: argparse.Namespace) -> int:
     """Each schedule: its cron, user and type, its next three runs and the last due time
     written; a bad one with its error. Exit 1 if any is bad."""
@@ -427,20 +475,32 @@ def cmd_status(args: argparse.Namespace) -> int:
     import redis as redis_lib
 
     from bridge import status, statusview
+    from taskd import caps
     from taskd.celeryconf import QUEUES, make_app
     from taskd.tasktypes import load_types
 
     settings = _settings(args)
     settings.require_data_root()
     queues = set(QUEUES) | {t.queue for t in load_types(settings.type_dirs).values()}
+    types = load_types(settings.all_type_dirs)  # a cap set on a type that is off shows too
     client = redis_lib.Redis.from_url(
         settings.redis_url, socket_connect_timeout=3, socket_timeout=3
     )
     app = make_app(settings)
 
     def snapshot() -> status.Status:
+        try:
+            limits = caps.effective(types, caps.read(settings.data_root))
+        except caps.CapsError:
+            limits = caps.effective(types, {})  # `taskd cap` says what is wrong with the file
         return status.gather(
-            settings.task_queue, settings.max_task_bytes, client, app, queues, args.user
+            settings.task_queue,
+            settings.max_task_bytes,
+            client,
+            app,
+            queues,
+            args.user,
+            limits=limits,
         )
 
     if args.watch:
@@ -505,6 +565,7 @@ HANDLERS = {
     "status": cmd_status,
     "up": cmd_up,
     "retry": cmd_retry,
+    "cap": cmd_cap,
 }
 
 

@@ -17,6 +17,7 @@ from celery import Celery
 from kombu.exceptions import OperationalError
 
 from bridge import contract, files, leader, metrics
+from bridge.caps import Caps
 from bridge.guard import Guard
 from bridge.intake import Intake
 from bridge.logs import ids
@@ -160,6 +161,7 @@ class Core:
         self.table = Table()
         self.owners = Owners()
         self.intake = Intake(settings, types)
+        self.caps = Caps(settings.data_root, types)
         self.root_id = roots.root_id(settings.data_root)
         self.publisher = Publisher(app, client, self.root_id)
         self.notifier = Notifier(notify_type(settings.notify_retry_intervals))

@@ -145,3 +145,22 @@ def decide(
     if known.record == states.JOB_PUBLISHING:
         return Decision(INSPECT)
     return Decision(PUBLISH, jobs.count(fields.get(states.RETRIES)))
+
+
+def holds_slot(fields: Mapping[str, Any], known: Known) -> bool:
+    """Whether a job counts against its type's cap (`x-taskd.max-running`): from the moment it
+    is published until its attempt ends. A job waiting for a retry holds none until that retry
+    is published; a running job whose worker died keeps its own, as it is run again."""
+    status = jobs.status(known.meta)
+    if status in (states.SUCCESS, states.FAILURE):
+        return False
+    if status == states.RETRY:
+        retries = jobs.count(jobs.result(known.meta).get(states.META_RETRIES))
+        return known.attempt >= retries
+    if status is not None or known.leased:
+        return True
+    if known.record is not None:  # publishing or published: in its queue
+        return True
+    # Redis lost it: one that had started is run again (`orphaned`), one still queued is
+    # published again and asks for a slot then.
+    return fields.get(states.STATE) in RUNNING | {states.RETRY}

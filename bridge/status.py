@@ -88,6 +88,7 @@ class Status:
     unacked: int = 0
     workers: dict[str, list[str]] = field(default_factory=dict)
     redis_error: str | None = None
+    caps: dict[str, dict[str, int]] = field(default_factory=dict)  # capped types: cap, counts
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -207,6 +208,18 @@ def from_files(tasks: list[TaskFile], now: datetime) -> Status:
     )
 
 
+def with_caps(tasks: Iterable[TaskFile], limits: Mapping[str, int]) -> dict[str, dict[str, int]]:
+    """Each capped type: its cap, and its tasks running and queued by their files."""
+    out = {name: {"cap": cap, "running": 0, "queued": 0} for name, cap in sorted(limits.items())}
+    for task in tasks:
+        row = out.get(task.name.rsplit(".", 1)[-1])
+        if row is not None and task.state in RUNNING:
+            row["running"] += 1
+        elif row is not None and task.state == states.QUEUED:
+            row["queued"] += 1
+    return out
+
+
 def queue_names(queues: Iterable[str]) -> dict[str, list[str]]:
     """Each Celery queue and its Redis lists, one per priority step: `retrieve`, `retrieve:1`..."""
     return {q: [q] + [f"{q}:{p}" for p in PRIORITY_STEPS if p] for q in sorted(set(queues))}
@@ -267,13 +280,16 @@ def gather(
     queues: Iterable[str],
     user_id: str | None = None,
     now: datetime | None = None,
+    limits: Mapping[str, int] | None = None,
 ) -> Status:
     """The whole picture. Redis being away leaves the file counts and says why in redis_error.
 
     With `user_id`, the task counts are that user's; queues, workers and cancels stay global.
     """
     now = now or datetime.now(UTC)
-    status = from_files(list(read_task_files(task_queue, max_bytes, user_id)), now)
+    tasks = list(read_task_files(task_queue, max_bytes, user_id))
+    status = from_files(tasks, now)
+    status.caps = with_caps(tasks, limits or {})
     try:
         status.queues, status.unacked = queue_depths(client, queues)
         add_cancelled(status, cancelled(client, now), now.date())

@@ -91,6 +91,15 @@ def running_table(status: Status) -> Table:
     return table
 
 
+def caps_table(status: Status) -> Table:
+    table = Table(title="caps per type", title_justify="left")
+    for column in ("type", "cap", "running", "queued"):
+        table.add_column(column, justify="left" if column == "type" else "right")
+    for name, row in status.caps.items():
+        table.add_row(name, str(row["cap"]), str(row["running"]), str(row["queued"]))
+    return table
+
+
 def headline(status: Status) -> Text:
     text = Text(f"taskd status at {status.at}")
     if status.oldest_queued is not None:
@@ -108,5 +117,7 @@ def render(status: Status) -> RenderableType:
     parts: list[RenderableType] = [headline(status), counts_table(status)]
     if status.redis_error is None:
         parts += [queues_table(status), workers_table(status)]
+    if status.caps:
+        parts.append(caps_table(status))
     parts.append(running_table(status))
     return Group(*parts)

@@ -362,6 +362,11 @@ class Settings:
         return (*turned_on, *self.schema_dirs)
 
     @property
+    def all_type_dirs(self) -> tuple[Path, ...]:
+        """`type_dirs` with the types that are off here too (ops set their caps beforehand)."""
+        return (EXEC_SCHEMA_DIR, HTTP_SCHEMA_DIR, *self.schema_dirs)
+
+    @property
     def output_folder_mode(self) -> int:
         """The mode of the folders outputs and result sets are created in."""
         return folder_mode(self.output_mode)

@@ -74,6 +74,7 @@ class TaskType:
     time_limit: float | None
     soft_time_limit: float | None
     retry: RetryPolicy
+    max_running: int | None = None  # jobs of this type running at once, all workers together
 
     @property
     def module(self) -> str:
@@ -206,7 +207,20 @@ def load_type(path: Path) -> TaskType:
         time_limit=_limit(path, meta, "time-limit"),
         soft_time_limit=_limit(path, meta, "soft-time-limit"),
         retry=RetryPolicy.parse(meta.get("retry-intervals")),
+        max_running=_cap(path, meta),
     )
+
+
+def _cap(path: Path, meta: Mapping[str, Any]) -> int | None:
+    value = meta.get("max-running")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise TaskTypeError(
+            f"{path}: x-taskd.max-running must be a whole number of jobs, 0 or more "
+            "(0 holds every job of the type)"
+        )
+    return value
 
 
 def load_types(extra_dirs: Iterable[Path] = ()) -> dict[str, TaskType]:
