@@ -122,6 +122,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
     from bridge import web
     from bridge.daemon import Bridge
+    from bridge.door import open_door
     from bridge.leader import Leadership
     from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, publishing_app
     from taskd.tasktypes import load_types
@@ -148,7 +149,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     bridge = Bridge(settings, load_types(settings.type_dirs), publishing_app(settings), client)
     leader = Leadership(client, settings.data_root, settings.redis_url, bridge.metrics)
     # Served while standing by too: /healthz answers 503 and says why this bridge waits.
-    server = web.serve(settings.http_host, settings.serve_port, bridge.metrics)
+    door = open_door(settings, bridge.core.types)  # open while standing by too: it only writes
+    server = web.serve(settings.http_host, settings.serve_port, bridge.metrics, door)
     try:
         # A second bridge on the same data root stands by until the active one is gone.
         if not leader.acquire(stop):

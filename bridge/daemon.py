@@ -17,6 +17,7 @@ from celery import Celery
 
 from bridge import metrics, status, watch, web, writer
 from bridge.core import Core
+from bridge.door import open_door
 from bridge.model import Table, Tracked
 from bridge.passes import cancel, intake, mirror, notify, reconcile, schedules
 from bridge.rootcheck import RootCheck
@@ -190,7 +191,10 @@ class Bridge:
         # Served from the start, so /healthz reports a long first scan as mirror lag; `server`
         # is one the caller started already on `self.metrics` (it answered while standing by).
         if server is None:
-            server = web.serve(self.settings.http_host, self.settings.serve_port, self.metrics)
+            door = open_door(self.settings, self.core.types)
+            server = web.serve(
+                self.settings.http_host, self.settings.serve_port, self.metrics, door
+            )
         try:
             self._loop(stop)
         finally:

@@ -8,6 +8,7 @@ group the UI gave it (the owner becomes the bridge's user, as with any new file)
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -241,6 +242,51 @@ def place_new(tmp: Path, target: Path) -> None:
     renamed in without replacing anything, and not announced as the bridge's own, so the
     watcher hands it to intake like any new file."""
     _rename_noreplace(tmp, target)
+
+
+def write_new_in(folder: Path, name: str, data: bytes) -> None:
+    """A new file `name` in `folder`, written whole and durable, as the UI would write it (not
+    announced: intake takes it like any new file). Everything goes through a handle on the
+    folder itself, so a link put in the folder's place is never followed; FileExistsError if
+    the name is taken. Its temp name is not the loop's own (this runs on other threads): a
+    temp a crash leaves is swept after a minute, not while it is written."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        tmp = atomic.temp_beside(folder / name, atomic.WORKER_TEMP_SUFFIX).name
+        out = os.open(tmp, atomic.TEMP_FLAGS, 0o644, dir_fd=fd)
+        try:
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out, view) :]
+                os.fsync(out)
+            finally:
+                os.close(out)
+            _rename_noreplace_at(fd, tmp, name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=fd)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rename_noreplace_at(fd: int, src: str, dst: str) -> None:
+    if _renameat2 is not None:
+        rc = _renameat2(fd, os.fsencode(src), fd, os.fsencode(dst), _RENAME_NOREPLACE)
+        if rc == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):
+            raise OSError(err, os.strerror(err), src, None, dst)
+    # No renameat2 on this file system (NFS): check, then rename. (A hard link would fail on a
+    # taken name too, but intake rejects a file it finds with two links.)
+    try:
+        os.stat(dst, dir_fd=fd, follow_symlinks=False)
+    except FileNotFoundError:
+        os.rename(src, dst, src_dir_fd=fd, dst_dir_fd=fd)
+        return
+    raise FileExistsError(errno.EEXIST, "target exists", dst)
 
 
 def _announced(src: Path, dst: Path, move: Callable[[], None]) -> None:

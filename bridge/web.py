@@ -16,6 +16,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from bridge.door import CLOSED, Door, Named, is_door
 from bridge.metrics import ENDED, REJECTED, Metrics, Snapshot, TaskRow, exposition, health
 from bridge.page import API_PATH, PAGE
 from taskd import states
@@ -32,10 +33,17 @@ PAGE_POLICY = (
 ACTIVE_ORDER = (states.PROGRESS, states.STARTED, states.RETRY, states.QUEUED)
 
 Reply = tuple[int, str, bytes]
+CLIENT_TIMEOUT_S = 30.0
 
 
 def _json(status: int, body: object) -> Reply:
     return status, "application/json", json.dumps(body, ensure_ascii=False).encode()
+
+
+UNAUTHORIZED = _json(
+    HTTPStatus.UNAUTHORIZED, {"error": "send the door's token: Authorization: Bearer <token>"}
+)
+BUSY = _json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "the task door is busy; try again"})
 
 
 def _rank(row: TaskRow) -> tuple[int, str, str]:
@@ -84,33 +92,94 @@ def route(path: str, snap: Snapshot) -> Reply:
     return _json(HTTPStatus.NOT_FOUND, {"error": f"no such page; try / {API_PATH} /metrics"})
 
 
-def _handler(snapshot: Callable[[], Snapshot]) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "taskd-bridge"
+class Handler(BaseHTTPRequestHandler):
+    """One request; `_handler` binds the snapshot and the door it serves."""
 
-        def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-            self._answer(send_body=True)
+    server_version = "taskd-bridge"
+    timeout = CLIENT_TIMEOUT_S  # a client that stops sending mid-request is let go
+    snapshot: Callable[[], Snapshot]
+    door: Door | None = None
 
-        def do_HEAD(self) -> None:  # noqa: N802
-            self._answer(send_body=False)
+    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        self._answer(send_body=True)
 
-        def _answer(self, send_body: bool) -> None:
-            status, content_type, body = route(self.path.split("?", 1)[0], snapshot())
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.send_header("X-Content-Type-Options", "nosniff")
-            if content_type.startswith("text/html"):
-                self.send_header("Content-Security-Policy", PAGE_POLICY)
-            self.end_headers()
-            if send_body:
-                self.wfile.write(body)
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(send_body=False)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-            log.debug("http %s: " + format, self.address_string(), *args)
+    def do_POST(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if not is_door(path):
+            self._send(*_json(HTTPStatus.METHOD_NOT_ALLOWED, {"error": "GET only here"}))
+            return
+        self._through_door(path, "", post=True)
 
-    return Handler
+    def _answer(self, send_body: bool) -> None:
+        path, _, query = self.path.partition("?")
+        if is_door(path):
+            self._through_door(path, query, post=False, send_body=send_body)
+            return
+        self._send(*route(path, self.snapshot()), send_body=send_body)
+
+    def _through_door(self, path: str, query: str, post: bool, send_body: bool = True) -> None:
+        door = self.door
+        if door is None:
+            reply = CLOSED
+        elif not door.allowed(self.headers.get("Authorization"), self.client_address[0], path):
+            reply = UNAUTHORIZED
+        elif not door.slots.acquire(blocking=False):
+            reply = BUSY
+        else:
+            try:
+                reply = self._door_reply(door, path, query, post)
+            finally:
+                door.slots.release()
+        self._send(*reply, send_body=send_body)
+
+    def _door_reply(self, door: Door, path: str, query: str, post: bool) -> Reply:
+        named = door.target(path)
+        if not isinstance(named, Named):
+            return named
+        if not post:
+            return door.get(named.user, named.name, query)
+        body = self._body(door)
+        if not isinstance(body, bytes):
+            return body
+        return door.post(named.user, named.name, body)
+
+    def _body(self, door: Door) -> bytes | Reply:
+        length = self.headers.get("Content-Length")
+        if length is None or not length.isdigit():
+            self.close_connection = True
+            return _json(HTTPStatus.LENGTH_REQUIRED, {"error": "send a Content-Length"})
+        too_large = door.too_large(int(length))
+        if too_large is not None:
+            self.close_connection = True  # the body is never read
+            return too_large
+        body = self.rfile.read(int(length))
+        if len(body) != int(length):
+            return _json(HTTPStatus.BAD_REQUEST, {"error": "the body ended early"})
+        return body
+
+    def _send(self, status: int, content_type: str, body: bytes, send_body: bool = True) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Cache-Control", "no-store")
+        self.send_header("X-Content-Type-Options", "nosniff")
+        if status == HTTPStatus.UNAUTHORIZED:
+            self.send_header("WWW-Authenticate", 'Bearer realm="taskd"')
+        if content_type.startswith("text/html"):
+            self.send_header("Content-Security-Policy", PAGE_POLICY)
+        self.end_headers()
+        if send_body:
+            self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        log.debug("http %s: " + format, self.address_string(), *args)
+
+
+def _handler(snapshot: Callable[[], Snapshot], door: Door | None) -> type[Handler]:
+    return type("BoundHandler", (Handler,), {"snapshot": staticmethod(snapshot), "door": door})
 
 
 class _Server(ThreadingHTTPServer):
@@ -124,9 +193,9 @@ class _Server6(_Server):
 class StatusServer:
     """Serves one `Metrics` on host:port from a daemon thread until `stop`."""
 
-    def __init__(self, host: str, port: int, metrics: Metrics) -> None:
+    def __init__(self, host: str, port: int, metrics: Metrics, door: Door | None = None) -> None:
         kind = _Server6 if ":" in host else _Server
-        self._server = kind((host, port), _handler(metrics.snapshot))
+        self._server = kind((host, port), _handler(metrics.snapshot, door))
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="bridge-http", daemon=True
         )
@@ -150,13 +219,15 @@ class StatusServer:
         self._thread.join(timeout=5)
 
 
-def serve(host: str, port: int | None, metrics: Metrics) -> StatusServer | None:
+def serve(
+    host: str, port: int | None, metrics: Metrics, door: Door | None = None
+) -> StatusServer | None:
     """Start the endpoint if a port is set; a port that cannot be bound is logged, not fatal:
     the bridge's work matters more than its dashboard."""
     if port is None:
         return None
     try:
-        server = StatusServer(host, port, metrics)
+        server = StatusServer(host, port, metrics, door)
     except OSError as exc:
         log.error(
             "cannot serve HTTP on %s:%s (%s); set TASKD_HTTP_PORT to a free port", host, port, exc
@@ -164,4 +235,6 @@ def serve(host: str, port: int | None, metrics: Metrics) -> StatusServer | None:
         return None
     server.start()
     log.info("status page, /metrics and /healthz on http://%s:%s/", host, server.port)
+    if door is not None:
+        log.info("task door open on http://%s:%s/api/tasks/ to holders of the token", host, port)
     return server

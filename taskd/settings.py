@@ -68,6 +68,11 @@ DEFAULT_HTTP_BODY_BYTES = 1 << 20
 servers refuse messages of 10 to 25 MB anyway."""
 
 
+MIN_TOKEN_CHARS = 16
+TOKEN_RE = re.compile(rf"[A-Za-z0-9._~+/=-]{{{MIN_TOKEN_CHARS},512}}")
+"""A bearer token as RFC 6750 allows one, long enough not to be guessed."""
+
+
 class SettingsError(ValueError):
     """A setting has a value taskd cannot use; the message names the variable and the fix."""
 
@@ -241,6 +246,9 @@ class Settings:
     """TASKD_HTTP_ALLOWED_HOSTS: the hosts (`host` or `host:port`) HTTP tasks may call; HTTP is
     off without them."""
     http_body_bytes: int = DEFAULT_HTTP_BODY_BYTES
+    http_token: str | None = field(default=None, repr=False)
+    """TASKD_HTTP_TOKEN: opens the task door on the bridge's HTTP port (`bridge/door.py`) to
+    clients that send it as a bearer token; no door without it."""
 
     def __post_init__(self) -> None:
         if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
@@ -275,6 +283,11 @@ class Settings:
                     f"TASKD_HTTP_ALLOWED_HOSTS: {entry!r} is not host or host:port; write e.g. "
                     "api.example.com, api.example.com:8443, 10.0.0.5 or [fd00::5]:8080"
                 )
+        if self.http_token is not None and not TOKEN_RE.fullmatch(self.http_token):
+            raise SettingsError(
+                f"TASKD_HTTP_TOKEN must be {MIN_TOKEN_CHARS} or more letters, digits or "
+                "-._~+/= (no spaces); make one with: openssl rand -hex 32"
+            )
         if self.exec_dir is not None and not self.exec_dir.is_absolute():
             raise SettingsError(
                 f"TASKD_EXEC_DIR={str(self.exec_dir)!r} is a relative path; write the absolute "
@@ -432,6 +445,7 @@ class Settings:
                 h.lower() for h in re.split(r"[\s,]+", env.get("TASKD_HTTP_ALLOWED_HOSTS", "")) if h
             ),
             "http_body_bytes": _int(env, "TASKD_HTTP_BODY_BYTES", DEFAULT_HTTP_BODY_BYTES),
+            "http_token": env.get("TASKD_HTTP_TOKEN") or None,
         }
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():
