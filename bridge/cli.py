@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         "worker": "a Celery worker on the queues retrieve, pack, notify (or -Q)",
         "flower": "Flower against the same broker",
         "check": "validate task files as the bridge would; exit 1 if any is bad",
-        "submit": "write a task file into the queue atomically, as the UI would",
+        "submit": "write a task file into the queue atomically, as the UI would, once it passes "
+        "taskd check; the task-id and type come from the file's name",
         "show": "a task's file state and its Celery state",
         "status": "counts by state (today, total), queues, live workers, running tasks",
         "up": "bridge, workers and Flower on one machine (a private Redis if none answers)",
@@ -69,6 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parsers["submit"].add_argument(
         "--timeout", type=float, metavar="S", help="with --wait: give up after S seconds"
+    )
+    parsers["submit"].add_argument(
+        "--no-check",
+        action="store_true",
+        help="hand the file in even if it is bad (taskd check's verdict), for the bridge to reject",
     )
     parsers["show"].add_argument("target", help="a task file or a job id")
     parsers["status"].add_argument("--json", action="store_true", help="one JSON object")
@@ -191,35 +197,37 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from bridge import contract, files
+    from bridge import contract
+
+    settings = _settings(args)
+    bad = 0
+    for path in args.files:
+        name = contract.parse_name(("check", path.name))
+        problem = (
+            "not a task file name (<task-id>.<TYPE>, TYPE upper case)"
+            if name is None
+            else _problem_of(settings, path, name)
+        )
+        print(f"{path}: {problem or 'ok'}")
+        bad += problem is not None
+    return EXIT_BAD if bad else EXIT_OK
+
+
+def _problem_of(settings: Settings, path: Path, name: Any) -> str | None:
+    """What the bridge would say is wrong with the file at `path`, or None if it is good."""
+    from bridge import files
     from bridge.judge import judge, too_large
     from taskd.formats import checker
     from taskd.tasktypes import load_types
 
-    settings = _settings(args)
-    types = load_types(settings.type_dirs)
-    formats = checker(settings.mail_db_path)
-    bad = 0
-    for path in args.files:
-        name = contract.parse_name(("check", path.name))
-        if name is None:
-            print(f"{path}: not a task file name (<task-id>.<TYPE>, TYPE upper case)")
-            bad += 1
-            continue
-        try:
-            raw = files.read_regular(path, settings.max_task_bytes)
-        except files.TooLarge as exc:
-            print(f"{path}: {too_large(exc.size, exc.limit)}")
-            bad += 1
-            continue
-        except OSError as exc:
-            print(f"{path}: cannot read: {exc.strerror or exc}")
-            bad += 1
-            continue
-        verdict = judge(raw, name, types, formats)
-        print(f"{path}: ok" if verdict.ok else f"{path}: {verdict.error}")
-        bad += not verdict.ok
-    return EXIT_BAD if bad else EXIT_OK
+    try:
+        raw = files.read_regular(path, settings.max_task_bytes)
+    except files.TooLarge as exc:
+        return too_large(exc.size, exc.limit)
+    except OSError as exc:
+        return f"cannot read: {exc.strerror or exc}"
+    verdict = judge(raw, name, load_types(settings.type_dirs), checker(settings.mail_db_path))
+    return None if verdict.ok else str(verdict.error)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
@@ -254,7 +262,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     if not contract.USER_RE.fullmatch(args.user_id):
         print(f"user-id {args.user_id!r} must be [A-Za-z0-9_]+", file=sys.stderr)
         return EXIT_USAGE
-    if contract.parse_name((args.user_id, args.file.name)) is None:
+    name = contract.parse_name((args.user_id, args.file.name))
+    if name is None:
         print(f"{args.file.name}: name it <task-id>.<TYPE>, TYPE upper case", file=sys.stderr)
         return EXIT_USAGE
     if not settings.task_queue.is_dir():  # an unmounted share's empty mount point, say
@@ -264,6 +273,17 @@ def cmd_submit(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_BAD
+    if not args.no_check:
+        problem = _problem_of(
+            settings, args.file, contract.parse_name((args.user_id, args.file.name))
+        )
+        if problem is not None:
+            print(
+                f"{args.file}: {problem}\nnot submitted (--no-check hands it in all the same, "
+                "for the bridge to reject with this error in the file)",
+                file=sys.stderr,
+            )
+            return EXIT_BAD
     target_dir = settings.task_queue / args.user_id
     target_dir.mkdir(exist_ok=True)
     target = target_dir / args.file.name
@@ -317,7 +337,7 @@ def cmd_cap(args: argparse.Namespace) -> int:
     settings.require_data_root()
     types = load_types(settings.all_type_dirs)
     try:
-        overrides = caps.read(settings.data_root)
+        overrides = _caps_to_change(settings.data_root, args.type is not None)
         if args.type is not None:
             if args.type not in types:
                 print(
@@ -332,12 +352,25 @@ def cmd_cap(args: argparse.Namespace) -> int:
             if not args.default:
                 overrides[args.type] = caps.parse_cap(args.value)
             caps.write(settings.data_root, overrides)
-    except caps.CapsError as exc:
+    except (caps.CapsError, OSError) as exc:
         print(f"taskd cap: {exc}", file=sys.stderr)
         return EXIT_BAD
     for name, task_type in sorted(types.items()):
         print(f"{name}: {_cap_line(task_type.max_running, overrides, name)}")
     return EXIT_OK
+
+
+def _caps_to_change(data_root: Path, changing: bool) -> dict[str, int | None]:
+    """The caps ops set; a broken file is started afresh when a cap is being set."""
+    from taskd import caps
+
+    try:
+        return caps.read(data_root)
+    except caps.CapsError as exc:
+        if not changing:
+            raise
+        print(f"taskd cap: {exc}; starting afresh from the schemas' caps", file=sys.stderr)
+        return {}
 
 
 def _cap_line(schema_cap: int | None, overrides: dict[str, int | None], name: str) -> str:

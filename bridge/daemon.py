@@ -136,6 +136,7 @@ class Bridge:
         self.watcher.start()
         reconcile.load_settled(self.core)
         self.rescan_once(now)
+        self.core.caps.backlog = set(self.core.intake.pending)  # counted once resumed
         # Files the bridge wrote are adopted in that first pass (intake does not make them
         # wait to settle), so what Redis still lists beyond them lost its file.
         reconcile.cancel_orphans(self.core, now)

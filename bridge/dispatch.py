@@ -56,7 +56,7 @@ def publish_when_due(
             extra=task_ids(task),
         )
         core.metrics.count(metrics.REPUBLISHED, metrics.REDIS_LOST)
-    if not core.caps.admit(task):
+    if not core.caps.admit(task, schedule.holds_slot(task.fields, info)):
         return  # its type is at its cap: it waits, QUEUED, for a slot (bridge/caps.py)
     if batch is not None and decision.attempt == 0:
         batch.append(task)  # a first try, or one Redis lost: sent with the others of the pass

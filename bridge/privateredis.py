@@ -65,6 +65,8 @@ class RedisPlan:
     child: Child | None = None
     password_file: Path | None = None
     """Where the password is kept, when `up` made it."""
+    folder: Path | None = None
+    """Where the private Redis keeps its data, when `up` starts one."""
 
 
 def _refused(settings: Settings) -> SystemExit:
@@ -111,7 +113,7 @@ def plan_redis(settings: Settings) -> RedisPlan:
     conf = write_redis_conf(settings, password)
     env = {"PATH": os.environ.get("PATH", os.defpath)}
     child = Child("redis-server", [binary, str(conf.absolute())], env, role="redis")
-    return RedisPlan(full, child, None if given is not None else stored)
+    return RedisPlan(full, child, None if given is not None else stored, conf.parent)
 
 
 def conf_quote(value: str) -> str:

@@ -129,14 +129,7 @@ def decide(
         # Redis lost its record, but a worker runs it and has taken its lease back.
         return Decision(KNOWN)
     if jobs.status(known.meta) == states.RETRY:
-        result = jobs.result(known.meta)
-        retries = jobs.count(result.get(states.META_RETRIES))
-        if known.attempt >= retries:
-            return Decision(KNOWN)  # this retry was published already
-        due = parse_time(result.get(states.META_RETRY_AT))
-        if due is not None and now < due:
-            return Decision(WAIT, retries, due)
-        return Decision(PUBLISH, retries)
+        return _retry(known, now)
     if known.meta is not None or known.record == states.JOB_PUBLISHED:
         return Decision(KNOWN)
     due = not_before(fields)
@@ -164,3 +157,17 @@ def holds_slot(fields: Mapping[str, Any], known: Known) -> bool:
     # Redis lost it: one that had started is run again (`orphaned`), one still queued is
     # published again and asks for a slot then.
     return fields.get(states.STATE) in RUNNING | {states.RETRY}
+
+
+def _retry(known: Known, now: datetime) -> Decision:
+    """A job whose last try asked for another: wait for it, send it, or it was sent."""
+    result = jobs.result(known.meta)
+    retries = jobs.count(result.get(states.META_RETRIES))
+    if known.attempt >= retries and known.record == states.JOB_PUBLISHING:
+        return Decision(INSPECT, retries)  # its send may have failed: look in the queue
+    if known.attempt >= retries:
+        return Decision(KNOWN)  # this retry was published already
+    due = parse_time(result.get(states.META_RETRY_AT))
+    if due is not None and now < due:
+        return Decision(WAIT, retries, due)
+    return Decision(PUBLISH, retries)

@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote
 
 from bridge.child import WORKER_STOP_GRACE_S, Child
@@ -49,12 +51,16 @@ PRIVATE_ONLY = ("FLOWER_BASIC_AUTH",)
 # --- Flower ------------------------------------------------------------------------------------
 
 
+def flower_file(settings: Settings) -> Path:
+    return private_dir(settings) / FLOWER_PASSWORD_FILE
+
+
 def flower_login(settings: Settings, environ: Mapping[str, str]) -> tuple[dict[str, str], str]:
     """Flower's FLOWER_BASIC_AUTH (the operator's when set) and how to log in, in words."""
     given = environ.get("FLOWER_BASIC_AUTH")
     if given:
         return {"FLOWER_BASIC_AUTH": given}, "log in as FLOWER_BASIC_AUTH says"
-    path = private_dir(settings) / FLOWER_PASSWORD_FILE
+    path = flower_file(settings)
     auth = f"{FLOWER_USER}:{secret(path)}"
     return {"FLOWER_BASIC_AUTH": auth}, f"user {FLOWER_USER}, password in {path}"
 
@@ -83,6 +89,7 @@ class Plan:
     kids: list[Child]
     redis: RedisPlan
     flower_login: str = ""
+    flower_file: Path | None = None  # Flower's password file, when `up` made the login
 
 
 def _worker(settings: Settings, n: int, env: dict[str, str]) -> Child:
@@ -101,37 +108,65 @@ def children(settings: Settings, workers: int, flower_port: int | None) -> Plan:
     kids = [] if redis_plan.child is None else [redis_plan.child]
     kids.append(Child("bridge", [py, "-m", "bridge.cli", "bridge"], env, role="bridge"))
     kids += [_worker(settings, n, env) for n in range(1, workers + 1)]
-    login = ""
+    login, password_file = "", None
     if flower_port:
         auth, login = flower_login(settings, os.environ)
+        password_file = None if os.environ.get("FLOWER_BASIC_AUTH") else flower_file(settings)
         argv = [py, "-m", "celery", "-A", "tasks", "flower", f"--port={flower_port}"]
         argv.append("--address=127.0.0.1")
         kids.append(Child("flower", argv, {**env, **auth}, role="flower"))
-    return Plan(kids, redis_plan, login)
+    return Plan(kids, redis_plan, login, password_file)
+
+
+def taskd_command() -> str:
+    """`taskd` as the user can type it: the bare name when it is this one on PATH, else its
+    path (relative to here, like `.venv/bin/taskd`, when it is below)."""
+    ours = Path(sys.executable).parent / "taskd"
+    found = shutil.which("taskd")
+    if found is not None and Path(found).resolve() == ours.resolve():
+        return "taskd"
+    try:
+        return str(ours.relative_to(Path.cwd()))
+    except ValueError:
+        return str(ours)
+
+
+def _redis_line(planned: Plan) -> str:
+    shown = redact_url(planned.redis.url)
+    if planned.redis.child is None:
+        line = f"  Redis: {shown} (one answered there; set TASKD_REDIS_URL for another)"
+    else:
+        line = f"  Redis: {shown} (started privately, kept in {planned.redis.folder})"
+    if planned.redis.password_file is not None:
+        line += f", password in {planned.redis.password_file}"
+    return line
 
 
 def banner(settings: Settings, planned: Plan, flower_port: int | None) -> str:
-    """What `up` prints once its children are planned: never a password, only where it is."""
-    root = settings.data_root
+    """What `up` prints once its children are planned: never a password, only where it is;
+    each command as it can be typed here."""
+    root, taskd = settings.data_root, taskd_command()
     redis_plan = planned.redis
-    redis_line = f"\n  Redis: {redact_url(redis_plan.url)}"
-    watch = f"taskd status --watch --data-root {root}"
+    watch = f"{taskd} status --watch --data-root {root}"
     if redis_plan.password_file is not None:
-        redis_line += f" (password in {redis_plan.password_file})"
         shown = with_password(redis_plan.url, f"$(cat {redis_plan.password_file})")
         watch = f'TASKD_REDIS_URL="{unquote(shown)}" {watch}'
     lines = [
         f"taskd is up on {root}",
         f"  drop task files into {settings.task_queue}/<user-id>/",
-        f"  try:   taskd submit 3 examples/0001.RETRMS --data-root {root}",
+        f"  try:   {taskd} submit 3 examples/0001.RETRMS --data-root {root}",
         f"  watch: {watch}",
+        _redis_line(planned),
     ]
-    text = "\n".join(lines) + redis_line
     if flower_port:
-        text += f"\n  Flower: http://127.0.0.1:{flower_port} ({planned.flower_login})"
+        where = f"http://127.0.0.1:{flower_port}"
+        lines.append(f"  Flower: {where} ({planned.flower_login})")
+        if planned.flower_file is not None:
+            login = f"{FLOWER_USER}:$(cat {planned.flower_file})"
+            lines.append(f'  Flower API: curl -u "{login}" {where}/api/workers')
     if settings.serve_port:
-        text += f"\n  bridge: http://{settings.http_host}:{settings.serve_port}/"
-    return text
+        lines.append(f"  bridge: http://{settings.http_host}:{settings.serve_port}/")
+    return "\n".join(lines)
 
 
 # --- running and stopping ----------------------------------------------------------------------

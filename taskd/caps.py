@@ -83,7 +83,7 @@ def read(data_root: Path) -> Overrides:
         raise CapsError(f"{path} is larger than {MAX_CAPS_BYTES} bytes; set it with taskd cap")
     try:
         data = json.loads(raw.decode("utf-8"))
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise CapsError(f"{path} is not JSON ({exc}); set the caps again with taskd cap") from exc
     if not isinstance(data, dict):
         raise CapsError(f"{path} must hold an object of type names; set it with taskd cap")

@@ -70,7 +70,10 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     if _check_run_id(core, run_id):
         core.full_look_at = now  # what Redis lost is found in the next tick's full look
     core.caps.refresh()
-    core.caps.recount((task, known.get(job_id) or Known(None, None)) for job_id, task in pairs)
+    core.caps.recount(
+        ((task, known.get(job_id) or Known(None, None)) for job_id, task in pairs),
+        core.intake.pending,
+    )
     now_iso = utc_now()
     still: dict[str, Known] = {}
     due: list[Tracked] = []

@@ -64,9 +64,19 @@ def test_a_task_that_fails_or_is_rejected_exits_1(
     content: dict[str, Any],
     state: str,
 ) -> None:
-    assert _submit(tmp_path, drop, cli_env, "w2.SLOW", content) == 1
+    assert _submit(tmp_path, drop, cli_env, "w2.SLOW", content, "--no-check") == 1
     final = _printed(capsys)
     assert final["state"] == state and final["error"]
+
+
+def test_a_bad_file_is_refused_before_it_is_written_unless_told(
+    tmp_path: Path, drop: Drop, cli_env: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    content = {"type": "SLOW", "steps": "many"}
+    assert _submit(tmp_path, drop, cli_env, "w4.SLOW", content) == 1
+    err = capsys.readouterr().err
+    assert "field 'steps'" in err and "not submitted" in err and "--no-check" in err
+    assert not (drop.dir / "w4.SLOW").exists()
 
 
 @pytest.mark.usefixtures("bridge")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from bridge import cli
 from bridge.caps import Caps
 from bridge.model import Tracked
-from bridge.schedule import Known, holds_slot
+from bridge.schedule import INSPECT, KNOWN, Known, decide, holds_slot
 from taskd import caps, states
 from taskd.tasktypes import RetryPolicy, TaskType, TaskTypeError, load_type, load_types
 
@@ -135,7 +136,7 @@ def test_a_capped_type_waits_until_the_first_count(tmp_path: Path) -> None:
     kept = Caps(tmp_path, types)
     assert not kept.admit(_task(types["A"]))
     assert kept.admit(_task(types["FREE"]))
-    kept.recount([])
+    kept.recount([], set())
     assert kept.admit(_task(types["A"]))
 
 
@@ -143,7 +144,7 @@ def test_jobs_beyond_the_cap_are_held_and_counted(tmp_path: Path) -> None:
     types = _types(tmp_path, A=2)
     kept = Caps(tmp_path, types)
     published = Known(states.JOB_PUBLISHED, None)
-    kept.recount([(_task(types["A"], n=0), published)])
+    kept.recount([(_task(types["A"], n=0), published)], set())
     assert [kept.admit(_task(types["A"], n=n)) for n in (1, 2, 3)] == [True, False, False]
     assert kept.summary() == {"A": {"cap": 2, "running": 2, "held": 2}}
 
@@ -157,9 +158,11 @@ def test_never_more_than_the_cap_hold_a_slot(cap: int, holding: list[bool], asks
     task_type = TaskType("A", {}, "t", "q", (), {}, None, None, RetryPolicy(), max_running=cap)
     kept = Caps(Path("/nonexistent"), {"A": task_type})
     known = [Known(states.JOB_PUBLISHED if h else None, None) for h in holding]
-    kept.recount([(_task(task_type, n=n), k) for n, k in enumerate(known)])
-    admitted = sum(kept.admit(_task(task_type, n=100 + n)) for n in range(asks))
-    assert admitted == max(0, min(asks, cap - sum(holding)))
+    kept.recount([(_task(task_type, n=n), k) for n, k in enumerate(known)], set())
+    waiting = len(holding) - sum(holding)  # counted, QUEUED, not holding: first in line
+    admitted = sum(kept.admit(_task(task_type, n=n)) for n in range(len(holding)) if not holding[n])
+    admitted += sum(kept.admit(_task(task_type, n=100 + n)) for n in range(asks))
+    assert admitted == max(0, min(waiting + asks, cap - sum(holding)))
 
 
 def test_a_new_caps_file_is_read_at_the_next_refresh_and_a_bad_one_keeps_the_caps(
@@ -209,3 +212,67 @@ def test_taskd_cap_refuses_what_it_cannot_set(
     assert cli.main([*argv, "--data-root", str(tmp_path)]) == code
     assert words in capsys.readouterr().err
     assert caps.read(tmp_path) == {}
+
+
+def test_a_job_sent_again_after_a_crash_keeps_its_own_slot(tmp_path: Path) -> None:
+    types = _types(tmp_path, A=1)
+    kept = Caps(tmp_path, types)
+    stuck = _task(types["A"])
+    publishing = Known(states.JOB_PUBLISHING, None)
+    kept.recount([(stuck, publishing)], set())
+    assert kept.admit(stuck, holds_slot(stuck.fields, publishing))  # its own slot
+    assert not kept.admit(_task(types["A"], n=1))  # and no other
+
+
+def test_a_retry_whose_send_was_cut_short_is_looked_for_and_sent_again() -> None:
+    meta = {"status": states.RETRY, "result": {states.META_RETRIES: 2}}
+    known = Known(states.JOB_PUBLISHING, meta, attempt=2)
+    decision = decide({states.STATE: states.RETRY}, known, datetime.now(UTC))
+    assert (decision.action, decision.attempt) == (INSPECT, 2)
+    sent = Known(states.JOB_PUBLISHED, meta, attempt=2)
+    assert decide({states.STATE: states.RETRY}, sent, datetime.now(UTC)).action == KNOWN
+
+
+def test_files_found_at_start_are_counted_before_a_capped_type_runs(tmp_path: Path) -> None:
+    types = _types(tmp_path, A=1)
+    kept = Caps(tmp_path, types)
+    unread = tmp_path / "task_queue" / "u" / "running-elsewhere.A"
+    kept.backlog = {unread}
+    kept.recount([], {unread})
+    assert not kept.admit(_task(types["A"]))  # that file's job may be running
+    kept.recount([], set())
+    assert kept.admit(_task(types["A"]))
+
+
+def test_a_job_taken_between_counts_waits_behind_those_already_waiting(tmp_path: Path) -> None:
+    types = _types(tmp_path, A=1)
+    kept = Caps(tmp_path, types)
+    older = _task(types["A"], n=1)
+    kept.recount([(older, Known(None, None))], set())
+    assert not kept.admit(_task(types["A"], n=2))  # newer: behind the older one
+    assert kept.admit(older)
+
+
+def test_a_caps_file_bad_from_the_start_leaves_the_schemas_caps(tmp_path: Path) -> None:
+    types = _types(tmp_path, A=1)
+    caps.caps_path(tmp_path).parent.mkdir(parents=True)
+    caps.caps_path(tmp_path).write_text('{"A": 2,}')
+    assert Caps(tmp_path, types).limits == {"A": 1}
+
+
+def test_a_caps_file_nested_past_reason_is_a_caps_error(tmp_path: Path) -> None:
+    caps.caps_path(tmp_path).parent.mkdir(parents=True)
+    caps.caps_path(tmp_path).write_text("[" * 30000)
+    with pytest.raises(caps.CapsError):
+        caps.read(tmp_path)
+
+
+def test_taskd_cap_sets_a_cap_over_a_broken_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "task_queue").mkdir()
+    caps.caps_path(tmp_path).parent.mkdir(parents=True)
+    caps.caps_path(tmp_path).write_text('{"A": 2,}')
+    assert cli.main(["cap", "PACKMS", "2", "--data-root", str(tmp_path)]) == 0
+    assert "starting afresh" in capsys.readouterr().err
+    assert caps.read(tmp_path) == {"PACKMS": 2}

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import stat
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,9 +121,41 @@ def test_the_banner_says_where_the_passwords_are_never_what_they_are(
     planned = up.Plan([], redis_plan, "user taskd, password in /x/flower.pass")
     text = up.banner(settings, planned, 5555)
     assert "TopSecret" not in text
-    assert f"Redis: redis://:***@127.0.0.1:6399/2 (password in {stored})" in text
-    assert f'TASKD_REDIS_URL="redis://:$(cat {stored})@127.0.0.1:6399/2" taskd status' in text
+    assert (
+        "Redis: redis://:***@127.0.0.1:6399/2 (one answered there; set TASKD_REDIS_URL for "
+        f"another), password in {stored}"
+    ) in text
+    taskd = up.taskd_command()
+    assert f'TASKD_REDIS_URL="redis://:$(cat {stored})@127.0.0.1:6399/2" {taskd} status' in text
+    assert f"try:   {taskd} submit 3 examples/0001.RETRMS" in text
     assert "Flower: http://127.0.0.1:5555 (user taskd, password in /x/flower.pass)" in text
+
+
+def test_the_banner_says_a_private_redis_was_started_and_how_to_reach_flowers_api(
+    settings: Settings, tmp_path: Path
+) -> None:
+    stored = settings.data_root / ".taskd" / "redis.pass"
+    child = up.Child("redis-server", ["redis-server"], {}, role="redis")
+    redis_plan = up.RedisPlan("redis://:s3cret@127.0.0.1:6379/0", child, stored, tmp_path)
+    flower = settings.data_root / ".taskd" / "flower.pass"
+    planned = up.Plan([], redis_plan, f"user taskd, password in {flower}", flower)
+    text = up.banner(settings, planned, 5555)
+    assert f"(started privately, kept in {tmp_path}), password in {stored}" in text
+    assert f'Flower API: curl -u "taskd:$(cat {flower})" http://127.0.0.1:5555/api/workers' in text
+    assert "s3cret" not in text
+
+
+def test_the_taskd_command_is_shown_as_it_can_be_typed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    venv_bin = Path(sys.executable).parent
+    monkeypatch.setenv("PATH", f"{venv_bin}:/usr/bin:/bin")
+    assert up.taskd_command() == "taskd"
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.chdir(venv_bin.parent.parent)
+    assert up.taskd_command() == f"{venv_bin.parent.name}/bin/taskd"
+    monkeypatch.chdir(tmp_path)
+    assert up.taskd_command() == str(venv_bin / "taskd")
 
 
 class Recorded(up.Child):
