@@ -17,10 +17,14 @@ client address a minute.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hmac
 import json
 import logging
+import os
 import re
+import stat
 import threading
 import time
 from collections.abc import Mapping
@@ -28,6 +32,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 from bridge import contract, files, waiting, watch
 from bridge.judge import judge, too_large
@@ -43,6 +48,9 @@ PREFIX = "/api/tasks/"
 MAX_WAIT_S = 300.0
 MAX_AT_ONCE = 32
 """Door requests served at once (long polls included); more are told to come back."""
+MAX_WAITING = 8
+"""Long polls waiting at once; another is answered at once with what the task is then."""
+WAIT_POLL_S = 1.0  # the bridge rewrites a task's file at most once a second
 REFUSED_LOG_EVERY_S = 60.0
 WAIT_RE = re.compile(r"(?:^|&)wait=([^&]*)")
 
@@ -81,6 +89,10 @@ class Door:
         default_factory=lambda: threading.BoundedSemaphore(MAX_AT_ONCE)
     )
     refused: dict[str, float] = field(default_factory=dict)  # client -> when last logged
+    writing: threading.Lock = field(default_factory=threading.Lock)
+    waits: threading.BoundedSemaphore = field(
+        default_factory=lambda: threading.BoundedSemaphore(MAX_WAITING)
+    )
 
     def __post_init__(self) -> None:
         if self.checker is None:
@@ -88,9 +100,10 @@ class Door:
 
     def allowed(self, authorization: str | None, client: str, path: str) -> bool:
         """The token matches (compared in constant time); a refusal is logged."""
-        token = self.settings.http_token or ""
+        token = (self.settings.http_token or "").encode()
         scheme, _, given = (authorization or "").partition(" ")
-        if token and scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token):
+        offered = given.strip().encode("utf-8", "replace")  # any text a header can carry
+        if token and scheme.lower() == "bearer" and hmac.compare_digest(offered, token):
             return True
         now = time.monotonic()
         if now - self.refused.get(client, -REFUSED_LOG_EVERY_S) >= REFUSED_LOG_EVERY_S:
@@ -108,7 +121,12 @@ class Door:
 
     def target(self, path: str) -> Named | Reply:
         """The user and task name a door path names, or why it names none."""
-        parts = path[len(PREFIX) :].split("/")
+        parts = _segments(path[len(PREFIX) :])
+        if parts is None:
+            return _error(
+                HTTPStatus.BAD_REQUEST,
+                "the path is not UTF-8 once its %-escapes are decoded; name the task in UTF-8",
+            )
         if len(parts) != 2 or not contract.USER_RE.fullmatch(parts[0]):
             return _error(
                 HTTPStatus.BAD_REQUEST,
@@ -135,15 +153,20 @@ class Door:
             )
         folder, file_name = queue / user, _file_name(name)
         try:
-            folder.mkdir(exist_ok=True)
-            holder = _holder(folder, name)
-            if holder is None:
-                files.write_new_in(folder, file_name, body)
-        except FileExistsError:
-            holder = file_name
+            with self.writing:  # two requests for one task-id: one file, one 201
+                _make_folder(folder)
+                holder = _holder(folder, name)
+                if holder is None:
+                    try:
+                        files.write_new_in(folder, file_name, body)
+                    except FileExistsError:
+                        holder = file_name
         except OSError as exc:
             log.error("task door: cannot write %s/%s: %s", user, file_name, exc)
-            return _error(HTTPStatus.SERVICE_UNAVAILABLE, f"cannot write the task file: {exc}")
+            why = exc.strerror or type(exc).__name__
+            return _error(
+                HTTPStatus.SERVICE_UNAVAILABLE, f"cannot write the task file ({why}); tell ops"
+            )
         if holder is not None:
             return _error(
                 HTTPStatus.CONFLICT,
@@ -158,12 +181,22 @@ class Door:
             return wait
         max_bytes = self.settings.max_task_bytes * 8
         args = (self.settings.task_queue, user, name.stem, name.type, max_bytes)
-        task = waiting.look_once(*args, None)
+        real = _real_folder(self.settings.task_queue / user)  # a link there is never followed
+        task = waiting.look_once(*args, None) if real else None
         if task is not None and wait > 0 and waiting.ended(task) is None:
-            task = waiting.wait(*args, wait).task
+            task = self._waited(args, task, wait)
         if task is None:
             return _error(HTTPStatus.NOT_FOUND, f"no task {_file_name(name)} of user {user}")
         return HTTPStatus.OK, "application/json", _body_of(task.fields, task.name)
+
+    def _waited(self, args: tuple[Path, str, str, str, int], task: Any, wait: float) -> Any:
+        """The task once it ended or `wait` passed; as it is now when too many wait already."""
+        if not self.waits.acquire(blocking=False):
+            return task
+        try:
+            return waiting.wait(*args, wait, interval=WAIT_POLL_S).task
+        finally:
+            self.waits.release()
 
     def too_large(self, length: int) -> Reply | None:
         if length > self.settings.max_task_bytes:
@@ -172,6 +205,33 @@ class Door:
                 too_large(length, self.settings.max_task_bytes),
             )
         return None
+
+
+def _segments(path: str) -> list[str] | None:
+    """The path's parts, %-escapes decoded, as UTF-8 (http.server hands the request line over
+    decoded as latin-1); None when they are not UTF-8."""
+    try:
+        raw = [unquote_to_bytes(part) for part in path.encode("latin-1").split(b"/")]
+        parts = [part.decode("utf-8") for part in raw]
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        return None
+    # A `/` or NUL escaped into a part names no file: such a part is no name at all.
+    return [part if not {"/", "\0"} & set(part) else "" for part in parts]
+
+
+def _real_folder(folder: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(folder).st_mode)
+    except OSError:
+        return False
+
+
+def _make_folder(folder: Path) -> None:
+    """The user's folder, made if missing; OSError when something else has its name."""
+    with contextlib.suppress(FileExistsError):
+        folder.mkdir()
+    if not _real_folder(folder):
+        raise NotADirectoryError(errno.ENOTDIR, "not a folder (a link or a file?)", str(folder))
 
 
 def _holder(folder: Path, name: contract.TaskName) -> str | None:

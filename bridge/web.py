@@ -7,8 +7,10 @@ is the active one, so a standby answers too (/healthz 503, `"role": "standby"` a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import socket
 import threading
 from collections.abc import Callable
@@ -34,6 +36,12 @@ ACTIVE_ORDER = (states.PROGRESS, states.STARTED, states.RETRY, states.QUEUED)
 
 Reply = tuple[int, str, bytes]
 CLIENT_TIMEOUT_S = 30.0
+REQUEST_DEADLINE_S = 30.0
+"""A request must be read whole within this (a long poll's wait comes after)."""
+MAX_CONNECTIONS = 64
+DRAIN_BYTES = 4 << 20
+"""A body over the limit is read and dropped up to this, so the client hears the 413."""
+LENGTH_RE = re.compile(r"[0-9]{1,12}")
 
 
 def _json(status: int, body: object) -> Reply:
@@ -106,6 +114,21 @@ class Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:  # noqa: N802
         self._answer(send_body=False)
 
+    def setup(self) -> None:
+        super().setup()
+        # One deadline for reading the whole request, however slowly it trickles in.
+        self._deadline = threading.Timer(REQUEST_DEADLINE_S, self._cut)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut(self) -> None:
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
+
     def do_POST(self) -> None:  # noqa: N802
         path = self.path.split("?", 1)[0]
         if not is_door(path):
@@ -114,6 +137,7 @@ class Handler(BaseHTTPRequestHandler):
         self._through_door(path, "", post=True)
 
     def _answer(self, send_body: bool) -> None:
+        self._deadline.cancel()  # read whole: what follows may wait (a long poll)
         path, _, query = self.path.partition("?")
         if is_door(path):
             self._through_door(path, query, post=False, send_body=send_body)
@@ -148,15 +172,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def _body(self, door: Door) -> bytes | Reply:
         length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
+        if length is None or not LENGTH_RE.fullmatch(length.strip()):
             self.close_connection = True
             return _json(HTTPStatus.LENGTH_REQUIRED, {"error": "send a Content-Length"})
-        too_large = door.too_large(int(length))
+        size = int(length)
+        too_large = door.too_large(size)
         if too_large is not None:
-            self.close_connection = True  # the body is never read
+            self.close_connection = True
+            if size <= DRAIN_BYTES:  # read and dropped, so the client hears the answer
+                self.rfile.read(size)
             return too_large
-        body = self.rfile.read(int(length))
-        if len(body) != int(length):
+        body = self.rfile.read(size)
+        self._deadline.cancel()
+        if len(body) != size:
             return _json(HTTPStatus.BAD_REQUEST, {"error": "the body ended early"})
         return body
 
@@ -168,6 +196,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         if status == HTTPStatus.UNAUTHORIZED:
             self.send_header("WWW-Authenticate", 'Bearer realm="taskd"')
+        if status == HTTPStatus.METHOD_NOT_ALLOWED:
+            self.send_header("Allow", "GET, HEAD")
         if content_type.startswith("text/html"):
             self.send_header("Content-Security-Policy", PAGE_POLICY)
         self.end_headers()
@@ -183,7 +213,30 @@ def _handler(snapshot: Callable[[], Snapshot], door: Door | None) -> type[Handle
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, at most MAX_CONNECTIONS of them: one more is closed at once."""
+
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops a burst of connects for seconds
+
+    def __init__(self, address: Any, handler: Any) -> None:
+        super().__init__(address, handler)
+        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self.connections.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.connections.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.connections.release()
 
 
 class _Server6(_Server):
