@@ -132,6 +132,9 @@ class TaskdTask(Task):  # type: ignore[misc]
     """Base of every taskd task type; the body is `run(job) -> fields to mirror`."""
 
     typing = False
+    # A TaskFailed is the task's own verdict (a user's mistake, said in the file's error): one
+    # warning line below, not an error with a traceback from Celery.
+    throws = (TaskFailed,)
     _settings: Settings | None = None
 
     @property
@@ -289,9 +292,11 @@ class TaskdTask(Task):  # type: ignore[misc]
     ) -> NoReturn:
         """Fail for good on an exception no code expected; its traceback is logged once, here."""
         log.error("job %s failed with an unexpected error", job_id, exc_info=exc)
-        self._fail(client, job_id, internal_error(type_name, exc, job_id))
+        self._fail(client, job_id, internal_error(type_name, exc, job_id), said=True)
 
-    def _fail(self, client: Any, job_id: str, failure: TaskFailed) -> NoReturn:
+    def _fail(self, client: Any, job_id: str, failure: TaskFailed, said: bool = False) -> NoReturn:
+        if not said:
+            log.warning("job %s failed: %s", job_id, failure.message)
         self._finish(client, job_id, states.FAILURE, failure.message)
         raise failure
 

@@ -8,6 +8,7 @@ job requeued it, so a job Redis answered nonsense for came back for ever.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +23,7 @@ from taskd import states
 from taskd.celeryconf import make_app
 from taskd.settings import Settings
 from tasks.base import Job, TaskdTask
+from tasks.errors import TaskFailed
 from tests.support.procs import RedisServer
 
 RAISED: dict[str, BaseException] = {}
@@ -96,3 +98,18 @@ def test_redis_or_the_broker_out_of_reach_waits_for_a_retry(
     meta = json.loads(app.backend.client.get(states.meta_key(job_id)))
     assert meta["status"] == states.RETRY
     assert app.backend.client.get(states.done_key(job_id)) is None
+
+
+def test_a_users_mistake_is_one_warning_line_not_an_error_with_a_traceback(
+    app: Celery, caplog: pytest.LogCaptureFixture
+) -> None:
+    job_id = str(uuid.uuid4())
+    RAISED[job_id] = TaskFailed("field 'files': /etc/passwd is outside the allowed roots")
+    with caplog.at_level(logging.INFO):
+        result = _run(app, job_id)
+    assert result.state == states.FAILURE
+    mine = [r for r in caplog.records if job_id in r.getMessage()]
+    warnings = [r for r in mine if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "outside the allowed roots" in warnings[0].getMessage()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert not [r for r in caplog.records if r.exc_info]
