@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,8 +179,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = _settings(args)
     _export(settings)
     extra = list(args.extra)
+    queues = worker_queues(settings)
     if not any(a in ("-Q", "--queues") or a.startswith(("--queues=", "-Q")) for a in extra):
-        extra += ["-Q", worker_queues(settings)]
+        extra += ["-Q", queues]
+    _preface(
+        extra,
+        f"taskd worker: a Celery worker for taskd (celery -A tasks worker). Options of taskd's "
+        f"own: {OWN_HELP}. Without -Q it serves every task type's queue ({queues}). Celery's "
+        "own options follow; write them after `taskd worker`.",
+    )
     argv = [sys.executable, "-m", "celery", "-A", "tasks", "worker", *extra]
     os.execv(sys.executable, argv)
     return EXIT_OK  # pragma: no cover - execv does not return
@@ -191,9 +199,24 @@ def cmd_flower(args: argparse.Namespace) -> int:
     _export(_settings(args))
     # Loopback unless told otherwise; the password belongs in FLOWER_BASIC_AUTH, not argv.
     extra = flower_options(list(args.extra), os.environ)
+    _preface(
+        extra,
+        f"taskd flower: Flower on taskd's Redis (celery -A tasks flower). Options of taskd's own: "
+        f"{OWN_HELP}. It listens on 127.0.0.1 unless --address says otherwise; its login comes "
+        "from FLOWER_BASIC_AUTH. Flower's own options follow.",
+    )
     argv = [sys.executable, "-m", "celery", "-A", "tasks", "flower", *extra]
     os.execv(sys.executable, argv)
     return EXIT_OK  # pragma: no cover
+
+
+OWN_HELP = "--data-root (TASKD_DATA_ROOT) and --redis-url (TASKD_REDIS_URL)"
+
+
+def _preface(extra: list[str], text: str) -> None:
+    """Before Celery's or Flower's own help: what taskd adds to it."""
+    if "--help" in extra or "-h" in extra:
+        print(textwrap.fill(text, 79) + "\n", flush=True)
 
 
 def cmd_check(args: argparse.Namespace) -> int:

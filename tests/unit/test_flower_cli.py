@@ -43,3 +43,22 @@ def test_flower_address_from_the_environment_is_kept(
     cli.main(["flower"])
     [argv] = execv
     assert argv[argv.index("flower") + 1 :] == []
+
+
+@pytest.mark.parametrize("command", ["worker", "flower"])
+def test_help_says_what_taskd_adds_before_handing_over(
+    execv: list[list[str]], capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    cli.main([command, "--help"])
+    [argv] = execv
+    assert "--help" in argv  # Celery's or Flower's own help follows
+    said = " ".join(capsys.readouterr().out.split())
+    assert said.startswith(f"taskd {command}:")
+    assert "--data-root (TASKD_DATA_ROOT)" in said and "--redis-url (TASKD_REDIS_URL)" in said
+
+
+def test_without_help_nothing_is_said_first(
+    execv: list[list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cli.main(["worker", "-c", "2"])
+    assert capsys.readouterr().out == ""
