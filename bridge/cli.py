@@ -603,7 +603,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         settings.require_data_root()
     for sub in ("task_queue", "download", "retrieve", "work_space"):
         (settings.data_root / sub).mkdir(parents=True, exist_ok=True)
-    if args.sample and write_sample(settings.mail_db_path):
+    if args.sample and write_sample(settings.mail_db_path, bulk=True):
         print(f"sample archive written to {settings.mail_db_path}", flush=True)
     flower_port = args.flower_port or None
     planned = children(settings, args.workers, flower_port)

@@ -35,8 +35,22 @@ SAMPLES = [
 ]
 
 
-def write_sample(mail_db: Path) -> bool:
-    """Create the sample user's archive under `mail_db`; False if that user has one already."""
+BULK = 20_000
+"""Messages `make run`'s sample adds to the seed's day, so that its search takes long enough
+for progress to be seen moving (in the file's name, on the page and in Flower)."""
+BULK_BODY = "Minutes of the weekly meeting, kept for the archive. " * 16
+
+
+def _bulk(eml_dir: Path, day: str) -> None:
+    for n in range(BULK):
+        subject, charset = (f"haha weekly {n}", "utf-8") if n % 8 == 0 else (f"週報 {n}", "big5")
+        raw = _message(n % 60, subject, charset, "lin@example.cn", BULK_BODY, day)
+        (eml_dir / f"B{n:06d}.eml").write_bytes(raw.replace(b"sample-", f"bulk{n}-".encode()))
+
+
+def write_sample(mail_db: Path, bulk: bool = False) -> bool:
+    """Create the sample user's archive under `mail_db` (with `bulk`, BULK more messages on the
+    seed's day); False if that user has one already."""
     if (mail_db / USER).exists():
         return False
     day = "20171025"
@@ -44,6 +58,8 @@ def write_sample(mail_db: Path) -> bool:
     eml_dir.mkdir(parents=True)
     for n, (mail_id, subject, charset, sender, body) in enumerate(SAMPLES, 1):
         (eml_dir / f"{mail_id}.eml").write_bytes(_message(n, subject, charset, sender, body, day))
+    if bulk:
+        _bulk(eml_dir, day)
     mbox_day = "20171026"
     with open(mail_db / USER / FOLDER / f"{mbox_day}.mbox", "wb") as mbox:
         for n in range(1, 4):
