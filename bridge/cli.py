@@ -125,23 +125,18 @@ def _export(settings: Any) -> None:
 def cmd_bridge(args: argparse.Namespace) -> int:
     import logging
 
-    import redis as redis_lib
-
     from bridge import web
     from bridge.daemon import Bridge
     from bridge.door import open_door
     from bridge.leader import Leadership
+    from taskd import redisconn
     from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, publishing_app
     from taskd.tasktypes import load_types
 
     settings = _settings(args)
     logs.setup(settings.log_format)
     settings.require_data_root()  # a typo or an unmounted share is said, not created empty
-    client = redis_lib.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-    )
+    client = redisconn.client(settings, SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S)
     stop = threading.Event()
 
     def stopping(signum: int, _frame: object) -> None:
@@ -485,12 +480,10 @@ def _find_job_file(settings: Any, job_id: str) -> Path | None:
 def _celery_state(settings: Any, job_id: str) -> Any:
     import redis as redis_lib
 
-    from taskd import states
+    from taskd import redisconn, states
     from taskd.jobs import parse_meta
 
-    client = redis_lib.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=3, socket_timeout=3
-    )
+    client = redisconn.client(settings, 3, 3)
     try:
         meta: Any = client.get(states.meta_key(job_id))
     except redis_lib.RedisError as exc:
@@ -530,10 +523,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    import redis as redis_lib
-
     from bridge import status, statusview
-    from taskd import caps
+    from taskd import caps, redisconn
     from taskd.celeryconf import QUEUES, make_app
     from taskd.tasktypes import load_types
 
@@ -541,9 +532,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings.require_data_root()
     queues = set(QUEUES) | {t.queue for t in load_types(settings.type_dirs).values()}
     types = load_types(settings.all_type_dirs)  # a cap set on a type that is off shows too
-    client = redis_lib.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=3, socket_timeout=3
-    )
+    client = redisconn.client(settings, 3, 3)
     app = make_app(settings)
 
     def snapshot() -> status.Status:

@@ -14,7 +14,7 @@ import redis
 
 from bridge.child import Child
 from bridge.secretfile import private_dir, read_secret, secret, url_password, with_password
-from taskd import names
+from taskd import names, redisconn
 from taskd.settings import Settings, redact_url
 
 log = logging.getLogger("bridge.up")
@@ -86,6 +86,8 @@ def plan_redis(settings: Settings) -> RedisPlan:
     """Use the Redis that answers at TASKD_REDIS_URL, or plan a private one with a password:
     the URL's own, else one made once and kept under the data root."""
     url = settings.redis_url
+    if redisconn.is_sentinel(url) or redisconn.is_tls(url):
+        return RedisPlan(url)  # ops' own Redis, by sentinels or TLS: never one of up's
     answer = probe(url)
     if answer == ANSWERS:
         return RedisPlan(url)

@@ -13,6 +13,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from taskd import redisconn
 from taskd.settings import Settings
 
 QUEUES = ("retrieve", "pack", "notify")
@@ -29,6 +30,8 @@ def kombu_priority(file_priority: int) -> int:
 
 def redis_options(settings: Settings) -> dict[str, Any]:
     return {
+        # Sentinels: the master's name (taskd/redisconn.py).
+        **redisconn.transport_options(settings),
         # A job taken by a worker that dies without acking comes back after this long. It must
         # outlast the longest time limit, or a healthy long job would be handed out twice.
         "visibility_timeout": settings.visibility_timeout,
@@ -101,6 +104,8 @@ def config(settings: Settings, include: Iterable[str] = ()) -> dict[str, Any]:
         "task_create_missing_queues": True,
         "task_default_priority": kombu_priority(0),
         "worker_hijack_root_logger": False,
+        # rediss://: the server's certificate is always checked (taskd/redisconn.py).
+        **redisconn.celery_tls(settings),
     }
 
 

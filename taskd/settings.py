@@ -103,9 +103,16 @@ def _int(env: Mapping[str, str], name: str, default: int | None) -> int | None:
 
 
 def redact_url(url: str) -> str:
-    """`url` with any password replaced by `***`: fit for messages, logs and pages."""
+    """`url` with any password replaced by `***`: fit for messages, logs and pages. Each part
+    of a sentinel URL (`sentinel://...;sentinel://...`) is masked alike."""
+    return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+def _redact_one(url: str) -> str:
     # user:password@ (or a lone token@) after the scheme, and a password= query parameter.
-    url = re.sub(r"^([a-z][a-z0-9+.-]*://)([^/:@?#]*:)?[^/?#]*@", _mask_userinfo, url, flags=re.I)
+    url = re.sub(
+        r"^(\s*[a-z][a-z0-9+.-]*://)([^/:@?#]*:)?[^/?#]*@", _mask_userinfo, url, flags=re.I
+    )
     return re.sub(r"(?i)([?&]password=)[^&#]*", r"\1***", url)
 
 
@@ -246,16 +253,22 @@ class Settings:
     """TASKD_HTTP_ALLOWED_HOSTS: the hosts (`host` or `host:port`) HTTP tasks may call; HTTP is
     off without them."""
     http_body_bytes: int = DEFAULT_HTTP_BODY_BYTES
+    redis_master: str | None = None
+    """TASKD_REDIS_MASTER: with a sentinel:// URL, the name the sentinels know the master by."""
+    redis_ca_file: Path | None = None
+    """TASKD_REDIS_CA_FILE: with a rediss:// URL, the CA certificates Redis's is checked against
+    (the system's without it)."""
     http_token: str | None = field(default=None, repr=False)
     """TASKD_HTTP_TOKEN: opens the task door on the bridge's HTTP port (`bridge/door.py`) to
     clients that send it as a bearer token; no door without it."""
 
     def __post_init__(self) -> None:
-        if not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+        if not self.redis_url.startswith(("redis://", "rediss://", "unix://", "sentinel://")):
             raise SettingsError(
                 f"TASKD_REDIS_URL={redact_url(self.redis_url)!r} is not a Redis URL; "
-                "write redis://host:port/db"
+                "write redis://host:port/db (rediss:// for TLS, sentinel://... for sentinels)"
             )
+        self._check_redis_extras()
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"TASKD_LOG_FORMAT={self.log_format!r}: use text or json")
         if self.max_task_bytes <= 0:
@@ -269,6 +282,25 @@ class Settings:
         self._check_limits()
         _check_output_mode("TASKD_OUTPUT_MODE", self.output_mode)
         self._check_root_names()
+
+    def _check_redis_extras(self) -> None:
+        sentinel = self.redis_url.startswith("sentinel://")
+        if sentinel and not self.redis_master:
+            raise SettingsError(
+                "TASKD_REDIS_URL names sentinels: set TASKD_REDIS_MASTER to the name they know "
+                "the master by (sentinel monitor <name> ...), e.g. mymaster"
+            )
+        if self.redis_master and not sentinel:
+            raise SettingsError(
+                "TASKD_REDIS_MASTER is for sentinels: write TASKD_REDIS_URL as "
+                "sentinel://host1:26379/0;sentinel://host2:26379, or unset TASKD_REDIS_MASTER"
+            )
+        if self.redis_ca_file is not None and not self.redis_ca_file.is_absolute():
+            raise SettingsError(
+                f"TASKD_REDIS_CA_FILE={str(self.redis_ca_file)!r} is a relative path; write "
+                "the absolute path of the CA certificates (PEM) Redis's certificate is checked "
+                "against"
+            )
 
     def _check_root_names(self) -> None:
         # What the names alone say; `check_file_roots` then looks at the disk.
@@ -446,6 +478,10 @@ class Settings:
             ),
             "http_body_bytes": _int(env, "TASKD_HTTP_BODY_BYTES", DEFAULT_HTTP_BODY_BYTES),
             "http_token": env.get("TASKD_HTTP_TOKEN") or None,
+            "redis_master": env.get("TASKD_REDIS_MASTER") or None,
+            "redis_ca_file": Path(env["TASKD_REDIS_CA_FILE"])
+            if env.get("TASKD_REDIS_CA_FILE")
+            else None,
         }
         known = {f.name for f in fields(cls)}
         for key, value in overrides.items():

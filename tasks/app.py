@@ -11,10 +11,9 @@ import logging
 import os
 from typing import Any
 
-import redis
 from celery import Celery, signals
 
-from taskd import roots
+from taskd import redisconn, roots
 from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, config
 from taskd.settings import Settings, SettingsError
 from taskd.tasktypes import load_types
@@ -52,11 +51,7 @@ def refuse_wrong_setup(sender: Any = None, **_: Any) -> None:
 
 
 def _refuse_another_root(settings: Settings) -> None:
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-    )
+    client = redisconn.client(settings, SOCKET_TIMEOUT_S, CONNECT_TIMEOUT_S)
     try:
         roots.refuse_if_taken(client, settings.data_root, settings.redis_url)
     finally:
