@@ -9,6 +9,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY taskd taskd
 COPY bridge bridge
+COPY taskcli taskcli
 COPY tasks tasks
 COPY schemas schemas
 

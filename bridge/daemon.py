@@ -15,13 +15,13 @@ from typing import Any
 
 from celery import Celery
 
-from bridge import metrics, status, watch, web, writer
+from bridge import metrics, taskfiles, watch, web, writer
 from bridge.core import Core
-from bridge.door import open_door
 from bridge.model import Table, Tracked
 from bridge.passes import cancel, intake, mirror, notify, reconcile, schedules
 from bridge.rootcheck import RootCheck
 from bridge.settledindex import Settled
+from bridge.web.door import open_door
 from taskd import states
 from taskd.roots import RootConflict
 from taskd.settings import Settings
@@ -35,7 +35,7 @@ SCHEDULE_EVERY_S = 0.5  # how often due schedules are looked for (cron has secon
 def _row(task: Tracked) -> metrics.TaskRow:
     progress = task.fields.get(states.PROGRESS_FIELD)
     percent = progress if isinstance(progress, int) and not isinstance(progress, bool) else 0
-    doing = status.doing_of(task.fields)
+    doing = taskfiles.doing_of(task.fields)
     return metrics.TaskRow(task.task_id, task.user, task.type.name, task.state, percent, doing)
 
 

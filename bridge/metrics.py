@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import Metric as Metric_
+from prometheus_client.registry import Collector, CollectorRegistry
 
 from taskd import states
 
@@ -287,31 +292,34 @@ def _held_problems(held: tuple[tuple[str, str], ...]) -> list[str]:
     return shown
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+class SnapshotCollector(Collector):
+    """One snapshot as prometheus_client's metric families (a registry of its own per request:
+    the snapshot is all there is, and nothing is kept between scrapes)."""
 
+    def __init__(self, snap: Snapshot) -> None:
+        self.snap = snap
 
-def _sample(name: str, labels: Labels, value: float) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-    number = repr(float(value)) if value != int(value) else str(int(value))
-    return f"{name}{{{inner}}} {number}" if inner else f"{name} {number}"
+    def collect(self) -> Iterator[Metric_]:
+        snap, gauges = self.snap, self.snap.gauges()
+        for metric in ALL:
+            labels = [metric.label] if metric.label else []
+            if metric.kind == COUNTER:
+                counter = CounterMetricFamily(metric.name, metric.help, labels=labels)
+                for (name, pairs), value in sorted(snap.counts.items()):
+                    if name == metric.name:
+                        counter.add_metric([v for _, v in pairs], value)
+                yield counter
+            elif metric is HELD:
+                held = GaugeMetricFamily(metric.name, metric.help, labels=labels)
+                for error, n in sorted(snap.held_by_error().items()):
+                    held.add_metric([error], n)
+                yield held
+            else:
+                yield GaugeMetricFamily(metric.name, metric.help, value=gauges[metric.name])
 
 
 def exposition(snap: Snapshot) -> str:
     """The Prometheus text format (version 0.0.4) of a snapshot."""
-    gauges = snap.gauges()
-    lines: list[str] = []
-    for metric in ALL:
-        lines.append(f"# HELP {metric.name} {metric.help}")
-        lines.append(f"# TYPE {metric.name} {metric.kind}")
-        if metric is HELD:
-            for error, n in sorted(snap.held_by_error().items()):
-                lines.append(_sample(metric.name, ((str(metric.label), error),), n))
-            continue
-        if metric.kind == GAUGE:
-            lines.append(_sample(metric.name, (), gauges[metric.name]))
-            continue
-        for (name, labels), value in sorted(snap.counts.items()):
-            if name == metric.name:
-                lines.append(_sample(name, labels, value))
-    return "\n".join(lines) + "\n"
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SnapshotCollector(snap))
+    return generate_latest(registry).decode("utf-8")

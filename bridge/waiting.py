@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge import watch
-from bridge.status import TaskFile, read_one
+from bridge.taskfiles import TaskFile, read_one
 from taskd import states
 
 SUCCEEDED, FAILED, TIMED_OUT = 0, 1, 2  # exit codes of `taskd submit --wait`

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import cli
+from taskcli import cli
 from taskd import caps
 from tests.conftest import Drop
 from tests.e2e.test_worker_death import _children

@@ -56,7 +56,7 @@ def flower(env: dict[str, str], data_root: Path, worker: Worker) -> Iterator[Flo
     # --address: `taskd flower` listens on loopback by default.
     with open(data_root / "flower.log", "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", "flower", f"--port={port}"],
+            [sys.executable, "-m", "taskcli.cli", "flower", f"--port={port}"],
             cwd=REPO,
             env={**env, "FLOWER_BASIC_AUTH": AUTH},
             stdout=log,

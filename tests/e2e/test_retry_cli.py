@@ -13,7 +13,7 @@ from tests.support.procs import REPO, BridgeProc
 
 def _taskd(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "bridge.cli", *args],
+        [sys.executable, "-m", "taskcli.cli", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

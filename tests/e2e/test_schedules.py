@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.cli import main
+from taskcli.cli import main
 from tests.conftest import Drop
 from tests.support.procs import SUPPORT_SCHEMAS, BridgeProc, wait_until
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from taskd.sample import write_sample
+from taskcli.sample import write_sample
 from tests.conftest import Drop
 from tests.support.procs import REPO, BridgeProc
 

@@ -12,8 +12,8 @@ import pytest
 from tests.support.procs import REPO, taskd_env
 
 COMMANDS = {
-    "bridge": [sys.executable, "-m", "bridge.cli", "bridge"],
-    "up": [sys.executable, "-m", "bridge.cli", "up", "--workers", "0", "--flower-port", "0"],
+    "bridge": [sys.executable, "-m", "taskcli.cli", "bridge"],
+    "up": [sys.executable, "-m", "taskcli.cli", "up", "--workers", "0", "--flower-port", "0"],
     "worker": [sys.executable, "-m", "celery", "-A", "tasks", "worker", "-Q", "retrieve"],
 }
 

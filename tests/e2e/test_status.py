@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from bridge.cli import main
-from bridge.status import queue_depths
+from taskcli.cli import main
+from taskcli.status import queue_depths
 from tests.conftest import Drop
 from tests.support.procs import (
     REPO,
@@ -94,7 +94,7 @@ def test_status_watch_prints_json_lines_until_sigterm(
 ) -> None:
     drop.write("w1.SLOW", {"type": "SLOW"})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "status", "--watch", "--json"]
+        [sys.executable, "-m", "taskcli.cli", "status", "--watch", "--json"]
         + ["--interval", "0.2", "--user", drop.user],
         cwd=REPO,
         env=env,
@@ -113,7 +113,7 @@ def test_status_watch_prints_json_lines_until_sigterm(
 def test_status_says_when_redis_cannot_be_asked(drop: Drop, env: dict[str, str]) -> None:
     drop.write("n1.SLOW", {"type": "SLOW"})
     done = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "status", "--json", "--user", drop.user]
+        [sys.executable, "-m", "taskcli.cli", "status", "--json", "--user", drop.user]
         + ["--redis-url", "redis://127.0.0.1:1/0"],
         cwd=REPO,
         env=env,

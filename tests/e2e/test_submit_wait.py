@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bridge.cli import main
+from taskcli.cli import main
 from tests.conftest import Drop
 from tests.support.procs import SUPPORT_SCHEMAS, BridgeProc
 

@@ -40,7 +40,7 @@ def _beside(root: Path, env: dict[str, str]) -> dict[str, str]:
 def _bridge_refuses(env: dict[str, str], holder: Path) -> None:
     """A bridge started with `env` exits 2 naming the data root `holder` that holds the db."""
     refused = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "bridge"],
+        [sys.executable, "-m", "taskcli.cli", "bridge"],
         cwd=REPO,
         env=env,
         capture_output=True,

@@ -75,7 +75,7 @@ class Up:
     def start(self) -> Up:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "up", *self.args],
+                [sys.executable, "-m", "taskcli.cli", "up", *self.args],
                 cwd=REPO,
                 env=self.env,
                 stdout=out,
@@ -230,7 +230,7 @@ def test_up_from_nothing_runs_the_seed_keeps_its_secrets_and_stops_on_sigterm(
         for pid in kids:  # no secret on any command line, `ps` shows them to every user
             line = cmdline(pid)
             assert redis_password.encode() not in line and flower_password.encode() not in line
-        bridge = next(pid for pid in kids if b"bridge.cli\0bridge" in cmdline(pid))
+        bridge = next(pid for pid in kids if b"taskcli.cli\0bridge" in cmdline(pid))
         bridge_env = Path(f"/proc/{bridge}/environ").read_bytes()
         assert f":{redis_password}@".encode() in bridge_env  # the URL comes by the environment
         assert b"FLOWER_BASIC_AUTH" not in bridge_env  # Flower's login only to Flower

@@ -48,7 +48,7 @@ def run_up(tmp_path: Path, url: str) -> subprocess.CompletedProcess[str]:
     (tmp_path / "data").mkdir(exist_ok=True)  # up without --sample needs its data root
     env = taskd_env(tmp_path / "data", url)
     return subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "up", "--workers", "0", "--flower-port", "0"],
+        [sys.executable, "-m", "taskcli.cli", "up", "--workers", "0", "--flower-port", "0"],
         cwd=REPO,
         env=env,
         capture_output=True,

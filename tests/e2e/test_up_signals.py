@@ -20,9 +20,9 @@ STEPS, STEP_S = 8, 0.5
 def stop_lines(text: str) -> list[str]:
     """up's own lines about stopping, in order."""
     return [
-        line.split("bridge.up: ", 1)[1]
+        line.split("taskcli.up: ", 1)[1]
         for line in text.splitlines()
-        if re.search(r"bridge\.up: .*(received|stopping|stopped)", line)
+        if re.search(r"taskcli\.up: .*(received|stopping|stopped)", line)
     ]
 
 
@@ -65,7 +65,7 @@ def test_sighup_drains_the_workers_before_the_bridge_and_redis(tmp_path: Path) -
     # The job finished during the drain, once, and the bridge, still running, wrote it down.
     assert drop.fields("slow")["state"] == "SUCCESS", drop.fields("slow")
     ended = text.index("ended SUCCESS task_id=slow")
-    assert text.index("bridge.up: stopping worker1") < ended < text.index("stopping bridge")
+    assert text.index("taskcli.up: stopping worker1") < ended < text.index("stopping bridge")
     runs = [r for r in drop.runs() if r.startswith(job_id)]
     assert len(runs) == 2 and runs[1].startswith(f"{job_id} slow end "), runs
 

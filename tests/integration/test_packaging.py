@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("taskd", "bridge", "tasks", "schemas")
+PACKAGES = ("taskd", "bridge", "taskcli", "tasks", "schemas")
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_every_module_and_schema_is_in_the_wheel(built: tuple[list[str], str]) -
     wanted = [
         str(p.relative_to(REPO))
         for package in PACKAGES
-        for pattern in ("*.py", "*.schema.json")
+        for pattern in ("*.py", "*.schema.json", "*.html")
         for p in (REPO / package).rglob(pattern)
         if "__pycache__" not in p.parts
     ]
@@ -52,3 +52,9 @@ def test_every_module_and_schema_is_in_the_wheel(built: tuple[list[str], str]) -
 def test_the_wheel_builds_without_a_packaging_warning(built: tuple[list[str], str]) -> None:
     _, stderr = built
     assert "Warning" not in stderr, stderr
+
+
+def test_the_image_copies_every_package() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for package in PACKAGES:
+        assert f"COPY {package} {package}\n" in dockerfile, package

@@ -59,7 +59,7 @@ class Stack:
 def _spawn(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            [sys.executable, "-m", "bridge.cli", *args],
+            [sys.executable, "-m", "taskcli.cli", *args],
             cwd=REPO,
             env=env,
             stdout=out,

@@ -215,7 +215,7 @@ class BridgeProc:
     def start(self) -> None:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "bridge"],
+                [sys.executable, "-m", "taskcli.cli", "bridge"],
                 cwd=REPO,
                 env=self.env,
                 stdout=out,
@@ -254,7 +254,7 @@ def process_gone(pid: int) -> bool:
 def status_json(env: dict[str, str], *args: str) -> dict[str, Any]:
     """`taskd status --json` in a process of its own, as an operator runs it."""
     done = subprocess.run(
-        [sys.executable, "-m", "bridge.cli", "status", "--json", *args],
+        [sys.executable, "-m", "taskcli.cli", "status", "--json", *args],
         cwd=REPO,
         env=env,
         capture_output=True,

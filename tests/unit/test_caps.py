@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import cli
 from bridge.caps import Caps
 from bridge.model import Tracked
 from bridge.schedule import INSPECT, KNOWN, Known, decide, holds_slot
+from taskcli import cli
 from taskd import caps, states
 from taskd.tasktypes import RetryPolicy, TaskType, TaskTypeError, load_type, load_types
 

@@ -11,8 +11,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bridge import contract
-from bridge.door import Door, Named, open_door
 from bridge.judge import judge
+from bridge.web.door import Door, Named, open_door
 from taskd.settings import Settings, SettingsError
 from taskd.tasktypes import load_types
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from bridge import web
-from bridge.door import open_door
 from bridge.metrics import Metrics
+from bridge.web import server as web
+from bridge.web.door import open_door
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
 from tests.support.procs import free_port, wait_until

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import cli
+from taskcli import cli
 
 
 @pytest.fixture

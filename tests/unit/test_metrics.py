@@ -10,9 +10,10 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge import metrics, web
+from bridge import metrics
 from bridge.metrics import Metrics, TaskRow
-from bridge.page import API_PATH, PAGE
+from bridge.web import server as web
+from bridge.web.page import API_PATH, PAGE
 from taskd.settings import Settings, SettingsError
 from tests.support.procs import free_port
 

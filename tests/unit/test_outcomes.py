@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge.passes.mirror import with_kept_outcome
-from bridge.retry import retry_file
 from bridge.schedule import Known
+from taskcli.retry import retry_file
 from taskd import outcomes, states
 from taskd.tasktypes import load_types
 

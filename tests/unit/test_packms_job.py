@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from taskd.sample import write_sample
+from taskcli.sample import write_sample
 from taskd.settings import Settings
 from tasks import pack, packms
 from tasks.base import Job

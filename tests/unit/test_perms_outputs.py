@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from taskd.sample import write_sample
+from taskcli.sample import write_sample
 from taskd.settings import Settings, folder_mode
 from tasks import pack, packms, results, retrms
 from tasks.base import Job

@@ -20,7 +20,7 @@ import pytest
 
 from bridge import contract, files, writer
 from bridge.model import Table, Tracked
-from bridge.retry import retry_file
+from taskcli.retry import retry_file
 from taskd import states
 from taskd.settings import Settings
 from taskd.tasktypes import load_types

@@ -11,8 +11,8 @@ import pytest
 
 from bridge.daemon import Bridge
 from bridge.model import Tracked
+from taskcli.sample import write_sample
 from taskd import atomic
-from taskd.sample import write_sample
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
 from tasks.base import Job

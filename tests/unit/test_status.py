@@ -9,9 +9,9 @@ from typing import Any
 
 from rich.console import Console
 
-from bridge import status, statusview
-from bridge.cli import split_passthrough
-from bridge.status import NEW, TaskFile
+from taskcli import status, statusview
+from taskcli.cli import split_passthrough
+from taskcli.status import NEW, TaskFile
 
 NOW = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge import privateredis, secretfile, stopsignals, up
+from taskcli import privateredis, secretfile, stopsignals, up
 from taskd.settings import Settings
 from tests.support.procs import wait_until
 
@@ -221,7 +221,7 @@ def test_sighup_sigterm_and_sigint_ask_for_one_stop_and_a_second_is_noted(
     os.kill(os.getpid(), signal.SIGHUP)
     assert signals.requested.wait(5)
     os.kill(os.getpid(), signal.SIGINT)
-    with caplog.at_level(logging.INFO, logger="bridge.up"):
+    with caplog.at_level(logging.INFO, logger="taskcli.up"):
         signals.report()
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith("SIGHUP received: stopping workers")
@@ -234,7 +234,7 @@ def test_a_process_without_a_place_to_report_logs_the_signal_from_a_thread(
 ) -> None:
     """What the bridge uses: its loop only watches the event."""
     stop = threading.Event()
-    with caplog.at_level(logging.INFO, logger="bridge.up"):
+    with caplog.at_level(logging.INFO, logger="taskcli.up"):
         up.StopSignals(stop, "the bridge stops after this tick").install().report_in_background()
         os.kill(os.getpid(), signal.SIGHUP)
         assert stop.wait(5)

@@ -1,5 +1,5 @@
 """How `taskd status` looks on a terminal: tables of counts, queues and workers, and a progress
-bar per running task. Takes a `bridge.status.Status`, reads nothing itself."""
+bar per running task. Takes a `taskcli.status.Status`, reads nothing itself."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
-from bridge.status import CANCELLED, NEW, Status
+from taskcli.status import CANCELLED, NEW, Status
 from taskd import states
 
 STATE_ORDER = (

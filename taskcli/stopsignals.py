@@ -7,7 +7,7 @@ import queue
 import signal
 import threading
 
-log = logging.getLogger("bridge.up")
+log = logging.getLogger("taskcli.up")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """Each asks for the one graceful stop; SIGHUP is a closed terminal, not a reason to die."""

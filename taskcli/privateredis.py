@@ -12,12 +12,12 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 
-from bridge.child import Child
-from bridge.secretfile import private_dir, read_secret, secret, url_password, with_password
+from taskcli.child import Child
+from taskcli.secretfile import private_dir, read_secret, secret, url_password, with_password
 from taskd import names, redisconn
 from taskd.settings import Settings, redact_url
 
-log = logging.getLogger("bridge.up")
+log = logging.getLogger("taskcli.up")
 
 REDIS_PASSWORD_FILE = "redis.pass"
 """Under <data-root>/.taskd/: the private Redis's password, when TASKD_REDIS_URL has none."""

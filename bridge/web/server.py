@@ -18,9 +18,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from bridge.door import CLOSED, Door, Named, is_door
 from bridge.metrics import ENDED, REJECTED, Metrics, Snapshot, TaskRow, exposition, health
-from bridge.page import API_PATH, PAGE
+from bridge.web.door import CLOSED, Door, Named, is_door
+from bridge.web.page import API_PATH, PAGE
 from taskd import states
 
 log = logging.getLogger(__name__)

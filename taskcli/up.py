@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from bridge.child import WORKER_STOP_GRACE_S, Child
-from bridge.privateredis import RedisPlan, plan_redis, redis_answers
-from bridge.secretfile import private_dir, secret, with_password
-from bridge.stopsignals import StopSignals
+from taskcli.child import WORKER_STOP_GRACE_S, Child
+from taskcli.privateredis import RedisPlan, plan_redis, redis_answers
+from taskcli.secretfile import private_dir, secret, with_password
+from taskcli.stopsignals import StopSignals
 from taskd.celeryconf import QUEUES
 from taskd.settings import Settings, redact_url
 from taskd.tasktypes import load_types
@@ -106,7 +106,7 @@ def children(settings: Settings, workers: int, flower_port: int | None) -> Plan:
         env["TASKD_MAIL_DB"] = str(settings.mail_db)
     py = sys.executable
     kids = [] if redis_plan.child is None else [redis_plan.child]
-    kids.append(Child("bridge", [py, "-m", "bridge.cli", "bridge"], env, role="bridge"))
+    kids.append(Child("bridge", [py, "-m", "taskcli.cli", "bridge"], env, role="bridge"))
     kids += [_worker(settings, n, env) for n in range(1, workers + 1)]
     login, password_file = "", None
     if flower_port:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-log = logging.getLogger("bridge.up")
+log = logging.getLogger("taskcli.up")
 
 RESTART_BACKOFF_MAX_S = 30.0
 STOP_GRACE_S = 15.0

@@ -127,8 +127,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
     from bridge import web
     from bridge.daemon import Bridge
-    from bridge.door import open_door
     from bridge.leader import Leadership
+    from bridge.web.door import open_door
     from taskd import redisconn
     from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, publishing_app
     from taskd.tasktypes import load_types
@@ -169,7 +169,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from bridge.up import worker_queues
+    from taskcli.up import worker_queues
 
     settings = _settings(args)
     _export(settings)
@@ -189,7 +189,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_flower(args: argparse.Namespace) -> int:
-    from bridge.up import flower_options
+    from taskcli.up import flower_options
 
     _export(_settings(args))
     # Loopback unless told otherwise; the password belongs in FLOWER_BASIC_AUTH, not argv.
@@ -249,7 +249,7 @@ def _problem_of(settings: Settings, path: Path, name: Any) -> str | None:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from bridge.retry import RetryError, retry_file
+    from taskcli.retry import RetryError, retry_file
     from taskd.tasktypes import load_types
 
     settings = _settings(args)
@@ -439,7 +439,7 @@ def cmd_schedules(args: argparse.Namespace) -> int:
 def _holder_of(target: Path) -> Path | None:
     """The file that already holds the task-id of `target`, under whatever name it has now
     (the bridge would reject a second file of the same task-id)."""
-    from bridge.status import read_task_files
+    from taskcli.status import read_task_files
 
     task_id, task_type = target.name.rsplit(".", 1)
     user = target.parent.name
@@ -468,7 +468,7 @@ def _write_in(data: bytes, target: Path) -> None:
 
 def _find_job_file(settings: Any, job_id: str) -> Path | None:
     """The task file that carries this job id, wherever its name has got to."""
-    from bridge.status import read_task_files
+    from taskcli.status import read_task_files
     from taskd import states
 
     for task in read_task_files(settings.task_queue, settings.max_task_bytes):
@@ -523,7 +523,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from bridge import status, statusview
+    from taskcli import status, statusview
     from taskd import caps, redisconn
     from taskd.celeryconf import QUEUES, make_app
     from taskd.tasktypes import load_types
@@ -581,8 +581,8 @@ def _watch(snapshot: Any, render: Any, args: argparse.Namespace) -> int:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from bridge.up import StopSignals, banner, children, supervise
-    from taskd.sample import write_sample
+    from taskcli.sample import write_sample
+    from taskcli.up import StopSignals, banner, children, supervise
 
     settings = _settings(args)
     logs.setup(settings.log_format)

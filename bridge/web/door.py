@@ -37,7 +37,7 @@ from urllib.parse import unquote_to_bytes
 from bridge import contract, files, waiting, watch
 from bridge.judge import judge, too_large
 from bridge.logs import escape_controls
-from bridge.status import read_one
+from bridge.taskfiles import read_one
 from taskd import formats
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType
