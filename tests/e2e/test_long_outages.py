@@ -1,4 +1,5 @@
-"""The minutes-long outage tests (`tests/long`) ran beside this suite and passed."""
+"""The tests that mostly wait (`tests/long`: minutes-long outages, a Sentinel failover) ran beside
+this suite and passed."""
 
 from __future__ import annotations
 
