@@ -1,11 +1,14 @@
 """Redis failover under load: a master, its replica and three sentinels on free ports; a bridge
 and two workers through `sentinel://` with TASKD_REDIS_MASTER; 50 tasks with notify mails
 queued and running, then `kill -9` of the master. The sentinels elect the replica, and every
-task ends SUCCESS, each with one output and one mail; the time from the kill to the mirror
-writing again is printed (docs/operations.md states it)."""
+task ends SUCCESS, each with one mail, and Flower (through the sentinels too) shows the last;
+the time from the kill to the mirror writing again is printed (docs/operations.md states it)."""
 
 from __future__ import annotations
 
+import contextlib
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +17,17 @@ import pytest
 import redis
 
 from tests.conftest import Drop
-from tests.support.procs import BridgeProc, Worker, running, taskd_env, wait_until
+from tests.e2e.test_flower import AUTH, Flower
+from tests.support.procs import (
+    REPO,
+    BridgeProc,
+    Worker,
+    free_port,
+    running,
+    stop_process,
+    taskd_env,
+    wait_until,
+)
 from tests.support.redisvariants import MASTER_NAME, SentinelSet, sentinel_set
 from tests.support.smtp import SmtpServer
 
@@ -59,6 +72,22 @@ def _master_port(found: SentinelSet) -> int | None:
         client.close()
 
 
+@contextlib.contextmanager
+def _flower(env: dict[str, str], log: Path, port: int) -> Iterator[None]:
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "taskcli.cli", "flower", f"--port={port}"],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield
+    finally:
+        stop_process(proc)
+
+
 def _latest_write(drop: Drop) -> float:
     return max((p.stat().st_mtime for p in drop.dir.iterdir()), default=0.0)
 
@@ -89,7 +118,15 @@ def test_a_failover_loses_no_task_and_sends_no_mail_twice(
         )
         for n in range(2)
     ]
-    with running(workers[0]), running(workers[1]), running(BridgeProc(env, root / "bridge.log")):
+    flower_port = free_port()
+    flower_env = {**env, "FLOWER_BASIC_AUTH": AUTH}
+    flower = Flower(flower_port)
+    with (
+        running(workers[0]),
+        running(workers[1]),
+        running(BridgeProc(env, root / "bridge.log")),
+        _flower(flower_env, root / "flower.log", flower_port),
+    ):
         for n in range(TASKS):
             mail = f"f{n}@test.example"
             (drop.dir / f"f{n}.notify.eml").write_text(
@@ -122,6 +159,14 @@ def test_a_failover_loses_no_task_and_sends_no_mail_twice(
             )
 
         wait_until(settled, 300, interval=1.0, what="every task to end and send its mail")
+        # Flower follows the new master too: it sees a job that ended after the failover.
+        last = drop.fields(f"f{TASKS - 1}")["job-id"]
+        wait_until(
+            lambda: (flower.get(f"/api/task/info/{last}")[1] or {}).get("state") == "SUCCESS",
+            60,
+            interval=0.5,
+            what="Flower to show a job that ended after the failover",
+        )
     assert old != sentinels.replica.port
     for n in range(TASKS):
         assert len(smtp_server.handler.to(f"f{n}@test.example")) == 1, n
