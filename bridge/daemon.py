@@ -15,7 +15,7 @@ from typing import Any
 
 from celery import Celery
 
-from bridge import metrics, taskfiles, watch, web, writer
+from bridge import metrics, schedule, taskfiles, watch, web, writer
 from bridge.core import Core
 from bridge.model import Table, Tracked
 from bridge.passes import cancel, intake, mirror, notify, reconcile, schedules
@@ -23,6 +23,7 @@ from bridge.rootcheck import RootCheck
 from bridge.settledindex import Settled
 from bridge.web.door import open_door
 from taskd import states
+from taskd.alive import count as workers_alive
 from taskd.roots import RootConflict
 from taskd.settings import Settings
 from taskd.tasktypes import TaskType
@@ -30,13 +31,44 @@ from taskd.tasktypes import TaskType
 log = logging.getLogger(__name__)
 TICK_FAILED_PAUSE_S = 1.0
 SCHEDULE_EVERY_S = 0.5  # how often due schedules are looked for (cron has seconds)
+WORKERS_LOOK_EVERY_S = 5.0  # how often the workers alive are counted (taskd/alive.py)
+
+
+ROW_TEXT_MAX = 200  # a field shown on the page is cut to this many characters
+
+
+def _text(fields: Mapping[str, Any], key: str) -> str:
+    value = fields.get(key)
+    return value[:ROW_TEXT_MAX] if isinstance(value, str) else ""
 
 
 def _row(task: Tracked) -> metrics.TaskRow:
-    progress = task.fields.get(states.PROGRESS_FIELD)
+    fields = task.fields
+    progress = fields.get(states.PROGRESS_FIELD)
     percent = progress if isinstance(progress, int) and not isinstance(progress, bool) else 0
-    doing = taskfiles.doing_of(task.fields)
-    return metrics.TaskRow(task.task_id, task.user, task.type.name, task.state, percent, doing)
+    due = _text(fields, states.RETRY_AT if task.state == states.RETRY else states.RUN_AT)
+    return metrics.TaskRow(
+        task.task_id,
+        task.user,
+        task.type.name,
+        task.state,
+        percent,
+        taskfiles.doing_of(fields),
+        description=_text(fields, "description"),
+        worker=_text(fields, states.WORKER),
+        started_at=_text(fields, states.STARTED_AT),
+        queued_at=_text(fields, states.QUEUED_AT),
+        due_at=due,
+        waiting_since=_waiting_since(task),
+    )
+
+
+def _waiting_since(task: Tracked) -> float | None:
+    """A queued task: since when it has been due (its run-at or delay, else when queued)."""
+    if task.state != states.QUEUED:
+        return None
+    due = schedule.not_before(task.fields) or schedule.parse_time(task.fields.get(states.QUEUED_AT))
+    return due.timestamp() if due is not None else None
 
 
 class _Rows:
@@ -77,6 +109,7 @@ class Bridge:
         self._last_failure: str | None = None
         self.glance_every = settings.mirror_interval / mirror.GLANCES_PER_TICK
         self.next_glance = 0.0
+        self.next_workers_look = 0.0
         self.schedules = schedules.Schedules()
         self.next_schedule = 0.0
 
@@ -156,8 +189,14 @@ class Bridge:
     def observe(self) -> None:
         """Leave a snapshot of the active tasks for the HTTP thread (once a mirror tick)."""
         alive = self.watcher.alive()
+        now = time.monotonic()
         self.metrics.observe(self._rows.of(self.table.by_job.values()), alive)
-        self.metrics.held_files(self.core.guard.held(time.monotonic(), self.settings.data_root))
+        self.metrics.held_files(self.core.guard.held(now, self.settings.data_root))
+        if now >= self.next_workers_look:
+            self.next_workers_look = now + WORKERS_LOOK_EVERY_S
+            found = self.core.redis.call(now, lambda: workers_alive(self.core.client, time.time()))
+            if found is not None:
+                self.metrics.workers_seen(found)
 
     def tick(self, now: float, next_mirror: float, next_rescan: float) -> tuple[float, float]:
         self.root.check_once(now)

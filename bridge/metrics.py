@@ -91,6 +91,22 @@ HELD = Metric(
     "Files held back now, by the error that holds them.",
     "reason",
 )
+WORKERS_ALIVE = Metric(
+    "taskd_workers_alive",
+    GAUGE,
+    "Workers heard from in the last 20 s (each says so every 5 s); -1 before the first look.",
+)
+QUEUE_OLDEST = Metric(
+    "taskd_queue_oldest_seconds",
+    GAUGE,
+    "How long the queued task that has waited longest has waited since it was due.",
+)
+WAITING = Metric(
+    "taskd_tasks_waiting",
+    GAUGE,
+    "Tasks queued or waiting for a retry, by type.",
+    "type",
+)
 COUNTERS = (TAKEN, REJECTED, ENDED, REPUBLISHED, RESCANS, RECONNECTS)
 ALL = (
     *COUNTERS,
@@ -102,7 +118,11 @@ ALL = (
     BRIDGE_ACTIVE,
     DEGRADED_GAUGE,
     HELD,
+    WORKERS_ALIVE,
+    QUEUE_OLDEST,
+    WAITING,
 )
+LABELLED_GAUGES = (HELD, WAITING)
 
 
 @dataclass(frozen=True)
@@ -115,6 +135,12 @@ class TaskRow:
     state: str
     progress: int
     doing: str = ""  # `step 1/2: searching 12/30 MB`, when the task says
+    description: str = ""
+    worker: str = ""
+    started_at: str = ""
+    queued_at: str = ""
+    due_at: str = ""  # a queued task's run-at, a retrying one's retry-at
+    waiting_since: float | None = None  # a queued task: since when it has been due (epoch s)
 
 
 @dataclass(frozen=True)
@@ -129,6 +155,8 @@ class Snapshot:
     standby_reason: str | None = None  # why a standby waits
     held: tuple[tuple[str, str], ...] = ()  # files held back: (error, reason naming the file)
     redis_why: str = ""  # what the last failed Redis call said, in an operator's words
+    workers_alive: int = -1  # -1: not looked yet
+    at: float = 0.0  # the wall clock when it was taken
 
     def count(self, metric: Metric, label: str | None = None) -> float:
         key = ((metric.label, label),) if metric.label and label is not None else ()
@@ -143,7 +171,20 @@ class Snapshot:
             MIRROR_TICK.name: self.mirror_tick,
             BRIDGE_ACTIVE.name: float(self.role == ACTIVE_ROLE),
             DEGRADED_GAUGE.name: float(bool(self.held)),
+            WORKERS_ALIVE.name: float(self.workers_alive),
+            QUEUE_OLDEST.name: self.queue_oldest(),
         }
+
+    def queue_oldest(self) -> float:
+        since = [r.waiting_since for r in self.tasks if r.waiting_since is not None]
+        return max(0.0, self.at - min(since)) if since else 0.0
+
+    def waiting_by_type(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.tasks:
+            if row.state in (states.QUEUED, states.RETRY):
+                out[row.type] = out.get(row.type, 0) + 1
+        return out
 
     def held_by_error(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -177,6 +218,7 @@ class Metrics:
         self._role = ACTIVE_ROLE
         self._standby_reason: str | None = None
         self._held: tuple[tuple[str, str], ...] = ()
+        self._workers_alive = -1
 
     def count(self, metric: Metric, label: str | None = None, n: float = 1) -> None:
         key = ((metric.label, label),) if metric.label and label is not None else ()
@@ -208,6 +250,10 @@ class Metrics:
         with self._lock:
             self._held = rows
 
+    def workers_seen(self, alive: int) -> None:
+        with self._lock:
+            self._workers_alive = alive
+
     def standby(self, reason: str) -> None:
         """This bridge waits, and why (another bridge is active, Redis does not answer...)."""
         with self._lock:
@@ -235,6 +281,8 @@ class Metrics:
                 standby_reason=self._standby_reason,
                 held=self._held,
                 redis_why=self._redis_why,
+                workers_alive=self._workers_alive,
+                at=time.time(),
             )
 
 
@@ -309,11 +357,12 @@ class SnapshotCollector(Collector):
                     if name == metric.name:
                         counter.add_metric([v for _, v in pairs], value)
                 yield counter
-            elif metric is HELD:
-                held = GaugeMetricFamily(metric.name, metric.help, labels=labels)
-                for error, n in sorted(snap.held_by_error().items()):
-                    held.add_metric([error], n)
-                yield held
+            elif metric in LABELLED_GAUGES:
+                family = GaugeMetricFamily(metric.name, metric.help, labels=labels)
+                by = snap.held_by_error() if metric is HELD else snap.waiting_by_type()
+                for label, n in sorted(by.items()):
+                    family.add_metric([label], n)
+                yield family
             else:
                 yield GaugeMetricFamily(metric.name, metric.help, value=gauges[metric.name])
 

@@ -112,6 +112,9 @@ KEY_CANCEL = "taskd:cancel:{job_id}"  # durable revoke: a worker never runs (or 
 KEY_CLAIM = "taskd:claim:{job_id}"  # which worker process runs the job now
 KEY_DONE = "taskd:done:{job_id}"  # final outcome, so a second delivery does not redo the work
 KEY_ROOT = "taskd:root"  # the data root this Redis db serves (taskd/roots.py)
+KEY_WORKERS = "taskd:workers"  # sorted set: each worker's node name, scored by its last beat
+WORKER_BEAT_S = 5.0  # how often a worker says it is alive (taskd/alive.py)
+WORKER_ALIVE_S = 20.0  # a worker not heard from for this long is not counted alive
 
 JOB_ATTEMPT = "attempt"  # field of the job record: which retry was published last
 JOB_PUBLISHING = "publishing"

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from typing import Any
 
 from celery import Celery, signals
 
-from taskd import redisconn, roots
+from taskd import alive, redisconn, roots
 from taskd.celeryconf import CONNECT_TIMEOUT_S, SOCKET_TIMEOUT_S, config
 from taskd.settings import Settings, SettingsError
 from taskd.tasktypes import load_types
@@ -56,3 +57,19 @@ def _refuse_another_root(settings: Settings) -> None:
         roots.refuse_if_taken(client, settings.data_root, settings.redis_url)
     finally:
         client.close()
+
+
+_ALIVE_STOP = threading.Event()
+
+
+@signals.worker_ready.connect
+def say_alive(sender: Any = None, **_: Any) -> None:
+    """From now on the worker tells Redis it is alive (taskd/alive.py)."""
+    hostname = getattr(sender, "hostname", None)
+    if hostname:
+        alive.start(app.backend.client, str(hostname), _ALIVE_STOP)
+
+
+@signals.worker_shutdown.connect
+def stop_saying_alive(**_: Any) -> None:
+    _ALIVE_STOP.set()

@@ -16,7 +16,15 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Drop
-from tests.support.procs import BridgeProc, RedisServer, free_port, taskd_env, wait_until
+from tests.support.procs import (
+    BridgeProc,
+    RedisServer,
+    Worker,
+    free_port,
+    running,
+    taskd_env,
+    wait_until,
+)
 
 
 @dataclass
@@ -131,3 +139,25 @@ def test_healthz_is_503_while_redis_is_gone_and_200_again_when_it_is_back(site: 
 
     wait_until(lambda: health(site.base)[0] == 200, 30, interval=0.1, what="/healthz 200 again")
     assert samples(site.base)["taskd_redis_reconnects_total"] == 1
+
+
+def test_metrics_say_how_long_the_queue_waits_and_how_many_workers_live(
+    site: Site, tmp_path: Path
+) -> None:
+    site.drop.write("w1.SLOW", {"type": "SLOW", "steps": 1, "step-seconds": 0})
+    site.drop.write("w2.SLOW", {"type": "SLOW", "steps": 1, "step-seconds": 0})
+    wait_until(
+        lambda: samples(site.base).get("taskd_tasks_waiting{type=SLOW}") == 2, 15, what="2 waiting"
+    )
+    # No worker yet: nobody alive, and the queue's oldest task waits on.
+    wait_until(lambda: samples(site.base)["taskd_queue_oldest_seconds"] >= 2, 15, what="an age")
+    assert samples(site.base)["taskd_workers_alive"] == 0
+
+    env = taskd_env(site.drop.data_root, site.redis.url)
+    with running(Worker(env, tmp_path / "worker.log", name="walive", queues="retrieve")):
+        wait_until(lambda: samples(site.base)["taskd_workers_alive"] == 1, 30, what="1 alive")
+        site.drop.wait_state("w2", "SUCCESS", timeout=30)
+        wait_until(
+            lambda: samples(site.base)["taskd_queue_oldest_seconds"] == 0, 15, what="none waits"
+        )
+        assert samples(site.base).get("taskd_tasks_waiting{type=SLOW}", 0) == 0
