@@ -19,6 +19,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.metrics_core import Metric as Metric_
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from bridge.history import Ended, History
 from taskd import states
 
 COUNTER = "counter"
@@ -123,6 +124,13 @@ ALL = (
     WAITING,
 )
 LABELLED_GAUGES = (HELD, WAITING)
+DRAWN = {
+    (TAKEN.name, None): "taken",
+    (ENDED.name, states.SUCCESS): "succeeded",
+    (ENDED.name, states.FAILURE): "failed",
+    (REJECTED.name, None): "rejected",
+}
+"""Counters the page draws a minute at a time (bridge/history.py), by name and label."""
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,8 @@ class Snapshot:
     redis_why: str = ""  # what the last failed Redis call said, in an operator's words
     workers_alive: int = -1  # -1: not looked yet
     at: float = 0.0  # the wall clock when it was taken
+    last_hour: tuple[dict[str, Any], ...] = ()  # a minute each, oldest first (bridge/history.py)
+    recent: tuple[dict[str, Any], ...] = ()  # the tasks that ended last, newest first
 
     def count(self, metric: Metric, label: str | None = None) -> float:
         key = ((metric.label, label),) if metric.label and label is not None else ()
@@ -219,11 +229,20 @@ class Metrics:
         self._standby_reason: str | None = None
         self._held: tuple[tuple[str, str], ...] = ()
         self._workers_alive = -1
+        self._history = History()
 
     def count(self, metric: Metric, label: str | None = None, n: float = 1) -> None:
         key = ((metric.label, label),) if metric.label and label is not None else ()
+        drawn = DRAWN.get((metric.name, label))
         with self._lock:
             self._counts[(metric.name, key)] = self._counts.get((metric.name, key), 0.0) + n
+            if drawn is not None:
+                self._history.count(drawn, time.time(), int(n))
+
+    def task_ended(self, ended: Ended) -> None:
+        """A task that ended (or was rejected), for the page's list of recent ones."""
+        with self._lock:
+            self._history.task_ended(ended)
 
     def redis_seen(self, ok: bool, why: str = "") -> None:
         """What the loop's last Redis call found (and, when it failed, why); a return after an
@@ -241,8 +260,12 @@ class Metrics:
 
     def observe(self, tasks: Iterable[TaskRow], watcher_ok: bool) -> None:
         rows = tuple(tasks)
+        waiting = sum(1 for row in rows if row.state in (states.QUEUED, states.RETRY))
+        now = self._clock()
         with self._lock:
             self._tasks, self._watcher_ok = rows, watcher_ok
+            lag = max(0.0, now - self._mirrored_at - self._interval)
+            self._history.level(waiting, lag, time.time())
 
     def held_files(self, held: Iterable[tuple[str, str]]) -> None:
         """The files held back now, as (error, reason) pairs (bridge/guard.py's `held`)."""
@@ -266,7 +289,7 @@ class Metrics:
             self._mirrored_at = self._clock()
 
     def snapshot(self) -> Snapshot:
-        now = self._clock()
+        now, wall = self._clock(), time.time()
         with self._lock:
             standby = self._role == STANDBY_ROLE
             return Snapshot(
@@ -282,7 +305,9 @@ class Metrics:
                 held=self._held,
                 redis_why=self._redis_why,
                 workers_alive=self._workers_alive,
-                at=time.time(),
+                at=wall,
+                last_hour=tuple(self._history.last_hour(wall)),
+                recent=tuple(self._history.recent()),
             )
 
 

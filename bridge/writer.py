@@ -7,12 +7,14 @@ bytes themselves are written by `files`, the only code that writes task files.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from bridge import contract, files, metrics
 from bridge.core import Core, task_ids
+from bridge.history import Ended, cut
 from bridge.mirror import utc_now
 from bridge.model import Tracked
 from taskd import states
@@ -81,7 +83,20 @@ def ended(core: Core, task: Tracked, now: float) -> None:
     """A task's file says it ended: stop mirroring it, and send its notify mail if there is one."""
     core.table.drop(task)
     core.ended_jobs.append(task.job_id)  # Redis forgets it with the others ended this tick
-    core.metrics.count(metrics.ENDED, task.fields[states.STATE])
+    fields = task.fields
+    core.metrics.count(metrics.ENDED, fields[states.STATE])
+    core.metrics.task_ended(
+        Ended(
+            time.time(),
+            task.user,
+            task.task_id,
+            task.type.name,
+            str(fields[states.STATE]),
+            cut(fields.get(states.ERROR)),
+            cut(fields.get("description")),
+            cut(fields.get(states.WORKER)),
+        )
+    )
     log.info("%s ended %s", task.path.name, task.fields[states.STATE], extra=task_ids(task))
     # A notify job, if its mail is there: published by the next tick, once Redis was asked.
     core.notifier.job_for(task.path, task.fields)

@@ -19,6 +19,7 @@ from typing import Any
 
 from bridge import contract, dispatch, files, intake, metrics, watch, writer
 from bridge.core import Core, path_ids, task_ids
+from bridge.history import Ended, cut
 from bridge.judge import adoption_error
 from bridge.logs import ids
 from bridge.mirror import utc_now
@@ -416,6 +417,17 @@ def reject(
     if core.owners.holder(name.user, name.stem, new_path) is None:
         core.owners.note(name.user, name.stem, new_path)  # never instead of a live holder
     core.metrics.count(metrics.REJECTED)
+    core.metrics.task_ended(
+        Ended(
+            time.time(),
+            name.user,
+            name.stem,
+            name.type,
+            states.REJECTED,
+            cut(ending[states.ERROR]),
+            cut(kept.get("description")),
+        )
+    )
     log.warning(
         "rejected %r: %s", new_path.name, ending[states.ERROR], extra=ids(name.stem, name.user)
     )

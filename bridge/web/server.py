@@ -33,6 +33,7 @@ PAGE_POLICY = (
     "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 )
 ACTIVE_ORDER = (states.PROGRESS, states.STARTED, states.RETRY, states.QUEUED)
+WAITING_STATES = (states.QUEUED, states.RETRY)
 
 Reply = tuple[int, str, bytes]
 CLIENT_TIMEOUT_S = 30.0
@@ -59,30 +60,47 @@ def _rank(row: TaskRow) -> tuple[int, str, str]:
     return order, row.user_id, row.task_id
 
 
+def _task(row: TaskRow) -> dict[str, Any]:
+    return {
+        "task_id": row.task_id,
+        "user_id": row.user_id,
+        "type": row.type,
+        "state": row.state,
+        "progress": row.progress,
+        "doing": row.doing,
+        "description": row.description,
+        "worker": row.worker,
+        "started_at": row.started_at,
+        "queued_at": row.queued_at,
+        "due_at": row.due_at,
+    }
+
+
 def tasks_view(snap: Snapshot) -> dict[str, Any]:
-    """What the status page draws: counts by state, health, and the active tasks."""
+    """What the status page draws: counts by state, health, the running tasks, those waiting,
+    the last ended, workers and queues, and the last hour a minute at a time."""
     active = {state: 0 for state in ACTIVE_ORDER}
     for row in snap.tasks:
         active[row.state] = active.get(row.state, 0) + 1
     ended = {state: int(snap.count(ENDED, state)) for state in ENDED.values}
     ended[states.REJECTED] = int(snap.count(REJECTED))
     rows = sorted(snap.tasks, key=_rank)
+    running = [r for r in rows if r.state not in WAITING_STATES]
+    waiting = [r for r in rows if r.state in WAITING_STATES]
     return {
+        "now": snap.at,
         "active": active,
         "ended": ended,
         "health": health(snap)[1],
-        "tasks": [
-            {
-                "task_id": r.task_id,
-                "user_id": r.user_id,
-                "type": r.type,
-                "state": r.state,
-                "progress": r.progress,
-                "doing": r.doing,
-            }
-            for r in rows[:MAX_ROWS]
-        ],
-        "more": max(0, len(rows) - MAX_ROWS),
+        "tasks": [_task(r) for r in running[:MAX_ROWS]],
+        "more": max(0, len(running) - MAX_ROWS),
+        "waiting": [_task(r) for r in waiting[:MAX_ROWS]],
+        "waiting_more": max(0, len(waiting) - MAX_ROWS),
+        "waiting_by_type": snap.waiting_by_type(),
+        "queue_oldest_s": round(snap.queue_oldest(), 1),
+        "workers_alive": snap.workers_alive,
+        "recent": list(snap.recent),
+        "last_hour": list(snap.last_hour),
     }
 
 

@@ -48,32 +48,62 @@ def http_bridge(
 
 
 class Rows(HTMLParser):
-    """The task rows of a dumped page: their attributes, the bar's width and the texts."""
+    """What a dumped page shows: each row (running `task`, `waits-row`, `ended-row`) with its
+    attributes, the texts of its spans by class (`text-<class>`) and its bar's width; the
+    attributes of every element with an id; the texts of each heading row."""
+
+    KINDS = ("task", "waits-row", "ended-row")
+    VOID = frozenset({"input", "meta", "br", "img", "link", "hr"})  # no end tag comes
 
     def __init__(self) -> None:
         super().__init__()
-        self.rows: list[dict[str, str]] = []
+        self.rows: list[dict[str, str]] = []  # the running tasks
+        self.by_kind: dict[str, list[dict[str, str]]] = {kind: [] for kind in self.KINDS}
+        self.ids: dict[str, dict[str, str]] = {}
+        self.heads: dict[str, list[str]] = {}
         self.tags: list[str] = []
+        self._depth = 0
+        self._open: tuple[dict[str, str], int] | None = None  # the row being read, its depth
+        self._head: tuple[str, int] | None = None
         self._field: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         self.tags.append(tag)
+        self._depth += tag not in self.VOID
         attr = {k: v or "" for k, v in attrs}
         classes = attr.get("class", "").split()
-        if "task" in classes:
-            self.rows.append(dict(attr))
-        elif self.rows and "fill" in classes:
-            self.rows[-1]["fill-style"] = attr.get("style", "")
-        elif self.rows and tag == "span" and classes:
-            self._field = classes[0]
+        if "id" in attr:
+            self.ids[attr["id"]] = attr
+        kind = next((k for k in self.KINDS if k in classes), None)
+        if kind is not None:
+            row = dict(attr)
+            self.by_kind[kind].append(row)
+            if kind == "task":
+                self.rows.append(row)
+            self._open = (row, self._depth)
+        elif "head" in classes and "id" in attr:
+            self._head = (attr["id"], self._depth)
+            self.heads[attr["id"]] = []
+        elif self._open is not None and "fill" in classes:
+            self._open[0]["fill-style"] = attr.get("style", "")
+        self._field = (classes[0] if classes else "") if tag == "span" else None
 
     def handle_data(self, data: str) -> None:
-        if self._field is not None and self.rows:
-            self.rows[-1]["text-" + self._field] = data
-            self._field = None
+        if self._field is None:
+            return
+        if self._head is not None:
+            self.heads[self._head[0]].append(data.strip())
+        elif self._open is not None and self._field:
+            self._open[0]["text-" + self._field] = data
+        self._field = None
 
     def handle_endtag(self, tag: str) -> None:
         self._field = None
+        if self._open is not None and self._depth <= self._open[1]:
+            self._open = None
+        if self._head is not None and self._depth <= self._head[1]:
+            self._head = None
+        self._depth -= 1
 
 
 def render(base: str, profile: Path) -> Rows:
@@ -153,3 +183,76 @@ def test_text_from_task_files_is_shown_as_text_never_as_markup(
     assert row is not None and row["text-id"] == HOSTILE_ID
     assert "img" not in page.tags
     drop.wait_state(HOSTILE_ID, "SUCCESS", timeout=60)
+
+
+def test_the_page_shows_running_waiting_and_ended_tasks_with_headings_and_errors(
+    http_bridge: str, drop: Drop, tmp_path: Path
+) -> None:
+    drop.write(
+        "run1.SLOW",
+        {"type": "SLOW", "steps": 80, "step-seconds": 0.25, "description": "quarterly <b>report"},
+    )
+    drop.write("late1.SLOW", {"type": "SLOW", "steps": 1, "run-at": "2099-01-01T00:00:00Z"})
+    drop.write("boom1.SLOW", {"type": "SLOW", "steps": 1, "step-seconds": 0, "fail": "disk <i>"})
+    drop.write("bad1.SLOW", {"type": "SLOW", "steps": "many"})
+    drop.wait_state("run1", "PROGRESS", timeout=30)
+    drop.wait_state("boom1", "FAILURE", timeout=30)
+    drop.wait_state("bad1", "REJECTED", timeout=30)
+
+    def complete() -> Rows | None:
+        page = render(http_bridge, tmp_path / "profile")
+        mine = [r for r in page.by_kind["ended-row"] if r.get("data-task-id") in ("boom1", "bad1")]
+        ready = row_of(page, drop, "run1") and len(mine) == 2
+        return page if ready and page.by_kind["waits-row"] else None
+
+    page = wait_until(complete, 60, interval=0.5, what="running, waiting and ended rows")
+    assert page.heads["running-head"] == [
+        "user",
+        "task",
+        "type",
+        "description",
+        "worker",
+        "started",
+        "elapsed",
+        "progress",
+        "left",
+    ]
+    running = row_of(page, drop, "run1")
+    assert running is not None
+    assert running["text-desc"] == "quarterly <b>report" and "b" not in page.tags
+    assert running["text-worker"].startswith("w1@")
+    assert running["text-elapsed"].endswith("s")
+    late = next(r for r in page.by_kind["waits-row"] if r["data-task-id"] == "late1")
+    assert late["data-state"] == "QUEUED" and "2099" in late["text-due"]
+    ended = {r["data-task-id"]: r for r in page.by_kind["ended-row"]}
+    assert ended["boom1"]["text-state"] == "FAILURE"
+    assert ended["boom1"]["text-error"] == drop.fields("boom1")["error"]
+    assert "disk <i>" in ended["boom1"]["text-error"] and "i" not in page.tags
+    assert ended["bad1"]["text-state"] == "REJECTED"
+    assert "field 'steps'" in ended["bad1"]["text-error"]
+    for path in (drop.find("run1"), drop.find("late1")):
+        if path is not None:
+            path.unlink()  # cancel: nothing of this test runs on
+
+
+def test_the_last_hour_chart_moves_as_tasks_are_taken_and_end(
+    http_bridge: str, drop: Drop, tmp_path: Path
+) -> None:
+    def chart() -> dict[str, str]:
+        return render(http_bridge, tmp_path / "profile").ids["chart-flow"]
+
+    before = wait_until(lambda: chart().get("data-total-taken"), 30, what="the chart drawn")
+    for n in range(3):
+        drop.write(f"c{n}.SLOW", {"type": "SLOW", "steps": 1, "step-seconds": 0})
+    for n in range(3):
+        drop.wait_state(f"c{n}", "SUCCESS", timeout=30)
+
+    def moved() -> dict[str, str] | None:
+        now = chart()
+        taken = float(now.get("data-total-taken", 0))
+        return (
+            now if taken >= float(before) + 3 and float(now["data-total-succeeded"]) >= 3 else None
+        )
+
+    after = wait_until(moved, 30, interval=0.5, what="the chart to count the new tasks")
+    assert float(after["data-total-taken"]) >= float(before) + 3

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import metrics
+from bridge.history import ENDED_KEPT, MINUTES, Ended, History
 from bridge.metrics import Metrics, TaskRow
 from bridge.web import server as web
 from bridge.web.page import API_PATH, PAGE
@@ -272,7 +273,8 @@ def test_the_tasks_view_counts_by_state_and_lists_running_tasks_first() -> None:
     view = web.tasks_view(m.snapshot())
     assert view["active"] == {"PROGRESS": 1, "STARTED": 1, "RETRY": 0, "QUEUED": 1}
     assert view["ended"] == {"SUCCESS": 1, "FAILURE": 0, "REJECTED": 1}
-    assert [t["task_id"] for t in view["tasks"]] == ["p", "s", "q"]
+    assert [t["task_id"] for t in view["tasks"]] == ["p", "s"]
+    assert [t["task_id"] for t in view["waiting"]] == ["q"]
     assert view["tasks"][0] == {
         "task_id": "p",
         "user_id": "3",
@@ -280,8 +282,41 @@ def test_the_tasks_view_counts_by_state_and_lists_running_tasks_first() -> None:
         "state": "PROGRESS",
         "progress": 40,
         "doing": "",
+        "description": "",
+        "worker": "",
+        "started_at": "",
+        "queued_at": "",
+        "due_at": "",
     }
     assert view["more"] == 0
+    assert view["waiting_by_type"] == {"SLOW": 1}
+
+
+def test_the_last_hour_is_a_minute_a_bucket_and_the_ended_tasks_newest_first() -> None:
+    m = Metrics(1.0)
+    for _ in range(3):
+        m.count(metrics.TAKEN)
+    m.count(metrics.ENDED, "FAILURE")
+    m.count(metrics.REJECTED)
+    m.task_ended(Ended(1.0, "3", "old", "SLOW", "SUCCESS"))
+    m.task_ended(Ended(2.0, "3", "new", "SLOW", "FAILURE", "field 'x': bad"))
+    m.observe([_row("q", "QUEUED", 0)], True)
+    view = web.tasks_view(m.snapshot())
+    hour = view["last_hour"]
+    assert len(hour) == 60 and hour[-1]["at"] == int(view["now"] // 60)
+    assert (hour[-1]["taken"], hour[-1]["failed"], hour[-1]["rejected"]) == (3, 1, 1)
+    assert hour[-1]["waiting"] == 1 and sum(h["taken"] for h in hour[:-1]) == 0
+    assert [e["task_id"] for e in view["recent"]] == ["new", "old"]
+    assert view["recent"][0]["error"] == "field 'x': bad"
+
+
+def test_what_the_page_keeps_over_time_is_bounded() -> None:
+    kept = History()
+    for n in range(5000):
+        kept.count("taken", n * 30.0)
+        kept.task_ended(Ended(float(n), "3", f"t{n}", "SLOW", "SUCCESS"))
+    assert len(kept.minutes) == MINUTES and len(kept.ended) == ENDED_KEPT
+    assert kept.recent()[0]["task_id"] == "t4999"
 
 
 def test_the_tasks_view_is_capped_and_says_how_many_it_left_out() -> None:
