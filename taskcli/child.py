@@ -13,6 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 log = logging.getLogger("taskcli.up")
+REFUSED_EXIT = 2
+"""What a taskd process (and Celery's command line) exits with when its setup is wrong: a
+setting, or a Redis db that serves another data root. Restarting it cannot help."""
 
 RESTART_BACKOFF_MAX_S = 30.0
 STOP_GRACE_S = 15.0
@@ -39,6 +42,7 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     started_at: float = field(default=0.0)
+    refused: bool = False  # it exited saying its setup is wrong: not started again
 
     def start(self, now: float) -> None:
         log.info("starting %s", self.name)
@@ -58,6 +62,10 @@ class Child:
             return
         code = self.proc.returncode
         self.proc = None
+        if code == REFUSED_EXIT:
+            self.refused = True  # it said why above; starting it again would say it again
+            log.error("%s refused to start (exit %s): see its message above", self.name, code)
+            return
         young = now - self.started_at < 60
         self.restarts = self.restarts + 1 if young else 0
         delay = min(RESTART_BACKOFF_MAX_S, 2.0**self.restarts) if young else 1.0

@@ -152,6 +152,10 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     leader = Leadership(client, settings.data_root, settings.redis_url, bridge.metrics)
     # Served while standing by too: /healthz answers 503 and says why this bridge waits.
     door = open_door(settings, bridge.core.types)  # open while standing by too: it only writes
+    if door is not None and settings.serve_port is None:
+        logging.getLogger("bridge").warning(
+            "TASKD_HTTP_TOKEN is set but TASKD_HTTP_PORT is not: the task door stays closed"
+        )
     server = web.serve(settings.http_host, settings.serve_port, bridge.metrics, door)
     try:
         # A second bridge on the same data root stands by until the active one is gone.
@@ -307,10 +311,19 @@ def cmd_submit(args: argparse.Namespace) -> int:
     target = target_dir / args.file.name
     holder = _holder_of(target)
     if holder is not None:
-        print(f"task-id in use by {holder}; use another task-id", file=sys.stderr)
+        print(
+            f"task-id in use by {holder}; use another task-id (the file's name gives it: "
+            f"rename {args.file.name})",
+            file=sys.stderr,
+        )
         return EXIT_BAD
     try:
-        _write_in(args.file.read_bytes(), target)
+        data = args.file.read_bytes()
+    except OSError as exc:
+        print(f"{args.file}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_BAD
+    try:
+        _write_in(data, target)
     except FileExistsError:
         print(f"{target} exists already", file=sys.stderr)
         return EXIT_BAD
@@ -597,8 +610,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     flower_port = args.flower_port or None
     planned = children(settings, args.workers, flower_port)
     print(banner(settings, planned, flower_port), flush=True)
-    supervise(planned.kids, planned.redis.url, signals, settings.mirror_interval)
-    return EXIT_OK
+    ran = supervise(planned.kids, planned.redis.url, signals, settings.mirror_interval)
+    return EXIT_OK if ran else EXIT_USAGE
 
 
 HANDLERS = {

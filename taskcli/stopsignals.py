@@ -11,7 +11,9 @@ log = logging.getLogger("taskcli.up")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 """Each asks for the one graceful stop; SIGHUP is a closed terminal, not a reason to die."""
-UP_STOPPING = "stopping workers (running jobs may finish), then bridge and Flower, then Redis"
+UP_STOPPING = (
+    "stopping workers (running jobs may finish), then bridge and Flower, then the Redis up started"
+)
 
 
 class StopSignals:

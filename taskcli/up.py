@@ -163,7 +163,7 @@ def banner(settings: Settings, planned: Plan, flower_port: int | None) -> str:
         lines.append(f"  Flower: {where} ({planned.flower_login})")
         if planned.flower_file is not None:
             login = f"{FLOWER_USER}:$(cat {planned.flower_file})"
-            lines.append(f'  Flower API: curl -u "{login}" {where}/api/workers')
+            lines.append(f'  Flower API: curl -u "{login}" "{where}/api/workers?refresh=1"')
     if settings.serve_port:
         lines.append(f"  bridge: http://{settings.http_host}:{settings.serve_port}/")
     return "\n".join(lines)
@@ -208,13 +208,20 @@ def stop_all(kids: list[Child], signals: StopSignals, last_mirror_s: float) -> N
 
 def supervise(
     kids: list[Child], redis_url: str, signals: StopSignals, mirror_interval: float
-) -> None:
+) -> bool:
+    """Run the children until told to stop; False when one refused to start (its setup is
+    wrong), which stops the others too."""
     try:
         start_all(kids, redis_url)
         while not signals.requested.wait(1.0):
             now = time.monotonic()
             for kid in kids:
                 kid.poll_once(now)
+            refused = [k.name for k in kids if k.refused]
+            if refused:
+                log.error("stopping everything: %s cannot run as set up", ", ".join(refused))
+                return False
         signals.report()
+        return True
     finally:
         stop_all(kids, signals, LAST_MIRROR_TICKS * mirror_interval)

@@ -49,10 +49,13 @@ def parse_cap(text: str) -> int | None:
     try:
         value = int(text.strip())
     except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_CAP:
         raise CapsError(
-            f"{text!r} is not a cap: write a whole number of jobs (0 holds them all) or none"
-        ) from None
-    return _checked("the cap", value)
+            f"{text!r} is not a cap: write a whole number of jobs from 0 (hold them all) to "
+            f"{MAX_CAP}, or none for no cap"
+        )
+    return value
 
 
 def _checked(where: str, value: object) -> int | None:

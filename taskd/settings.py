@@ -295,11 +295,21 @@ class Settings:
                 "TASKD_REDIS_MASTER is for sentinels: write TASKD_REDIS_URL as "
                 "sentinel://host1:26379/0;sentinel://host2:26379, or unset TASKD_REDIS_MASTER"
             )
+        if self.redis_ca_file is not None and not self.redis_url.startswith("rediss://"):
+            raise SettingsError(
+                "TASKD_REDIS_CA_FILE is for TLS: write TASKD_REDIS_URL as rediss://host:port/db, "
+                "or unset TASKD_REDIS_CA_FILE"
+            )
         if self.redis_ca_file is not None and not self.redis_ca_file.is_absolute():
             raise SettingsError(
                 f"TASKD_REDIS_CA_FILE={str(self.redis_ca_file)!r} is a relative path; write "
                 "the absolute path of the CA certificates (PEM) Redis's certificate is checked "
                 "against"
+            )
+        if self.redis_ca_file is not None and not self.redis_ca_file.is_file():
+            raise SettingsError(
+                f"TASKD_REDIS_CA_FILE={str(self.redis_ca_file)!r} is not a file; write the path "
+                "of the CA certificates (PEM) Redis's certificate is checked against"
             )
 
     def _check_root_names(self) -> None:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from taskd.settings import Settings, SettingsError
+from taskd.settings import Settings, SettingsError, redact_url
 
 
 def test_defaults_match_the_design_table() -> None:
@@ -174,3 +175,34 @@ def test_pack_and_notify_limits_are_read_and_checked(
         Settings.from_env({variable: "0"})
     with pytest.raises(SettingsError, match=f"{variable}='lots' is not a whole number"):
         Settings.from_env({variable: "lots"})
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"TASKD_REDIS_URL": "sentinel://127.0.0.1:26379/0"}, "set TASKD_REDIS_MASTER"),
+        ({"TASKD_REDIS_MASTER": "mymaster"}, "TASKD_REDIS_MASTER is for sentinels"),
+        ({"TASKD_REDIS_CA_FILE": "/etc/hostname"}, "TASKD_REDIS_CA_FILE is for TLS"),
+        (
+            {"TASKD_REDIS_URL": "rediss://h:6380/0", "TASKD_REDIS_CA_FILE": "ca.pem"},
+            "is a relative path",
+        ),
+        (
+            {"TASKD_REDIS_URL": "rediss://h:6380/0", "TASKD_REDIS_CA_FILE": "/nonexistent/ca.pem"},
+            "'/nonexistent/ca.pem' is not a file",
+        ),
+        ({"TASKD_REDIS_URL": "sentinel:/h:1", "TASKD_REDIS_MASTER": "m"}, "not a Redis URL"),
+    ],
+)
+def test_redis_settings_that_cannot_work_are_refused_naming_the_setting(
+    env: dict[str, str], words: str
+) -> None:
+    with pytest.raises(SettingsError, match=re.escape(words)):
+        Settings.from_env(env)
+
+
+def test_a_password_in_any_part_of_a_sentinel_url_is_masked() -> None:
+    url = "sentinel://:pw1@h1:26379/0;sentinel://u:pw2@h2:26380;sentinel://h3:26381"
+    shown = redact_url(url)
+    assert "pw1" not in shown and "pw2" not in shown
+    assert shown == "sentinel://:***@h1:26379/0;sentinel://u:***@h2:26380;sentinel://h3:26381"

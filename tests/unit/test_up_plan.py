@@ -9,6 +9,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -141,7 +142,8 @@ def test_the_banner_says_a_private_redis_was_started_and_how_to_reach_flowers_ap
     planned = up.Plan([], redis_plan, f"user taskd, password in {flower}", flower)
     text = up.banner(settings, planned, 5555)
     assert f"(started privately, kept in {tmp_path}), password in {stored}" in text
-    assert f'Flower API: curl -u "taskd:$(cat {flower})" http://127.0.0.1:5555/api/workers' in text
+    api = '"http://127.0.0.1:5555/api/workers?refresh=1"'
+    assert f'Flower API: curl -u "taskd:$(cat {flower})" {api}' in text
     assert "s3cret" not in text
 
 
@@ -240,3 +242,18 @@ def test_a_process_without_a_place_to_report_logs_the_signal_from_a_thread(
         assert stop.wait(5)
         wait_until(lambda: caplog.records, 5, what="the log line")
     assert caplog.records[0].getMessage() == "SIGHUP received: the bridge stops after this tick"
+
+
+def test_a_child_that_refuses_to_start_is_not_restarted_and_stops_the_rest(
+    tmp_path: Path,
+) -> None:
+    refusing = up.Child("worker1", [sys.executable, "-c", "raise SystemExit(2)"], {}, "worker")
+    sleeper = up.Child(
+        "bridge", [sys.executable, "-c", "import time; time.sleep(60)"], {}, "bridge"
+    )
+    signals = stopsignals.StopSignals()
+    started = time.monotonic()
+    assert up.supervise([refusing, sleeper], "redis://127.0.0.1:1/0", signals, 0.0) is False
+    assert refusing.refused and refusing.proc is None  # not started again
+    assert not sleeper.running()  # the others were stopped in order
+    assert time.monotonic() - started < 30
