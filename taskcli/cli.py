@@ -495,9 +495,13 @@ def _celery_state(settings: Any, job_id: str) -> Any:
 
     from taskd import redisconn, states
     from taskd.jobs import parse_meta
+    from taskd.roots import serves_another
 
     client = redisconn.client(settings, 3, 3)
     try:
+        elsewhere = serves_another(client, settings.data_root, settings.redis_url)
+        if elsewhere is not None:
+            return {"error": elsewhere}
         meta: Any = client.get(states.meta_key(job_id))
     except redis_lib.RedisError as exc:
         return {"error": f"Redis cannot be asked: {exc}"}
@@ -532,7 +536,8 @@ def cmd_show(args: argparse.Namespace) -> int:
         return EXIT_BAD
     out = {"path": str(path) if path else None, "file": fields or None, "celery": celery}
     print(json.dumps(out, ensure_ascii=False, indent=2))
-    return EXIT_OK
+    asked = not (isinstance(celery, dict) and "error" in celery)
+    return EXIT_OK if fields or asked else EXIT_BAD
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -561,6 +566,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             queues,
             args.user,
             limits=limits,
+            redis_url=settings.redis_url,
         )
 
     if args.watch:

@@ -19,6 +19,7 @@ from bridge.schedule import not_before, parse_time
 from bridge.taskfiles import NEW, TaskFile, doing_of, read_task_files
 from taskd import states
 from taskd.celeryconf import PRIORITY_STEPS
+from taskd.roots import serves_another
 
 log = logging.getLogger(__name__)
 
@@ -204,6 +205,7 @@ def gather(
     user_id: str | None = None,
     now: datetime | None = None,
     limits: Mapping[str, int] | None = None,
+    redis_url: str = "TASKD_REDIS_URL",
 ) -> Status:
     """The whole picture. Redis being away leaves the file counts and says why in redis_error.
 
@@ -214,6 +216,9 @@ def gather(
     status = from_files(tasks, now)
     status.caps = with_caps(tasks, limits or {})
     try:
+        status.redis_error = serves_another(client, task_queue.parent, redis_url)
+        if status.redis_error is not None:
+            return status  # its queues, workers and cancels are another data root's
         status.queues, status.unacked = queue_depths(client, queues)
         add_cancelled(status, cancelled(client, now), now.date())
         status.workers = workers(app)

@@ -148,6 +148,15 @@ FIX = (
 )
 
 
+def serves_another(client: Any, data_root: Path, redis_url: str) -> str | None:
+    """For the tools (which never claim a db): why the db answers for another data root, if it
+    does, judged by the root's path alone (a tool does not make the root's identity)."""
+    held = RootClaim.parse(client.get(states.KEY_ROOT))
+    if held is None or os.path.normpath(held.path) == root_path(data_root):
+        return None
+    return str(conflict(redis_url, data_root, held))
+
+
 def conflict(redis_url: str, data_root: Path, other: RootClaim) -> RootConflict:
     return RootConflict(
         f"the Redis db at {redact_url(redis_url)} already serves the data root {other.path} "

@@ -10,8 +10,10 @@ import sys
 import uuid
 from pathlib import Path
 
+import pytest
 import redis
 
+from taskcli.cli import main
 from tests.conftest import Drop
 from tests.support.procs import (
     REPO,
@@ -168,3 +170,19 @@ def test_a_worker_puts_back_a_job_of_another_root_and_stops(tmp_path: Path) -> N
     finally:
         worker.stop()
         server.stop()
+
+
+def test_status_and_show_say_when_the_db_serves_another_data_root(
+    bridge: BridgeProc,
+    env: dict[str, str],
+    data_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root_b = _second_root(tmp_path)
+    args = ["--data-root", str(root_b), "--redis-url", env["TASKD_REDIS_URL"]]
+    assert main(["status", "--json", *args]) == 1
+    said = json.loads(capsys.readouterr().out)["redis_error"]
+    assert REFUSAL in said and str(data_root) in said
+    assert main(["show", "some-job-id", *args]) == 1
+    assert REFUSAL in capsys.readouterr().out
