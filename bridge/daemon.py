@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any
 
 from celery import Celery
@@ -46,7 +47,6 @@ def _row(task: Tracked) -> metrics.TaskRow:
     fields = task.fields
     progress = fields.get(states.PROGRESS_FIELD)
     percent = progress if isinstance(progress, int) and not isinstance(progress, bool) else 0
-    due = _text(fields, states.RETRY_AT if task.state == states.RETRY else states.RUN_AT)
     return metrics.TaskRow(
         task.task_id,
         task.user,
@@ -58,17 +58,37 @@ def _row(task: Tracked) -> metrics.TaskRow:
         worker=_text(fields, states.WORKER),
         started_at=_text(fields, states.STARTED_AT),
         queued_at=_text(fields, states.QUEUED_AT),
-        due_at=due,
+        due_at=_text(fields, states.RETRY_AT if task.state == states.RETRY else states.RUN_AT),
+        started=_epoch(schedule.parse_time(fields.get(states.STARTED_AT))),
+        queued=_epoch(schedule.parse_time(fields.get(states.QUEUED_AT))),
+        due=_epoch(_due(task)),
         waiting_since=_waiting_since(task),
     )
 
 
+def _epoch(when: datetime | None) -> float | None:
+    return when.timestamp() if when is not None else None
+
+
+def _due(task: Tracked) -> datetime | None:
+    """When a waiting task may start: a retry's retry-at, else its run-at or delay (as the
+    schedule reads them: a time without a zone is UTC)."""
+    if task.state == states.RETRY:
+        return schedule.parse_time(task.fields.get(states.RETRY_AT))
+    return schedule.not_before(task.fields) if task.state == states.QUEUED else None
+
+
 def _waiting_since(task: Tracked) -> float | None:
-    """A queued task: since when it has been due (its run-at or delay, else when queued)."""
-    if task.state != states.QUEUED:
+    """A waiting task: since when it has been (or will be) due, the later of when it was
+    queued and its run-at, delay or retry-at; None when it is not waiting."""
+    if task.state not in (states.QUEUED, states.RETRY):
         return None
-    due = schedule.not_before(task.fields) or schedule.parse_time(task.fields.get(states.QUEUED_AT))
-    return due.timestamp() if due is not None else None
+    queued = schedule.parse_time(task.fields.get(states.QUEUED_AT))
+    due = _due(task)
+    if task.state == states.RETRY and due is None:
+        return None  # its retry-at is not known yet: the worker's next report says it
+    since = max(t for t in (queued, due) if t is not None) if (queued or due) else None
+    return since.timestamp() if since is not None else None
 
 
 class _Rows:

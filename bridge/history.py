@@ -47,7 +47,7 @@ class History:
 
     def __init__(self) -> None:
         self.minutes: deque[Minute] = deque(maxlen=MINUTES)
-        self.ended: deque[Ended] = deque(maxlen=ENDED_KEPT)
+        self.ended: deque[dict[str, Any]] = deque(maxlen=ENDED_KEPT)  # made once, read often
 
     def _minute(self, wall: float) -> Minute:
         at = int(wall // 60)
@@ -59,13 +59,16 @@ class History:
         minute = self._minute(wall)
         setattr(minute, what, getattr(minute, what) + n)
 
-    def level(self, waiting: int, lag: float, wall: float) -> None:
+    def level(self, waiting: int, wall: float) -> None:
+        self._minute(wall).waiting = waiting
+
+    def lag(self, lag: float, wall: float) -> None:
+        """The worst mirror lag seen in the minute: before each tick, and whenever asked."""
         minute = self._minute(wall)
-        minute.waiting = waiting
         minute.lag = max(minute.lag, round(lag, 2))
 
     def task_ended(self, ended: Ended) -> None:
-        self.ended.append(ended)
+        self.ended.append(asdict(ended))
 
     def last_hour(self, wall: float) -> list[dict[str, Any]]:
         """Each of the last MINUTES minutes, oldest first; a minute nothing happened in is 0."""
@@ -75,4 +78,4 @@ class History:
 
     def recent(self) -> list[dict[str, Any]]:
         """The tasks that ended last, newest first."""
-        return [asdict(e) for e in reversed(self.ended)]
+        return list(reversed(self.ended))

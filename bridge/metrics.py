@@ -148,7 +148,10 @@ class TaskRow:
     started_at: str = ""
     queued_at: str = ""
     due_at: str = ""  # a queued task's run-at, a retrying one's retry-at
-    waiting_since: float | None = None  # a queued task: since when it has been due (epoch s)
+    started: float | None = None  # started-at, queued-at and when it may start, as epoch s
+    queued: float | None = None
+    due: float | None = None
+    waiting_since: float | None = None  # a waiting task: since when it has been due (epoch s)
 
 
 @dataclass(frozen=True)
@@ -165,8 +168,7 @@ class Snapshot:
     redis_why: str = ""  # what the last failed Redis call said, in an operator's words
     workers_alive: int = -1  # -1: not looked yet
     at: float = 0.0  # the wall clock when it was taken
-    last_hour: tuple[dict[str, Any], ...] = ()  # a minute each, oldest first (bridge/history.py)
-    recent: tuple[dict[str, Any], ...] = ()  # the tasks that ended last, newest first
+    version: int = 0  # moves on with each observed set of tasks (the page's cache key)
 
     def count(self, metric: Metric, label: str | None = None) -> float:
         key = ((metric.label, label),) if metric.label and label is not None else ()
@@ -186,13 +188,16 @@ class Snapshot:
         }
 
     def queue_oldest(self) -> float:
-        since = [r.waiting_since for r in self.tasks if r.waiting_since is not None]
+        since = [s for r in self.tasks if (s := r.waiting_since) is not None and s <= self.at]
         return max(0.0, self.at - min(since)) if since else 0.0
 
     def waiting_by_type(self) -> dict[str, int]:
+        """Tasks due and waiting, by type (one scheduled for later is not backlog yet)."""
         out: dict[str, int] = {}
         for row in self.tasks:
-            if row.state in (states.QUEUED, states.RETRY):
+            if row.state in (states.QUEUED, states.RETRY) and (
+                row.waiting_since is None or row.waiting_since <= self.at
+            ):
                 out[row.type] = out.get(row.type, 0) + 1
         return out
 
@@ -230,6 +235,7 @@ class Metrics:
         self._held: tuple[tuple[str, str], ...] = ()
         self._workers_alive = -1
         self._history = History()
+        self._version = 0
 
     def count(self, metric: Metric, label: str | None = None, n: float = 1) -> None:
         key = ((metric.label, label),) if metric.label and label is not None else ()
@@ -256,16 +262,17 @@ class Metrics:
     def mirrored(self, started: float, ended: float) -> None:
         """A mirror tick that reached Redis and wrote what changed, on the loop's clock."""
         with self._lock:
+            # How far behind the loop was when this tick began: the lag a slow tick leaves.
+            self._history.lag(max(0.0, started - self._mirrored_at - self._interval), time.time())
             self._mirrored_at, self._tick = ended, max(0.0, ended - started)
 
     def observe(self, tasks: Iterable[TaskRow], watcher_ok: bool) -> None:
         rows = tuple(tasks)
         waiting = sum(1 for row in rows if row.state in (states.QUEUED, states.RETRY))
-        now = self._clock()
         with self._lock:
             self._tasks, self._watcher_ok = rows, watcher_ok
-            lag = max(0.0, now - self._mirrored_at - self._interval)
-            self._history.level(waiting, lag, time.time())
+            self._version += 1
+            self._history.level(waiting, time.time())
 
     def held_files(self, held: Iterable[tuple[str, str]]) -> None:
         """The files held back now, as (error, reason) pairs (bridge/guard.py's `held`)."""
@@ -306,9 +313,17 @@ class Metrics:
                 redis_why=self._redis_why,
                 workers_alive=self._workers_alive,
                 at=wall,
-                last_hour=tuple(self._history.last_hour(wall)),
-                recent=tuple(self._history.recent()),
+                version=self._version,
             )
+
+    def drawn(self) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """For the page: the last hour a minute at a time, and the tasks that ended last. A
+        loop stuck in a tick shows here too, as the lag of the minute it is stuck in."""
+        now, wall = self._clock(), time.time()
+        with self._lock:
+            if self._role != STANDBY_ROLE:
+                self._history.lag(max(0.0, now - self._mirrored_at - self._interval), wall)
+            return self._history.last_hour(wall), self._history.recent()
 
 
 def health(snap: Snapshot) -> tuple[bool, dict[str, Any]]:

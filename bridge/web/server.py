@@ -73,10 +73,17 @@ def _task(row: TaskRow) -> dict[str, Any]:
         "started_at": row.started_at,
         "queued_at": row.queued_at,
         "due_at": row.due_at,
+        "started": row.started,
+        "queued": row.queued,
+        "due": row.due,
     }
 
 
-def tasks_view(snap: Snapshot) -> dict[str, Any]:
+def tasks_view(
+    snap: Snapshot,
+    last_hour: list[dict[str, Any]] | None = None,
+    recent: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """What the status page draws: counts by state, health, the running tasks, those waiting,
     the last ended, workers and queues, and the last hour a minute at a time."""
     active = {state: 0 for state in ACTIVE_ORDER}
@@ -84,9 +91,12 @@ def tasks_view(snap: Snapshot) -> dict[str, Any]:
         active[row.state] = active.get(row.state, 0) + 1
     ended = {state: int(snap.count(ENDED, state)) for state in ENDED.values}
     ended[states.REJECTED] = int(snap.count(REJECTED))
-    rows = sorted(snap.tasks, key=_rank)
-    running = [r for r in rows if r.state not in WAITING_STATES]
-    waiting = [r for r in rows if r.state in WAITING_STATES]
+    running = sorted((r for r in snap.tasks if r.state not in WAITING_STATES), key=_rank)
+    # The longest waiting first: those a cut list must never hide.
+    waiting = sorted(
+        (r for r in snap.tasks if r.state in WAITING_STATES),
+        key=lambda r: (r.waiting_since is None, r.waiting_since or 0.0, r.user_id, r.task_id),
+    )
     return {
         "now": snap.at,
         "active": active,
@@ -99,12 +109,32 @@ def tasks_view(snap: Snapshot) -> dict[str, Any]:
         "waiting_by_type": snap.waiting_by_type(),
         "queue_oldest_s": round(snap.queue_oldest(), 1),
         "workers_alive": snap.workers_alive,
-        "recent": list(snap.recent),
-        "last_hour": list(snap.last_hour),
+        "recent": recent or [],
+        "last_hour": last_hour or [],
     }
 
 
-def route(path: str, snap: Snapshot) -> Reply:
+class PageView:
+    """The page's JSON, made at most once a second and once per set of tasks the loop
+    observed, however many pages poll it (made on the HTTP threads, never on the loop's)."""
+
+    def __init__(self, drawn: Callable[[], tuple[list[Any], list[Any]]] | None = None) -> None:
+        self.drawn = drawn
+        self._lock = threading.Lock()
+        self._made: tuple[tuple[int, int], Reply] | None = None
+
+    def reply(self, snap: Snapshot) -> Reply:
+        key = (snap.version, int(snap.at))
+        with self._lock:
+            if self._made is not None and self._made[0] == key:
+                return self._made[1]
+            last_hour, recent = self.drawn() if self.drawn is not None else ([], [])
+            made = _json(HTTPStatus.OK, tasks_view(snap, last_hour, recent))
+            self._made = (key, made)
+            return made
+
+
+def route(path: str, snap: Snapshot, view: PageView | None = None) -> Reply:
     """The answer to a GET of `path`, from one snapshot."""
     if path == "/metrics":
         return HTTPStatus.OK, PROMETHEUS_TYPE, exposition(snap).encode()
@@ -112,7 +142,7 @@ def route(path: str, snap: Snapshot) -> Reply:
         ok, body = health(snap)
         return _json(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, body)
     if path == API_PATH:
-        return _json(HTTPStatus.OK, tasks_view(snap))
+        return (view or PageView()).reply(snap)
     if path in ("/", "/index.html"):
         return HTTPStatus.OK, "text/html; charset=utf-8", PAGE.encode()
     return _json(HTTPStatus.NOT_FOUND, {"error": f"no such page; try / {API_PATH} /metrics"})
@@ -124,6 +154,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "taskd-bridge"
     timeout = CLIENT_TIMEOUT_S  # a client that stops sending mid-request is let go
     snapshot: Callable[[], Snapshot]
+    view: PageView | None = None
     door: Door | None = None
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
@@ -160,7 +191,7 @@ class Handler(BaseHTTPRequestHandler):
         if is_door(path):
             self._through_door(path, query, post=False, send_body=send_body)
             return
-        self._send(*route(path, self.snapshot()), send_body=send_body)
+        self._send(*route(path, self.snapshot(), self.view), send_body=send_body)
 
     def _through_door(self, path: str, query: str, post: bool, send_body: bool = True) -> None:
         door = self.door
@@ -226,8 +257,9 @@ class Handler(BaseHTTPRequestHandler):
         log.debug("http %s: " + format, self.address_string(), *args)
 
 
-def _handler(snapshot: Callable[[], Snapshot], door: Door | None) -> type[Handler]:
-    return type("BoundHandler", (Handler,), {"snapshot": staticmethod(snapshot), "door": door})
+def _handler(metrics: Metrics, door: Door | None) -> type[Handler]:
+    bound = {"snapshot": staticmethod(metrics.snapshot), "door": door}
+    return type("BoundHandler", (Handler,), {**bound, "view": PageView(metrics.drawn)})
 
 
 class _Server(ThreadingHTTPServer):
@@ -266,7 +298,7 @@ class StatusServer:
 
     def __init__(self, host: str, port: int, metrics: Metrics, door: Door | None = None) -> None:
         kind = _Server6 if ":" in host else _Server
-        self._server = kind((host, port), _handler(metrics.snapshot, door))
+        self._server = kind((host, port), _handler(metrics, door))
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="bridge-http", daemon=True
         )

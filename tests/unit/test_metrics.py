@@ -287,6 +287,9 @@ def test_the_tasks_view_counts_by_state_and_lists_running_tasks_first() -> None:
         "started_at": "",
         "queued_at": "",
         "due_at": "",
+        "started": None,
+        "queued": None,
+        "due": None,
     }
     assert view["more"] == 0
     assert view["waiting_by_type"] == {"SLOW": 1}
@@ -301,7 +304,7 @@ def test_the_last_hour_is_a_minute_a_bucket_and_the_ended_tasks_newest_first() -
     m.task_ended(Ended(1.0, "3", "old", "SLOW", "SUCCESS"))
     m.task_ended(Ended(2.0, "3", "new", "SLOW", "FAILURE", "field 'x': bad"))
     m.observe([_row("q", "QUEUED", 0)], True)
-    view = web.tasks_view(m.snapshot())
+    view = web.tasks_view(m.snapshot(), *m.drawn())
     hour = view["last_hour"]
     assert len(hour) == 60 and hour[-1]["at"] == int(view["now"] // 60)
     assert (hour[-1]["taken"], hour[-1]["failed"], hour[-1]["rejected"]) == (3, 1, 1)
@@ -395,3 +398,25 @@ def test_health_names_why_redis_failed() -> None:
     assert "redis unreachable: Redis at redis://h:6379/0 refused the password" in body["problems"]
     m.redis_seen(True)
     assert metrics.health(m.snapshot())[1]["status"] == "ok"
+
+
+def test_a_slow_tick_shows_in_the_minute_it_was_behind() -> None:
+    clock = [100.0]
+    m = Metrics(1.0, clock=lambda: clock[0])
+    clock[0] = 141.0
+    m.mirrored(140.0, 141.0)  # began 39 s after the last ended, one interval allowed
+    hour, _ = m.drawn()
+    assert hour[-1]["lag"] == 39.0
+
+
+def test_the_pages_json_is_made_once_per_second_and_set_of_tasks() -> None:
+    m = Metrics(1.0)
+    made = []
+    view = web.PageView(lambda: made.append(1) or ([], []))  # type: ignore[func-returns-value]
+    m.observe([_row("q", "QUEUED", 0)], True)
+    snap = m.snapshot()
+    first = view.reply(snap)
+    assert view.reply(snap) is first and len(made) == 1
+    m.observe([_row("q", "QUEUED", 0), _row("r", "QUEUED", 0)], True)
+    assert json.loads(view.reply(m.snapshot())[2])["waiting_by_type"] == {"SLOW": 2}
+    assert len(made) == 2
