@@ -7,6 +7,7 @@ the time from the kill to the mirror writing again is printed (docs/operations.m
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -89,7 +90,14 @@ def _flower(env: dict[str, str], log: Path, port: int) -> Iterator[None]:
 
 
 def _latest_write(drop: Drop) -> float:
-    return max((p.stat().st_mtime for p in drop.dir.iterdir()), default=0.0)
+    """When a task file was last written (temp files come and go meanwhile: skipped)."""
+    latest = 0.0
+    for entry in os.scandir(drop.dir):
+        if entry.name.startswith("."):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            latest = max(latest, entry.stat(follow_symlinks=False).st_mtime)
+    return latest
 
 
 @pytest.mark.timeout(600)
