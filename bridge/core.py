@@ -186,6 +186,9 @@ class Core:
         # What a long pass calls now and then so that new files are taken meanwhile
         # (bridge/daemon.py sets it: drain the watcher, take what came).
         self.between: Callable[[], None] | None = None
+        # A notify job given up (its worker died under it too often): its task file says so in
+        # notify-error (bridge/passes/notify.py sets it; the file's own state stays).
+        self.notify_gave_up: Callable[[Tracked, str], None] = lambda job, error: None
         # Whether a user folder is watched: only a watched one may be skipped by a rescan.
         self.watched: Callable[[str], bool] = lambda path: False
         self.run_id: str | None = None

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from celery import Celery
@@ -123,6 +124,7 @@ class Bridge:
         self.core = Core(settings, types, app, client)
         self.watcher = watch.Watcher(settings.task_queue)
         self.core.between = self._intake_between
+        self.core.notify_gave_up = partial(notify.give_up, self.core)
         self.core.watched = self.watcher.watches
         self._rows = _Rows()
         self.root = RootCheck(settings, client, self.core.root_id)
@@ -180,6 +182,9 @@ class Bridge:
         known = mirror.mirror_once(self.core, now)
         if known is not None:
             notify.notify_once(self.core, now, known)
+            # A notify job a worker took and died holding before it started: sent again.
+            jobs = list(self.core.notifier.jobs.values())
+            mirror.handed_out_once(self.core, now, jobs, known)
 
     # --- the driver -------------------------------------------------------------------------
 

@@ -115,7 +115,11 @@ def recover(core: Core, task: Tracked, attempt: int, now: float) -> None:
     core.orphans.pop(task.job_id, None)
     count = core.recoveries[task.job_id] = core.recoveries.get(task.job_id, 0) + 1
     if count > MAX_RECOVERIES:
-        writer.fail(core, task, STOPPED_ERROR.format(n=MAX_RECOVERIES + 1), now)
+        error = STOPPED_ERROR.format(n=MAX_RECOVERIES + 1)
+        if task.type is core.notifier.kind:
+            core.notify_gave_up(task, error)  # the task ended well: only its mail failed
+        else:
+            writer.fail(core, task, error, now)
         return
     log.warning(
         "job %s of %s has had no live worker for the recovery grace: running it again",

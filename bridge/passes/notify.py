@@ -76,7 +76,7 @@ def notify_once(core: Core, now: float, known: Mapping[str, Known]) -> None:
             "recording the notify outcome of",
             now,
             lambda j=job, i=info: _one(core, j, i, now),  # type: ignore[misc]
-            end=lambda error, j=job: _give_up(core, j, error),  # type: ignore[misc]
+            end=lambda error, j=job: give_up(core, j, error),  # type: ignore[misc]
             log_ids=partial(task_ids, job),
         )
 
@@ -94,7 +94,8 @@ def _one(core: Core, job: Tracked, info: Known, now: float) -> None:
         dispatch.publish_when_due(core, job, info, now)
 
 
-def _give_up(core: Core, job: Tracked, error: str) -> None:
+def give_up(core: Core, job: Tracked, error: str) -> None:
+    """Stop trying to send a task's mail: its file says why in notify-error."""
     core.notifier.jobs.pop(job.job_id, None)
     _note_outcome(core, job, {states.NOTIFY_ERROR: error, states.NOTIFY_RETRY_AT: None})
 

@@ -1,0 +1,125 @@
+"""A notify job a worker took and died holding before it started, against a real redis-server:
+kombu keeps such a message unacked until its visibility timeout (hours), so the bridge must see
+it and send the mail again after the recovery grace, as it does for a task's own job."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from bridge import dispatch
+from bridge.daemon import Bridge
+from taskcli.status import queue_names
+from taskd import states
+from taskd.celeryconf import publishing_app
+from taskd.settings import Settings
+from taskd.tasktypes import load_types
+from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
+
+DB = 13
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    conn = redis.Redis.from_url(redis_server.db_url(DB))
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+    conn.close()
+
+
+@pytest.fixture
+def bridge(tmp_path: Path, redis_server: RedisServer, client: redis.Redis) -> Bridge:
+    settings = Settings(
+        data_root=tmp_path, redis_url=redis_server.db_url(DB), settle=0.0, recovery_grace=0.5
+    )
+    (settings.task_queue / "4").mkdir(parents=True)
+    return Bridge(settings, load_types([SUPPORT_SCHEMAS]), publishing_app(settings), client)
+
+
+def _queued(client: redis.Redis) -> list[bytes]:
+    return [m for name in queue_names(["notify"])["notify"] for m in client.lrange(name, 0, -1)]
+
+
+def _take_like_a_worker(client: redis.Redis) -> None:
+    """What kombu does when a worker takes a message: off the list, into the unacked hash."""
+    for name in queue_names(["notify"])["notify"]:
+        message = client.lpop(name)
+        if message is not None:
+            client.hset("unacked", "tag-1", json.dumps([json.loads(message), "", "notify"]))
+            return
+    raise AssertionError("no notify message to take")
+
+
+def test_a_notify_job_taken_by_a_worker_that_died_is_sent_again(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    folder = bridge.settings.task_queue / "4"
+    (folder / "n1.notify.eml").write_text("To: a@example.com\nSubject: done\n\ndone\n")
+    (folder / "n1-ABCDEFGHJK_100.SLOW").write_text(
+        json.dumps(
+            {
+                "type": "SLOW",
+                "task-id": "n1",
+                "state": states.SUCCESS,
+                "progress": 100,
+                "job-id": "11111111-2222-4333-8444-555555555555",
+                "queued-at": "2026-12-01T10:00:00Z",
+                "finished-at": "2026-12-01T10:01:00Z",
+                "ticket": "ABCDEFGHJK",
+            }
+        )
+    )
+    bridge.start()
+    now = time.monotonic()
+    for step in range(5):
+        if _queued(client):
+            break
+        bridge.mirror_once(now + step)
+    assert len(_queued(client)) == 1, "the notify job was not published"
+    job_id = next(iter(bridge.core.notifier.jobs))
+
+    _take_like_a_worker(client)  # ... and the worker dies before it starts the job
+    assert _queued(client) == []
+    bridge.mirror_once(now + 11)  # noticed: taken, not started
+    assert _queued(client) == []
+    bridge.mirror_once(now + 12)  # a tick past the grace (0.5 s): sent again
+    again = _queued(client)
+    assert len(again) == 1 and job_id.encode() in again[0]
+
+
+def test_a_notify_job_given_up_leaves_its_task_a_success_saying_why(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    folder = bridge.settings.task_queue / "4"
+    (folder / "n2.notify.eml").write_text("To: a@example.com\nSubject: done\n\ndone\n")
+    task = folder / "n2-ABCDEFGHJK_100.SLOW"
+    task.write_text(
+        json.dumps(
+            {
+                "type": "SLOW",
+                "task-id": "n2",
+                "state": states.SUCCESS,
+                "progress": 100,
+                "job-id": "11111111-2222-4333-8444-666666666666",
+                "queued-at": "2026-12-01T10:00:00Z",
+                "finished-at": "2026-12-01T10:01:00Z",
+                "ticket": "ABCDEFGHJK",
+            }
+        )
+    )
+    bridge.start()
+    now = time.monotonic()
+    bridge.mirror_once(now)
+    (job,) = bridge.core.notifier.jobs.values()
+    for n in range(dispatch.MAX_RECOVERIES + 1):  # its worker died under it every time
+        dispatch.recover(bridge.core, job, 0, now + n)
+    fields = json.loads(task.read_text())
+    assert fields["state"] == states.SUCCESS
+    assert "stopped" in fields["notify-error"]
+    assert job.job_id not in bridge.core.notifier.jobs
