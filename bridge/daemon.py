@@ -60,8 +60,8 @@ def _row(task: Tracked) -> metrics.TaskRow:
         started_at=_text(fields, states.STARTED_AT),
         queued_at=_text(fields, states.QUEUED_AT),
         due_at=_text(fields, states.RETRY_AT if task.state == states.RETRY else states.RUN_AT),
-        started=_epoch(schedule.parse_time(fields.get(states.STARTED_AT))),
-        queued=_epoch(schedule.parse_time(fields.get(states.QUEUED_AT))),
+        # Parsed here for waiting tasks only; a running one's times the page parses when it
+        # is looked at (a row is made again at each report of each running task).
         due=_epoch(_due(task)),
         waiting_since=_waiting_since(task),
     )

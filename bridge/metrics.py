@@ -148,9 +148,7 @@ class TaskRow:
     started_at: str = ""
     queued_at: str = ""
     due_at: str = ""  # a queued task's run-at, a retrying one's retry-at
-    started: float | None = None  # started-at, queued-at and when it may start, as epoch s
-    queued: float | None = None
-    due: float | None = None
+    due: float | None = None  # a waiting task: when it may start (epoch s)
     waiting_since: float | None = None  # a waiting task: since when it has been due (epoch s)
 
 

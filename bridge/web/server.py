@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from bridge.metrics import ENDED, REJECTED, Metrics, Snapshot, TaskRow, exposition, health
+from bridge.schedule import parse_time
 from bridge.web.door import CLOSED, Door, Named, is_door
 from bridge.web.page import API_PATH, PAGE
 from taskd import states
@@ -60,6 +61,13 @@ def _rank(row: TaskRow) -> tuple[int, str, str]:
     return order, row.user_id, row.task_id
 
 
+def _epoch(text: str) -> float | None:
+    """A time from a task file as epoch seconds, read as the bridge reads it (UTC without a
+    zone), so the page never parses it in the viewer's zone."""
+    when = parse_time(text)
+    return when.timestamp() if when is not None else None
+
+
 def _task(row: TaskRow) -> dict[str, Any]:
     return {
         "task_id": row.task_id,
@@ -73,8 +81,8 @@ def _task(row: TaskRow) -> dict[str, Any]:
         "started_at": row.started_at,
         "queued_at": row.queued_at,
         "due_at": row.due_at,
-        "started": row.started,
-        "queued": row.queued,
+        "started": _epoch(row.started_at),
+        "queued": _epoch(row.queued_at),
         "due": row.due,
     }
 
