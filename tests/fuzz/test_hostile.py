@@ -321,9 +321,10 @@ class HostileMachine(RuleBasedStateMachine):
         if path is None:
             return
         task_id = str((parse(read_no_follow(path)) or {}).get("task-id"))
-        if "/" in task_id or os.path.lexists(directory / f"{task_id}.notify.eml"):
-            return
-        self._write(directory, f"{task_id}.notify.eml", b"To: late@fuzz.example\n\nlate\n")
+        mail = directory / f"{task_id}.notify.eml"
+        if "/" in task_id or len(os.fsencode(mail.name)) > 255 or os.path.lexists(mail):
+            return  # a task-id near the name limit has no room for the mail's suffix
+        self._write(directory, mail.name, b"To: late@fuzz.example\n\nlate\n")
 
     @precondition(lambda self: _family("special"))
     @rule(data=st.data(), kind=st.sampled_from(["fifo", "dir", "dir-with-file", "lower", "editor"]))
