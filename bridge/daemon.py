@@ -182,9 +182,6 @@ class Bridge:
         known = mirror.mirror_once(self.core, now)
         if known is not None:
             notify.notify_once(self.core, now, known)
-            # A notify job a worker took and died holding before it started: sent again.
-            jobs = list(self.core.notifier.jobs.values())
-            mirror.handed_out_once(self.core, now, jobs, known)
 
     # --- the driver -------------------------------------------------------------------------
 

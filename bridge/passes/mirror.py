@@ -187,7 +187,7 @@ def handed_out_once(core: Core, now: float, tasks: list[Tracked], known: dict[st
     overdue = []
     for task in tasks:
         info = known.get(task.job_id)
-        if info is None or not _unstarted(core, task, info):
+        if info is None or not schedule.waiting_unstarted(task.fields, info):
             core.unstarted.pop(task.job_id, None)
         elif now - core.unstarted.setdefault(task.job_id, now) >= core.settings.recovery_grace:
             overdue.append(task)
@@ -205,14 +205,6 @@ def handed_out_once(core: Core, now: float, tasks: list[Tracked], known: dict[st
                 end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
                 log_ids=partial(task_ids, task),
             )
-
-
-def _unstarted(core: Core, task: Tracked, info: Known) -> bool:
-    """Published, never started, nobody's lease. A notify job counts as started in the bridge
-    from its publication (`dispatch.after_publish`), so only Redis can tell it never was."""
-    if task.type is core.notifier.kind:
-        return info.record == states.JOB_PUBLISHED and info.meta is None and not info.leased
-    return schedule.waiting_unstarted(task.fields, info)
 
 
 def _retries(task: Tracked) -> int:
