@@ -272,6 +272,8 @@ def write_new_in(folder: Path, name: str, data: bytes) -> None:
 
 
 def _rename_noreplace_at(fd: int, src: str, dst: str) -> None:
+    """Rename `src` to `dst` (relative to the folder `fd`, or absolute with _AT_FDCWD),
+    failing with FileExistsError rather than replacing anything."""
     if _renameat2 is not None:
         rc = _renameat2(fd, os.fsencode(src), fd, os.fsencode(dst), _RENAME_NOREPLACE)
         if rc == 0:
@@ -301,17 +303,7 @@ def _announced(src: Path, dst: Path, move: Callable[[], None]) -> None:
 
 
 def _rename_noreplace(src: Path, dst: Path) -> None:
-    if _renameat2 is not None:
-        rc = _renameat2(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE)
-        if rc == 0:
-            return
-        err = ctypes.get_errno()
-        if err not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(err, os.strerror(err), str(src), None, str(dst))
-    # No renameat2 on this file system: check, then rename (the bridge is the only renamer).
-    if os.path.lexists(dst):
-        raise FileExistsError(errno.EEXIST, "target exists", str(dst))
-    os.rename(src, dst)
+    _rename_noreplace_at(_AT_FDCWD, str(src), str(dst))
 
 
 def rewrite_existing(
