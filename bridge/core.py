@@ -196,13 +196,29 @@ class Core:
         # looks at every job in full.
         self.quiet: dict[str, Known] = {}
         self.glanced: dict[str, bytes] = {}  # job id -> the state a glance last mirrored
+        self.unsweepable: set[Path] = set()  # leftovers the sweep could not remove, said once
         self.ended_jobs: list[str] = []  # ended since the last `writer.forget_ended`
         self.full_look_at = 0.0
+
+    def track(self, task: Tracked) -> None:
+        """Mirror `task` from now on, instead of any task tracked under its job id."""
+        replaced = self.table.add(task)
+        if replaced is not None:
+            files.drop_spare(replaced.spare)
+            replaced.spare = None
+
+    def drop_spares(self) -> None:
+        """At a clean stop: no spare outlives the bridge that keeps it."""
+        for task in self.table.by_job.values():
+            files.drop_spare(task.spare)
+            task.spare = None
 
     def cancel(self, task: Tracked) -> None:
         """The UI deleted (or replaced) the file: the job must never run, or stop, and send
         nothing. The cancel pass tells Redis and the workers."""
         self.table.drop(task)
+        files.drop_spare(task.spare)
+        task.spare = None
         self.quiet.pop(task.job_id, None)
         self.pending_cancels.add(task.job_id)
         notify = task.path.with_name(contract.notify_mail_name(task.task_id))

@@ -293,6 +293,7 @@ class Bridge:
                 self.watcher.wait(max(0.0, wake - time.monotonic()), stop)
         finally:
             self.watcher.stop()
+            self.core.drop_spares()
             reconcile.save_settled(self.core)
 
     def _tick_failed(self, exc: Exception, stop: threading.Event) -> None:

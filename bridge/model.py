@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.files import Spare
 from taskd import states
 from taskd.tasktypes import TaskType
 
@@ -21,6 +22,7 @@ class Tracked:
     last_write: float = float("-inf")
     written: tuple[int, int, int, int] | None = None  # the file's signature after our last write
     extra: dict[str, Any] = field(default_factory=dict)  # more for the worker (notify: who)
+    spare: Spare | None = None  # the file's last content, to take its next (files.Spare)
 
     @property
     def job_id(self) -> str:
@@ -47,12 +49,14 @@ class Table:
     by_job: dict[str, Tracked] = field(default_factory=dict)
     by_path: dict[Path, Tracked] = field(default_factory=dict)
 
-    def add(self, task: Tracked) -> None:
+    def add(self, task: Tracked) -> Tracked | None:
+        """Track `task`; the task it replaces (same job id), if any."""
         old = self.by_job.get(task.job_id)
         if old is not None:
             self.by_path.pop(old.path, None)
         self.by_job[task.job_id] = task
         self.by_path[task.path] = task
+        return old if old is not task else None
 
     def move(self, task: Tracked, new_path: Path) -> None:
         self.by_path.pop(task.path, None)

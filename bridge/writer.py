@@ -66,7 +66,9 @@ def write(
     core.owners.note(task.user, task.task_id, new_path)
     try:
         sync_dir = folders is None or not state_changed
-        files.rewrite_existing(new_path, contract.dump(fields), state_changed, seen, sync_dir)
+        task.spare = files.rewrite_existing(
+            new_path, contract.dump(fields), state_changed, seen, sync_dir, task.spare
+        )
         if not sync_dir and folders is not None:
             folders.add(new_path.parent)
     except FileNotFoundError:
@@ -82,6 +84,8 @@ def write(
 def ended(core: Core, task: Tracked, now: float) -> None:
     """A task's file says it ended: stop mirroring it, and send its notify mail if there is one."""
     core.table.drop(task)
+    files.drop_spare(task.spare)
+    task.spare = None
     core.ended_jobs.append(task.job_id)  # Redis forgets it with the others ended this tick
     fields = task.fields
     core.metrics.count(metrics.ENDED, fields[states.STATE])

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bridge import logs
+from bridge import files, logs
 
 if TYPE_CHECKING:
     from taskd.settings import Settings
@@ -148,6 +148,8 @@ def cmd_bridge(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, stopping)
+    if settings.spares:
+        files.keep_spares()
     bridge = Bridge(settings, load_types(settings.type_dirs), publishing_app(settings), client)
     leader = Leadership(client, settings.data_root, settings.redis_url, bridge.metrics)
     # Served while standing by too: /healthz answers 503 and says why this bridge waits.

@@ -121,6 +121,17 @@ def _mask_userinfo(match: re.Match[str]) -> str:
     return f"{match.group(1)}{user or ''}***@"
 
 
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "yes", "true", "on"):
+        return True
+    if raw in ("0", "no", "false", "off"):
+        return False
+    raise SettingsError(f"{name}={env[name]!r} must be 1 or 0 (or yes/no, true/false, on/off)")
+
+
 def _paths(raw: str) -> tuple[Path, ...]:
     return tuple(Path(p) for p in raw.split(":") if p)
 
@@ -258,6 +269,10 @@ class Settings:
     redis_ca_file: Path | None = None
     """TASKD_REDIS_CA_FILE: with a rediss:// URL, the CA certificates Redis's is checked against
     (the system's without it)."""
+    spares: bool = True
+    """TASKD_SPARES: 0 to make a new temp file for every rewrite of a task file instead of
+    refilling its spare (`bridge/files.py` `Spare`): for a task_queue/ the kernel's NFS server
+    exports, whose clients read without an open file a lease could see."""
     http_token: str | None = field(default=None, repr=False)
     """TASKD_HTTP_TOKEN: opens the task door on the bridge's HTTP port (`bridge/door.py`) to
     clients that send it as a bearer token; no door without it."""
@@ -488,6 +503,7 @@ class Settings:
             ),
             "http_body_bytes": _int(env, "TASKD_HTTP_BODY_BYTES", DEFAULT_HTTP_BODY_BYTES),
             "http_token": env.get("TASKD_HTTP_TOKEN") or None,
+            "spares": _switch(env, "TASKD_SPARES", True),
             "redis_master": env.get("TASKD_REDIS_MASTER") or None,
             "redis_ca_file": Path(env["TASKD_REDIS_CA_FILE"])
             if env.get("TASKD_REDIS_CA_FILE")

@@ -368,7 +368,7 @@ def _track(
         raise error
     task = Tracked(name.user, name.stem, one.task_type, new_path, one.fields, last_write=now)
     task.written = files.signature(new_path)
-    core.table.add(task)
+    core.track(task)
     core.owners.note(name.user, name.stem, new_path)
     core.metrics.count(metrics.TAKEN)
     log.info("took %s as job %s", new_path.name, task.job_id, extra=task_ids(task))
@@ -514,5 +514,5 @@ def _resume(core: Core, path: Path, fields: dict[str, Any], owners: dict[str, An
         ui_fields = {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
         reject(core, path, _as_new(name, path, fields), ui_fields, error)
         return
-    core.table.add(task)
+    core.track(task)
     log.info("resumed %s, job %s", path.name, task.job_id, extra=task_ids(task))

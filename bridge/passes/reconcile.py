@@ -194,22 +194,35 @@ def save_settled(core: Core) -> None:
 def _sweep_leftovers(core: Core, full: bool) -> None:
     """Remove temp files of a process killed mid-write. None of this bridge's own is in flight:
     it writes on its loop's thread, and the thread that writes a batch of takes is done with
-    it before the intake pass ends (`passes/intake.py`); a worker's is spared for a minute.
-    Folders the rescan did not need to list are swept on a full one."""
+    it before the intake pass ends (`passes/intake.py`), and the spares of the files it
+    tracks (`files.Spare`) are kept; a worker's is spared for a minute. Folders the rescan did
+    not need to list are swept on a full one."""
     wall = time.time()
     skipped = set() if full else set(core.folders)
+    live = {task.spare.path for task in core.table.by_job.values() if task.spare is not None}
+    unsweepable = {path for path in core.unsweepable if str(path.parent) in skipped}
+    removed: list[Path] = []
     for path in watch.leftovers(core.settings.task_queue, skipped):
+        if path in live:
+            continue
         try:
             own = path.name.endswith(BRIDGE_TEMP_SUFFIX)
-            if own or wall - path.stat().st_mtime > WORKER_TEMP_AGE_S:
+            if own or wall - path.lstat().st_mtime > WORKER_TEMP_AGE_S:
                 path.unlink()
-                log.info(
-                    "removed %r, left by a process that died mid-write",
-                    path.name,
-                    extra=ids(user_id=path.parent.name),
-                )
+                removed.append(path)
         except FileNotFoundError:
             continue  # removed by its own writer in between: nothing left to sweep
+        except OSError as exc:  # another user's, in a sticky folder, say: never the rescan
+            if path not in core.unsweepable:
+                log.warning("cannot remove %r: %s", path.name, exc.strerror or exc)
+            unsweepable.add(path)
+    core.unsweepable = unsweepable  # only those still there: said once each
+    if removed:  # one line: a bridge killed with 2,000 tasks running left 2,000 spares
+        log.info(
+            "removed %d temp file(s) left by processes that died mid-write, %r the first",
+            len(removed),
+            str(removed[0].relative_to(core.settings.task_queue)),
+        )
 
 
 def cancel_orphans(core: Core, now: float) -> None:

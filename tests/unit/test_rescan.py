@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,92 @@ def test_a_rescan_lists_only_user_folders_that_changed(
     for _ in range(reconcile.FULL_RESCAN_EVERY):
         bridge.rescan_once(time.monotonic())
     assert sorted(set(listed)) == ["3", "4", "5"]  # and now and then every one
+
+
+def _bridge_on(data_root: Path) -> tuple[Bridge, dict[str, Any], Path]:
+    """A bridge without Redis, its types, and user 3's folder."""
+    settings = Settings(data_root=data_root, settle=0.0)
+    types = load_types([SUPPORT_SCHEMAS])
+    bridge = Bridge(settings, types, app=None, client=None)  # type: ignore[arg-type]
+    directory = settings.task_queue / "3"
+    directory.mkdir(parents=True)
+    return bridge, dict(types), directory
+
+
+def test_the_sweep_keeps_the_spares_of_tracked_files_and_removes_other_temp_files(
+    tmp_path: Path,
+) -> None:
+    from bridge.model import Tracked
+    from taskd.atomic import BRIDGE_TEMP_SUFFIX
+
+    bridge, types, directory = _bridge_on(tmp_path)
+    job_id = str(uuid.uuid4())
+    fields = {"type": "SLOW", "task-id": "t1", "state": "PROGRESS", "job-id": job_id}
+    path = directory / "t1-AB_5.SLOW"
+    path.write_text(json.dumps(fields), encoding="utf-8")
+    live = directory / f".0123456789abcdef{BRIDGE_TEMP_SUFFIX}"
+    live.write_bytes(b"the last content")
+    stale = directory / f".fedcba9876543210{BRIDGE_TEMP_SUFFIX}"
+    stale.write_bytes(b"left by a bridge killed mid-write")
+    task = Tracked("3", "t1", types["SLOW"], path, fields)
+    task.spare = files.Spare(live, *(lambda s: (s.st_dev, s.st_ino))(live.stat()))
+    task.written = files.signature(path)
+    bridge.core.table.add(task)
+    bridge.rescan_once(time.monotonic())
+    assert bridge.core.table.by_job == {job_id: task}
+    assert live.exists()
+    assert not stale.exists()
+    bridge.core.table.drop(task)
+    bridge.rescan_once(time.monotonic())  # forgotten without its spare dropped: swept
+    bridge.core.rescans = 0  # the next one lists every folder
+    bridge.rescan_once(time.monotonic())
+    assert not live.exists()
+
+
+def test_a_temp_file_the_sweep_cannot_remove_is_said_once_and_stops_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from taskd.atomic import BRIDGE_TEMP_SUFFIX
+
+    bridge, _, directory = _bridge_on(tmp_path)
+    stuck = directory / f".0123456789abcdef{BRIDGE_TEMP_SUFFIX}"
+    stuck.write_bytes(b"another user's, in a sticky folder")
+    gone = directory / f".fedcba9876543210{BRIDGE_TEMP_SUFFIX}"
+    gone.write_bytes(b"removable")
+    real_unlink = Path.unlink
+
+    def refusing(self: Path, missing_ok: bool = False) -> None:
+        if self == stuck:
+            raise PermissionError(1, "Operation not permitted", str(self))
+        real_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(Path, "unlink", refusing)
+    for _ in range(3):
+        bridge.core.rescans = 0  # each one lists every folder
+        bridge.rescan_once(time.monotonic())
+    said = [r.getMessage() for r in caplog.records if "cannot remove" in r.getMessage()]
+    assert said == [f"cannot remove {stuck.name!r}: Operation not permitted"]
+    assert not gone.exists() and stuck.exists()
+
+
+def test_a_task_tracked_anew_under_its_job_id_and_a_clean_stop_leave_no_spare(
+    tmp_path: Path,
+) -> None:
+    from bridge.model import Tracked
+
+    bridge, types, directory = _bridge_on(tmp_path)
+    fields = {"type": "SLOW", "task-id": "t1", "state": "PROGRESS", "job-id": str(uuid.uuid4())}
+
+    def tracked(name: str) -> Tracked:
+        spare = directory / f".{name}.taskd-tmp"
+        spare.write_bytes(b"last content")
+        task = Tracked("3", "t1", types["SLOW"], directory / f"t1-AB_{name}.SLOW", dict(fields))
+        task.spare = files.Spare(spare, 0, spare.stat().st_ino)
+        return task
+
+    first, second = tracked("1"), tracked("2")
+    bridge.core.track(first)
+    bridge.core.track(second)  # the same job: the first one's spare goes
+    assert [p.name for p in directory.iterdir()] == [".2.taskd-tmp"]
+    bridge.core.drop_spares()
+    assert list(directory.iterdir()) == []

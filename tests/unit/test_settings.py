@@ -206,3 +206,15 @@ def test_a_password_in_any_part_of_a_sentinel_url_is_masked() -> None:
     shown = redact_url(url)
     assert "pw1" not in shown and "pw2" not in shown
     assert shown == "sentinel://:***@h1:26379/0;sentinel://u:***@h2:26380;sentinel://h3:26381"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("", True), ("1", True), ("on", True), ("0", False), ("No", False)]
+)
+def test_spares_are_on_unless_switched_off(raw: str, expected: bool) -> None:
+    assert Settings.from_env({"TASKD_SPARES": raw}).spares is expected
+
+
+def test_a_spares_switch_that_is_not_one_says_what_it_takes() -> None:
+    with pytest.raises(SettingsError, match=r"TASKD_SPARES='maybe' must be 1 or 0"):
+        Settings.from_env({"TASKD_SPARES": "maybe"})
