@@ -2,9 +2,10 @@
 
 A rewrite goes to a hidden temp file in the same directory (a new one, or the file's spare: see
 `Spare`) and is swapped with the target by an atomic exchange, so a reader sees the old content
-or the new, never a mix, and a file deleted meanwhile is never brought back. Writes that change the state are durable:
-file and directory are fsynced before the next step. A rewritten file keeps the mode and the
-group the UI gave it (the owner becomes the bridge's user, as with any new file).
+or the new, never a mix, and a file deleted meanwhile is never brought back. Writes that change
+the state are durable: file and directory are fsynced before the next step. A rewritten file
+keeps the mode and the group the UI gave it (the owner becomes the bridge's user, as with any
+new file).
 """
 
 from __future__ import annotations
@@ -78,8 +79,9 @@ def signature_of(st: os.stat_result) -> tuple[int, int, int, int]:
 
 def read_regular(path: Path, limit: int, expect: os.stat_result | None = None) -> bytes:
     """Read a regular file of at most `limit` bytes; never opens a FIFO or follows a symlink.
-    With `expect`, what is opened must be that very file (else FileChangedError)."""
-    st = os.lstat(path)
+    With `expect`, what is opened must be that very file (else FileChangedError): its lstat,
+    just made, stands for the one made here first."""
+    st = os.lstat(path) if expect is None else expect
     if not stat.S_ISREG(st.st_mode):
         raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
     if st.st_size > limit:
