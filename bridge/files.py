@@ -111,6 +111,26 @@ def read_regular(path: Path, limit: int, expect: os.stat_result | None = None) -
     return data
 
 
+def read_plain(path: str, limit: int) -> tuple[bytes, os.stat_result] | None:
+    """A regular file with one name, of at most `limit` bytes, read whole in one go, and its
+    fstat; None for anything else (a link, a FIFO, a file with other names, one too large or
+    changing while read, any error): the caller then reads it the careful way."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size > limit:
+            return None
+        data = os.read(fd, st.st_size + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return (data, st) if len(data) == st.st_size else None
+
+
 def atomic_write(path: Path, data: bytes, durable: bool, sync_dir: bool = True) -> None:
     """Replace a task file's content, keeping its mode and group (see `kept_permissions`).
     The temp file landing on `path` is announced to the watcher (`bridge/ownmoves.py`)."""

@@ -13,6 +13,7 @@ from pathlib import Path
 from bridge import contract, files, intake, metrics, settledindex, watch
 from bridge.contract import BRIDGE_TEMP_SUFFIX
 from bridge.core import Core
+from bridge.judge import adoption_error
 from bridge.logs import ids
 from bridge.notify import is_sent_marker
 from bridge.settledindex import Settled
@@ -110,13 +111,56 @@ def _rescan_entry(
         if found is not None:
             found.settled.append(entry.path)
     else:
-        path = Path(entry.path)
-        if path in core.table.by_path:
-            core.touched.add(path)  # changed by someone else since our last write?
-        else:
-            core.intake.note(path, now)
-            if found is not None:
-                found.noted.append(entry.path)
+        _not_settled(core, entry, now, settled, found)
+
+
+def _not_settled(
+    core: Core,
+    entry: os.DirEntry[str],
+    now: float,
+    settled: dict[str, Settled],
+    found: FolderSeen | None,
+) -> None:
+    path = Path(entry.path)
+    if path in core.table.by_path:
+        core.touched.add(path)  # changed by someone else since our last write?
+    elif _ended_at_once(core, entry, path, settled):
+        if found is not None:
+            found.settled.append(entry.path)
+    else:
+        core.intake.note(path, now)
+        if found is not None:
+            found.noted.append(entry.path)
+
+
+def _ended_at_once(
+    core: Core, entry: os.DirEntry[str], path: Path, settled: dict[str, Settled]
+) -> bool:
+    """A file the bridge wrote and that ended, read once here and settled as intake would
+    settle it (`passes/intake.py` `adopt`), without the rounds of judging a new file needs:
+    a first start on a tree of 100,000 finished files reads each once. Anything else, or any
+    doubt, is intake's (False)."""
+    user = os.path.basename(os.path.dirname(entry.path))
+    if path in core.intake.pending or contract.ignore_reason((user, entry.name)) is not None:
+        return False
+    name = contract.parse_name((user, entry.name))
+    read = files.read_plain(entry.path, intake.owned_limit(core.settings.max_task_bytes))
+    if name is None or read is None:
+        return False
+    raw, st = read
+    fields = intake.owned_fields(raw)
+    if (
+        fields is None
+        or fields.get(states.STATE) not in states.TERMINAL
+        or adoption_error(fields, name, entry.name, core.types, core.intake.formats) is not None
+    ):
+        return False
+    task_id = str(fields[states.TASK_ID])
+    if core.owners.holder(user, task_id, path) is None:
+        core.owners.note(user, task_id, path)
+    settled[entry.path] = (files.signature_of(st), task_id)
+    core.settled_changed = True
+    return True
 
 
 def folders_read(core: Core) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +16,7 @@ from bridge.daemon import Bridge
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
 from tests.support.procs import SUPPORT_SCHEMAS
+from tests.support.reads import count_reads
 
 
 def finished(directory: Path, task_id: str, state: str = "SUCCESS") -> Path:
@@ -32,14 +34,7 @@ def test_finished_files_are_read_once_until_they_change(
     directory = settings.task_queue / "3"
     directory.mkdir(parents=True)
     paths = [finished(directory, f"t{n}") for n in range(20)]
-    reads: list[Path] = []
-    real_read = files.read_regular
-
-    def counting(path: Path, limit: int, expect: Any = None) -> bytes:
-        reads.append(path)
-        return real_read(path, limit, expect)
-
-    monkeypatch.setattr(files, "read_regular", counting)
+    reads = count_reads(monkeypatch)
     bridge.rescan_once(time.monotonic())
     assert sorted(reads) == sorted(paths)  # the first look reads each one
 
@@ -188,3 +183,26 @@ def test_a_task_tracked_anew_under_its_job_id_and_a_clean_stop_leave_no_spare(
     assert [p.name for p in directory.iterdir()] == [".2.taskd-tmp"]
     bridge.core.drop_spares()
     assert list(directory.iterdir()) == []
+
+
+def test_a_scan_settles_only_clean_finished_files_itself_and_hands_on_the_rest(
+    tmp_path: Path,
+) -> None:
+    """What a first scan settles from one read is what intake would settle; a file with a
+    second name, a forged task-id or a link is intake's to judge, as before."""
+    from bridge.passes import reconcile
+
+    bridge, _, directory = _bridge_on(tmp_path)
+    clean = finished(directory, "t1")
+    forged = directory / "t2-AB_100.SLOW"
+    forged.write_text(json.dumps({"type": "SLOW", "task-id": "other", "state": "SUCCESS"}))
+    linked = finished(directory, "t3")
+    os.link(linked, tmp_path / "elsewhere")
+    running = directory / "t4-AB_5.SLOW"
+    running.write_text(json.dumps({"type": "SLOW", "task-id": "t4", "state": "PROGRESS"}))
+    link = directory / "t5-AB_100.SLOW"
+    link.symlink_to(clean)
+    reconcile.rescan_once(bridge.core, time.monotonic())  # the scan alone, without intake
+    assert set(bridge.settled) == {str(clean)}
+    assert bridge.core.owners.by_id["3/t1"] == clean.name
+    assert set(bridge.core.intake.pending) == {forged, linked, running, link}  # it ignores links

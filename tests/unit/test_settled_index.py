@@ -6,17 +6,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import files, settledindex
+from bridge import settledindex
 from bridge.daemon import Bridge
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
 from tests.support.procs import SUPPORT_SCHEMAS
+from tests.support.reads import count_reads
 from tests.unit.test_rescan import finished
 
 
@@ -32,15 +32,7 @@ def _stop(bridge: Bridge) -> None:
 
 @pytest.fixture
 def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
-    seen: list[Path] = []
-    real_read = files.read_regular
-
-    def counting(path: Path, limit: int, expect: Any = None) -> bytes:
-        seen.append(path)
-        return real_read(path, limit, expect)
-
-    monkeypatch.setattr(files, "read_regular", counting)
-    return seen
+    return count_reads(monkeypatch)
 
 
 def test_a_restarted_bridge_reads_no_finished_file_that_did_not_change(
