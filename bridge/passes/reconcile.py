@@ -121,31 +121,30 @@ def _not_settled(
     settled: dict[str, Settled],
     found: FolderSeen | None,
 ) -> None:
-    path = Path(entry.path)
-    if path in core.table.by_path:
+    # No Path made (and hashed) to look up in empty tables: a first scan's 100,000 files.
+    path = Path(entry.path) if core.table.by_path or core.intake.pending else None
+    if path is not None and path in core.table.by_path:
         core.touched.add(path)  # changed by someone else since our last write?
-    elif _ended_at_once(core, entry, path, settled):
+    elif (path is None or path not in core.intake.pending) and _ended_at_once(core, entry, settled):
         if found is not None:
             found.settled.append(entry.path)
     else:
-        core.intake.note(path, now)
+        core.intake.note(path or Path(entry.path), now)
         if found is not None:
             found.noted.append(entry.path)
 
 
-def _ended_at_once(
-    core: Core, entry: os.DirEntry[str], path: Path, settled: dict[str, Settled]
-) -> bool:
+def _ended_at_once(core: Core, entry: os.DirEntry[str], settled: dict[str, Settled]) -> bool:
     """A file the bridge wrote and that ended, read once here and settled as intake would
     settle it (`passes/intake.py` `adopt`), without the rounds of judging a new file needs:
     a first start on a tree of 100,000 finished files reads each once. Anything else, or any
     doubt, is intake's (False)."""
     user = os.path.basename(os.path.dirname(entry.path))
-    if path in core.intake.pending or contract.ignore_reason((user, entry.name)) is not None:
+    name = contract.parse_name((user, entry.name))  # None for what is no task file's name
+    if name is None:
         return False
-    name = contract.parse_name((user, entry.name))
     read = files.read_plain(entry.path, intake.owned_limit(core.settings.max_task_bytes))
-    if name is None or read is None:
+    if read is None:
         return False
     raw, st = read
     fields = intake.owned_fields(raw)
@@ -156,8 +155,9 @@ def _ended_at_once(
     ):
         return False
     task_id = str(fields[states.TASK_ID])
-    if core.owners.holder(user, task_id, path) is None:
-        core.owners.note(user, task_id, path)
+    held = f"{user}/{task_id}" in core.owners.by_id
+    if not held or core.owners.holder(user, task_id, Path(entry.path)) is None:
+        core.owners.note_name(user, task_id, entry.name)  # the first file of an id holds it
     settled[entry.path] = (files.signature_of(st), task_id)
     core.settled_changed = True
     return True
