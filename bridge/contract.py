@@ -319,9 +319,11 @@ def parse_content(text: str) -> dict[str, Any]:
 
 def owned_by_bridge(fields: Mapping[str, Any]) -> bool:
     """A file the bridge has taken carries its task-id and a known state."""
+    state = fields.get(states.STATE)
     return (
         isinstance(fields.get(states.TASK_ID), str)
-        and fields.get(states.STATE) in states.FILE_STATES
+        and isinstance(state, str)
+        and state in states.FILE_STATES
     )
 
 

@@ -86,7 +86,12 @@ def read_regular(path: Path, limit: int, expect: os.stat_result | None = None) -
         raise NotRegularFile(errno.EINVAL, "not a regular file", str(path))
     if st.st_size > limit:
         raise TooLarge(st.st_size, limit)
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link or a socket swapped in since
+            raise NotRegularFile(errno.EINVAL, "not a regular file", str(path)) from exc
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

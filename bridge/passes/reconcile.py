@@ -138,8 +138,22 @@ def _ended_at_once(core: Core, entry: os.DirEntry[str], settled: dict[str, Settl
     """A file the bridge wrote and that ended, read once here and settled as intake would
     settle it (`passes/intake.py` `adopt`), without the rounds of judging a new file needs:
     a first start on a tree of 100,000 finished files reads each once. Anything else, or any
-    doubt, is intake's (False)."""
-    user = os.path.basename(os.path.dirname(entry.path))
+    doubt, is intake's (False), whose guard ends a file that fails, never the scan."""
+    try:
+        return _settled_from_one_read(core, entry, settled)
+    except Exception:  # noqa: BLE001 - whatever it is, intake judges the file and says why
+        return False
+
+
+def _settled_from_one_read(
+    core: Core, entry: os.DirEntry[str], settled: dict[str, Settled]
+) -> bool:
+    folder = os.path.dirname(entry.path)
+    if os.path.dirname(folder) != str(core.settings.task_queue):
+        return False  # not in a user folder: intake says why it is ignored
+    if not entry.is_file(follow_symlinks=False):
+        return False  # a FIFO, a link...: never opened here
+    user = os.path.basename(folder)
     name = contract.parse_name((user, entry.name))  # None for what is no task file's name
     if name is None:
         return False

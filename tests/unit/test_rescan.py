@@ -206,3 +206,44 @@ def test_a_scan_settles_only_clean_finished_files_itself_and_hands_on_the_rest(
     assert set(bridge.settled) == {str(clean)}
     assert bridge.core.owners.by_id["3/t1"] == clean.name
     assert set(bridge.core.intake.pending) == {forged, linked, running, link}  # it ignores links
+
+
+def test_what_the_scan_must_not_settle_or_open_goes_to_intake_and_never_fails_the_scan(
+    tmp_path: Path,
+) -> None:
+    """A forged state of the wrong kind, a file at the top of task_queue/ and a FIFO: the
+    first scan leaves each to intake (which rejects or ignores it, saying why), opens no FIFO
+    and carries on."""
+    import threading
+
+    from bridge.passes import reconcile
+
+    bridge, _, directory = _bridge_on(tmp_path)
+    forged = directory / "x.SLOW"
+    forged.write_text('{"task-id": "x", "state": []}')
+    top = directory.parent / "y-AB_100.SLOW"
+    top.write_text(json.dumps({"type": "SLOW", "task-id": "y", "state": "SUCCESS"}))
+    fifo = directory / "z-AB_100.SLOW"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: open(fifo, "wb").close(), daemon=True)
+    writer.start()  # blocked until something opens the FIFO to read
+    reconcile.rescan_once(bridge.core, time.monotonic())
+    assert bridge.settled == {}
+    assert {forged, fifo} <= set(bridge.core.intake.pending)
+    assert writer.is_alive()  # the scan never opened it
+    os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+    writer.join(5)
+    bridge.intake_once(time.monotonic())
+    assert (directory / "x-ERR.SLOW").exists()  # rejected by intake, the scan went on
+
+
+def test_a_link_swapped_in_after_the_judging_lstat_reads_as_no_regular_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "0001.SLOW"
+    path.write_text("{}")
+    judged = os.lstat(path)
+    path.unlink()
+    path.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(files.NotRegularFile):
+        files.read_regular(path, 1000, expect=judged)
