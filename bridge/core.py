@@ -196,6 +196,8 @@ class Core:
         # looks at every job in full.
         self.quiet: dict[str, Known] = {}
         self.glanced: dict[str, bytes] = {}  # job id -> the state a glance last mirrored
+        # When the next glance is due to write a report the rate rule held back (`glance_once`).
+        self.glance_due = float("inf")
         self.unsweepable: set[Path] = set()  # leftovers the sweep could not remove, said once
         self.ended_jobs: list[str] = []  # ended since the last `writer.forget_ended`
         self.full_look_at = 0.0

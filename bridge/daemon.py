@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 TICK_FAILED_PAUSE_S = 1.0
 SCHEDULE_EVERY_S = 0.5  # how often due schedules are looked for (cron has seconds)
 WORKERS_LOOK_EVERY_S = 5.0  # how often the workers alive are counted (taskd/alive.py)
+MIN_GLANCE_GAP_S = 0.05  # glances for held-back reports come no closer than this
 
 
 ROW_TEXT_MAX = 200  # a field shown on the page is cut to this many characters
@@ -238,7 +239,7 @@ class Bridge:
             self.next_glance = now + self.glance_every
         elif now >= self.next_glance:
             reported = mirror.glance_once(self.core, now)
-            self.next_glance = now + self.glance_every if reported else next_mirror
+            self.next_glance = self._next_glance(now) if reported else next_mirror
         if now >= self.next_schedule:
             schedules.schedules_once(self.core, self.schedules, now)
             self.next_schedule = now + SCHEDULE_EVERY_S
@@ -248,6 +249,14 @@ class Bridge:
             next_rescan = now + self.settings.rescan_interval
         writer.forget_ended(self.core, now)  # what other passes ended this tick
         return next_mirror, next_rescan
+
+    def _next_glance(self, now: float) -> float:
+        """A glance's share of a tick on, or sooner when a report the rate rule held back may
+        be written then: a file written just before its job's next report would otherwise
+        show that report up to a glance late, every second, for as long as the two keep step
+        (the lag's tail on a slow disk)."""
+        held = max(self.core.glance_due, now + MIN_GLANCE_GAP_S)
+        return min(now + self.glance_every, held)
 
     def run(self, stop: threading.Event, server: web.StatusServer | None = None) -> None:
         # Served from the start, so /healthz reports a long first scan as mirror lag; `server`

@@ -254,6 +254,7 @@ def glance_once(core: Core, now: float) -> int:
     reported = 0
     folders: set[Path] = set()
     pace = Pace(core, now)
+    held = float("inf")  # when the first report held back by the rate rule may be written
     for (job_id, task), raw in zip(running, raws, strict=True):
         if raw is None or was.get(job_id) == raw:
             if raw is not None:
@@ -263,7 +264,10 @@ def glance_once(core: Core, now: float) -> int:
         pace.breathe()
         if _glance_one(core, job_id, task, raw, (pace.now(), now_iso), folders):
             core.glanced[job_id] = raw
+        else:
+            held = min(held, task.last_write + writer.RATE_SLACK * core.settings.mirror_interval)
     files.fsync_dirs(folders)  # the starts written
+    core.glance_due = held
     return reported
 
 

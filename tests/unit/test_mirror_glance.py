@@ -98,6 +98,24 @@ def test_a_file_written_less_than_a_tick_ago_waits_and_is_written_later(
     assert _on_disk(task)["progress"] == 50 and task.path.name == "t1-50.SLOW"
 
 
+def test_a_held_back_report_brings_the_next_glance_to_when_it_may_be_written(
+    bridge: Bridge, redis_states: States
+) -> None:
+    task = _running(bridge, 1)
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
+    mirror.glance_once(bridge.core, 100.0)
+    assert bridge.core.glance_due == float("inf")  # nothing held back
+    assert bridge._next_glance(100.0) == 100.0 + bridge.glance_every
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 50)
+    mirror.glance_once(bridge.core, 100.8)  # 0.8 s after the last write: held back
+    due = task.last_write + 0.95 * bridge.settings.mirror_interval
+    assert bridge.core.glance_due == pytest.approx(due)
+    assert bridge._next_glance(100.8) == pytest.approx(due)  # sooner than 101.05
+    assert bridge._next_glance(due - 0.01) == pytest.approx(due + 0.04)  # never closer than 50 ms
+    mirror.glance_once(bridge.core, due)
+    assert _on_disk(task)["progress"] == 50
+
+
 def test_an_unchanged_state_writes_nothing(bridge: Bridge, redis_states: States) -> None:
     task = _running(bridge, 1)
     redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
