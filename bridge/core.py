@@ -206,24 +206,30 @@ class Core:
         """Mirror `task` from now on, instead of any task tracked under its job id."""
         replaced = self.table.add(task)
         if replaced is not None:
-            files.drop_spare(replaced.spare)
-            replaced.spare = None
+            _release_spare(replaced)
+
+    def untrack(self, task: Tracked) -> None:
+        """Mirror `task` no more (it ended, or was cancelled): its spare goes with it."""
+        self.table.drop(task)
+        _release_spare(task)
 
     def drop_spares(self) -> None:
         """At a clean stop: no spare outlives the bridge that keeps it."""
         for task in self.table.by_job.values():
-            files.drop_spare(task.spare)
-            task.spare = None
+            _release_spare(task)
 
     def cancel(self, task: Tracked) -> None:
         """The UI deleted (or replaced) the file: the job must never run, or stop, and send
         nothing. The cancel pass tells Redis and the workers."""
-        self.table.drop(task)
-        files.drop_spare(task.spare)
-        task.spare = None
+        self.untrack(task)
         self.quiet.pop(task.job_id, None)
         self.pending_cancels.add(task.job_id)
         notify = task.path.with_name(contract.notify_mail_name(task.task_id))
         if is_regular(notify):  # a link or FIFO in its place is no mail: left as it is
             notify.unlink(missing_ok=True)
         log.info("%s deleted: cancelling job %s", task.path.name, task.job_id, extra=task_ids(task))
+
+
+def _release_spare(task: Tracked) -> None:
+    files.drop_spare(task.spare)
+    task.spare = None

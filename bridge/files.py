@@ -35,6 +35,9 @@ _AT_FDCWD = -100
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 
+_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # never a link, never a FIFO's wait
+_READ_FLAGS = os.O_RDONLY | _OPEN_FLAGS
+
 SYNCFS_BATCH = 8
 """From this many new files on, a batch of durable rewrites flushes the file system once
 (`atomic.syncfs`, where `_Flush` trusts it) instead of fsyncing each file: on a virtual disk
@@ -87,7 +90,7 @@ def read_regular(path: Path, limit: int, expect: os.stat_result | None = None) -
     if st.st_size > limit:
         raise TooLarge(st.st_size, limit)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link or a socket swapped in since
             raise NotRegularFile(errno.EINVAL, "not a regular file", str(path)) from exc
@@ -121,7 +124,7 @@ def read_plain(path: str, limit: int) -> tuple[bytes, os.stat_result] | None:
     fstat; None for anything else (a link, a FIFO, a file with other names, one too large or
     changing while read, any error): the caller then reads it the careful way."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, _READ_FLAGS)
     except OSError:
         return None
     try:
@@ -218,7 +221,7 @@ def _same_file(path: Path, expect: os.stat_result) -> bool:
 
 
 def _copy_regular(path: Path, kept: Path, expect: os.stat_result) -> None:
-    src = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    src = os.open(path, _READ_FLAGS)
     try:
         st = os.fstat(src)
         if (st.st_dev, st.st_ino) != (expect.st_dev, expect.st_ino):
@@ -403,7 +406,6 @@ _fallocate = getattr(_libc, "fallocate", None)
 if _fallocate is not None:
     _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _EUID = os.geteuid()
-_OPEN_FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 SPARE_MODE = 0o600
 
 
@@ -439,7 +441,7 @@ def _kept(tmp: Path, sync_dir: bool) -> Spare | None:
 
 def _keep(tmp: Path) -> Spare | None:
     try:
-        fd = os.open(tmp, os.O_RDONLY | _OPEN_FLAGS)
+        fd = os.open(tmp, _READ_FLAGS)
     except OSError:
         return None
     try:

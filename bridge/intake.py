@@ -167,7 +167,7 @@ class Intake:
             # at once, without the settle wait meant for the UI's writes.
             entry.owner_checked = sig
             raw = _read_quietly(path, owned_limit(self.settings.max_task_bytes), st)
-            entry.owned = _owned_fields(raw or b"")
+            entry.owned = owned_fields(raw or b"")
         if entry.owned is not None:
             return Decision(ADOPT, entry.name, fields=entry.owned)
         quiet = now - entry.since
@@ -227,10 +227,6 @@ def _read_quietly(path: Path, limit: int, st: os.stat_result) -> bytes | None:
 
 def owned_fields(raw: bytes) -> dict[str, Any] | None:
     """The fields of a file the bridge wrote; None for any other content."""
-    return _owned_fields(raw)
-
-
-def _owned_fields(raw: bytes) -> dict[str, Any] | None:
     try:
         fields = contract.parse_content(contract.decode_utf8(raw))
     except (UnicodeDecodeError, contract.ParseError):

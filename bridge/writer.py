@@ -83,9 +83,7 @@ def write(
 
 def ended(core: Core, task: Tracked, now: float) -> None:
     """A task's file says it ended: stop mirroring it, and send its notify mail if there is one."""
-    core.table.drop(task)
-    files.drop_spare(task.spare)
-    task.spare = None
+    core.untrack(task)
     core.ended_jobs.append(task.job_id)  # Redis forgets it with the others ended this tick
     fields = task.fields
     core.metrics.count(metrics.ENDED, fields[states.STATE])
