@@ -25,11 +25,7 @@ DB = 13
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_server.db_url(DB))
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
+    yield from redis_server.emptied(DB)
 
 
 @pytest.fixture

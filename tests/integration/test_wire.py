@@ -25,11 +25,7 @@ LABEL = "{'user-id': '3', 'task-id': '0001', 'type': 'PACKMS'}"
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
-    conn = redis.Redis.from_url(redis_server.db_url(DB))
-    conn.flushdb()
-    yield conn
-    conn.flushdb()
-    conn.close()
+    yield from redis_server.emptied(DB)
 
 
 def _spec(n: int) -> dict[str, Any]:

@@ -72,6 +72,16 @@ class RedisServer:
         test with a data root of its own takes a db of its own."""
         return f"redis://127.0.0.1:{self.port}/{db}"
 
+    def emptied(self, db: int) -> Iterator[Any]:
+        """A client of `db`, emptied before and after: a fixture's body (`yield from`)."""
+        import redis
+
+        conn = redis.Redis.from_url(self.db_url(db))
+        conn.flushdb()
+        yield conn
+        conn.flushdb()
+        conn.close()
+
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
