@@ -446,8 +446,8 @@ def _keep(tmp: Path) -> Spare | None:
         return None
     try:
         st = os.fstat(fd)
-        if not _ours(st) or st.st_dev in _no_leases:
-            return None
+        if not _ours(st) or st.st_dev in _no_leases or not _FLUSH.trusted(st.st_dev):
+            return None  # on a network file system a lease sees no other host's reader
         if stat.S_IMODE(st.st_mode) != SPARE_MODE:
             os.fchmod(fd, SPARE_MODE)
         return Spare(tmp, st.st_dev, st.st_ino)

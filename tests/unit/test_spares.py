@@ -292,3 +292,14 @@ def test_a_spare_removed_under_a_write_is_no_cancel(
     spare = _rewrite(path, b"two", spare)
     assert path.read_bytes() == b"two"
     assert spare is not None and _hidden(path.parent) == [spare.path]
+
+
+@pytest.mark.usefixtures("spares")
+def test_no_spare_is_kept_on_a_file_system_not_known_to_be_local(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _task(tmp_path / "u1")
+    monkeypatch.setitem(files._FLUSH.types, os.lstat(path).st_dev, False)  # as NFS would be
+    assert _rewrite(path, b"one", None) is None
+    assert path.read_bytes() == b"one"
+    assert _hidden(path.parent) == []
