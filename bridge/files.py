@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from bridge.ownmoves import OWN
+from bridge.ownmoves import FROM, OWN, TO
 from taskd import atomic
 
 log = logging.getLogger(__name__)
@@ -265,9 +265,15 @@ def identity(path: Path) -> os.stat_result:
 def rename_noreplace(src: Path, dst: Path) -> None:
     """Rename that fails with FileExistsError rather than replace another task's file; announced
     to the watcher (`bridge/ownmoves.py`)."""
-    if src == dst:
+    old, new = os.fsencode(src), os.fsencode(dst)
+    if old == new:
         return
-    _announced(src, dst, lambda: _rename_noreplace(src, dst))
+    keys = OWN.expect_keys(TO + new, FROM + old)
+    try:
+        _rename_noreplace_at(_AT_FDCWD, old, new)
+    except BaseException:
+        OWN.cancel(keys)
+        raise
 
 
 def place_new(tmp: Path, target: Path) -> None:
@@ -304,7 +310,7 @@ def write_new_in(folder: Path, name: str, data: bytes) -> None:
         os.close(fd)
 
 
-def _rename_noreplace_at(fd: int, src: str, dst: str) -> None:
+def _rename_noreplace_at(fd: int, src: str | bytes, dst: str | bytes) -> None:
     """Rename `src` to `dst` (relative to the folder `fd`, or absolute with _AT_FDCWD),
     failing with FileExistsError rather than replacing anything."""
     if _renameat2 is not None:
@@ -313,7 +319,7 @@ def _rename_noreplace_at(fd: int, src: str, dst: str) -> None:
             return
         err = ctypes.get_errno()
         if err not in (errno.EINVAL, errno.ENOSYS):
-            raise OSError(err, os.strerror(err), src, None, dst)
+            raise OSError(err, os.strerror(err), os.fsdecode(src), None, os.fsdecode(dst))
     # No renameat2 on this file system (NFS): check, then rename. (A hard link would fail on a
     # taken name too, but intake rejects a file it finds with two links.)
     try:
@@ -321,7 +327,7 @@ def _rename_noreplace_at(fd: int, src: str, dst: str) -> None:
     except FileNotFoundError:
         os.rename(src, dst, src_dir_fd=fd, dst_dir_fd=fd)
         return
-    raise FileExistsError(errno.EEXIST, "target exists", dst)
+    raise FileExistsError(errno.EEXIST, "target exists", os.fsdecode(dst))
 
 
 def _announced(src: Path, dst: Path, move: Callable[[], None]) -> None:
@@ -339,6 +345,14 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
     _rename_noreplace_at(_AT_FDCWD, str(src), str(dst))
 
 
+class Rewritten(NamedTuple):
+    """What a rewrite left: the file's signature as written (of the very inode written, read
+    through its descriptor after the swap), and the next spare (None: none kept)."""
+
+    written: tuple[int, int, int, int] | None
+    spare: Spare | None
+
+
 def rewrite_existing(
     path: Path,
     data: bytes,
@@ -346,7 +360,7 @@ def rewrite_existing(
     seen: os.stat_result | None = None,
     sync_dir: bool = True,
     spare: Spare | None = None,
-) -> Spare | None:
+) -> Rewritten:
     """Replace a tracked file's content, keeping its mode and group (from `seen`, its lstat
     just made, if given), only if the file is still there: FileNotFoundError when it was
     deleted (a cancel), never a file brought back. The folder is fsynced too when `durable`,
@@ -354,32 +368,47 @@ def rewrite_existing(
     write.
 
     The new content goes into `spare` when it can be refilled (see `Spare`), else into a new
-    temp file. Returns what the swap took out, kept as the next spare where spares are kept
-    (`keep_spares`), or None when it was removed."""
-    chmod, chgrp = kept_permissions(path) if seen is None else permissions_of(seen)
-    if spare is not None and _refill(spare, data, durable, chmod, chgrp):
+    temp file. What the swap took out is kept as the next spare where spares are kept
+    (`keep_spares`), else removed."""
+    if seen is None:
         try:
-            _swap_in(spare.path, path)
+            seen = os.lstat(path)
         except FileNotFoundError:
-            if not os.path.lexists(path):
-                raise  # the task file is gone: a cancel
-            # The spare went under it (a sweep, a hand): a new temp file instead.
+            seen = None
+    chmod, chgrp = (None, None) if seen is None else permissions_of(seen)
+    target = os.fsencode(path)
+    if spare is not None:
+        fd = _refill(spare, data, durable, chmod, chgrp)
+        if fd is None:
+            drop_spare(spare)
         else:
-            return _kept(spare.path, durable and sync_dir)
-    elif spare is not None:
-        drop_spare(spare)
+            try:
+                _swap_in(os.fsencode(spare.path), target)
+                written = signature_of(os.fstat(fd))
+            except FileNotFoundError:
+                if not os.path.lexists(path):
+                    raise  # the task file is gone: a cancel
+                # The spare went under it (a sweep, a hand): a new temp file instead.
+            else:
+                return Rewritten(written, _kept(spare.path, seen, durable and sync_dir))
+            finally:
+                os.close(fd)
     tmp = atomic.write_temp(
         path, data, durable=durable, suffix=atomic.BRIDGE_TEMP_SUFFIX, chmod=chmod, chgrp=chgrp
     )
-    _swap_in(tmp, path)
-    return _kept(tmp, durable and sync_dir)
+    _swap_in(os.fsencode(tmp), target)
+    return Rewritten(signature(path), _kept(tmp, seen, durable and sync_dir))
 
 
-def _swap_in(tmp: Path, path: Path) -> None:
+def _swap_in(tmp: bytes, path: bytes) -> None:
+    """Exchange `tmp` into `path`, announced; `tmp` is removed if that fails."""
+    keys = OWN.expect_keys(TO + path, FROM + path)
     try:
-        _announced(path, path, lambda: _exchange(tmp, path))
+        _exchange_raw(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        OWN.cancel(keys)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
 
 
@@ -387,11 +416,15 @@ class Spare(NamedTuple):
     """A tracked file's previous content, which its last rewrite swapped out into a hidden temp
     file beside it, kept to take its next content: refilling a file costs no new inode and no
     removal, where a new temp file costs both (a tick of 2,000 progress writes on ext4: 60 ms
-    against 390 ms). Only a file of the bridge's own user with one link is kept, made readable
-    by that user alone while it waits (mode 0600). It is refilled only while no process has it
-    open (a write lease), and its old bytes are put in new pages first (`_detach_pages`), so
-    pages a reader queued with `sendfile` or `splice` keep them: a reader that opened the task
-    file before the swap still reads the old content whole, as with a new temp file."""
+    against 390 ms). Only a file of the bridge's own user with one link is kept (as the lstat
+    made before the swap saw it), on a local file system. It is refilled only while it is
+    still that file (same inode, one link, the bridge's) and no process has it open (a write
+    lease), and its old bytes are put in new pages first (`_detach_pages`), so pages a reader
+    queued with `sendfile` or `splice` keep them: a reader that opened the task file before
+    the swap still reads the old content whole, as with a new temp file. It waits with the
+    mode the task file had: it holds only what that file showed a moment before, to whoever
+    could read it then, and a reader holding it open only makes the next write use a new temp
+    file."""
 
     path: Path
     dev: int
@@ -406,7 +439,6 @@ _fallocate = getattr(_libc, "fallocate", None)
 if _fallocate is not None:
     _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
 _EUID = os.geteuid()
-SPARE_MODE = 0o600
 
 
 def keep_spares() -> None:
@@ -426,58 +458,49 @@ def drop_spare(spare: Spare | None) -> None:
             spare.path.unlink()
 
 
-def _kept(tmp: Path, sync_dir: bool) -> Spare | None:
-    """What the swap took out into `tmp`: the next spare, made the bridge's alone, or removed."""
+def _kept(tmp: Path, was: os.stat_result | None, sync_dir: bool) -> Spare | None:
+    """What the swap took out into `tmp` (the file `was` saw, unless it was replaced meanwhile,
+    which the next refill finds): the next spare, or removed."""
     spare = None
-    if _spares:
-        with contextlib.suppress(OSError):
-            spare = _keep(tmp)
+    if _spares and was is not None and _ours(was):
+        device = was.st_dev
+        if device not in _no_leases and _FLUSH.trusted(device):  # a network file system's
+            spare = Spare(tmp, device, was.st_ino)  # lease would see no other host's reader
     if spare is None:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
     if sync_dir:
         fsync_dir(tmp.parent)
     return spare
-
-
-def _keep(tmp: Path) -> Spare | None:
-    try:
-        fd = os.open(tmp, _READ_FLAGS)
-    except OSError:
-        return None
-    try:
-        st = os.fstat(fd)
-        if not _ours(st) or st.st_dev in _no_leases or not _FLUSH.trusted(st.st_dev):
-            return None  # on a network file system a lease sees no other host's reader
-        if stat.S_IMODE(st.st_mode) != SPARE_MODE:
-            os.fchmod(fd, SPARE_MODE)
-        return Spare(tmp, st.st_dev, st.st_ino)
-    finally:
-        os.close(fd)
 
 
 def _ours(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == _EUID
 
 
-def _refill(spare: Spare, data: bytes, durable: bool, chmod: int | None, chgrp: int | None) -> bool:
+def _refill(
+    spare: Spare, data: bytes, durable: bool, chmod: int | None, chgrp: int | None
+) -> int | None:
     """`data` in the spare if it is still the file kept and no one has it open (a lease is held
-    while it is written); False otherwise, and the caller drops it."""
+    while it is written): its descriptor, open, for the caller to close; None otherwise, and
+    the caller drops it."""
     try:
         fd = os.open(spare.path, os.O_WRONLY | _OPEN_FLAGS)
     except OSError:
-        return False  # gone, or replaced by a link
+        return None  # gone, or replaced by a link
+    done = False
     try:
         st = os.fstat(fd)
         if not _ours(st) or (st.st_dev, st.st_ino) != (spare.dev, spare.ino) or chmod is None:
-            return False
+            return None
         if not _leased(fd, st.st_dev):
-            return False  # a reader holds the old content: leave it to it
+            return None  # a reader holds the old content: leave it to it
         try:
             _detach_pages(fd, st)
             if chgrp is not None and st.st_gid != chgrp:
                 atomic.set_permissions(fd, chmod, chgrp, spare.path)
-            else:
-                os.fchmod(fd, chmod)  # from the spare's 0600
+            elif stat.S_IMODE(st.st_mode) != chmod:
+                os.fchmod(fd, chmod)
             written = 0
             while written < len(data):
                 written += os.pwrite(fd, data[written:], written)
@@ -486,9 +509,11 @@ def _refill(spare: Spare, data: bytes, durable: bool, chmod: int | None, chgrp: 
                 os.fsync(fd)
         finally:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        return True
+        done = True
+        return fd
     finally:
-        os.close(fd)
+        if not done:
+            os.close(fd)
 
 
 def _detach_pages(fd: int, st: os.stat_result) -> None:
@@ -686,12 +711,15 @@ def exchange_in(tmp: Path, target: Path, expect: os.stat_result | None = None) -
 
 
 def _exchange(a: Path, b: Path) -> None:
+    _exchange_raw(os.fsencode(a), os.fsencode(b))
+
+
+def _exchange_raw(a: bytes, b: bytes) -> None:
     if _renameat2 is None:
-        raise OSError(errno.ENOSYS, "renameat2 is missing: cannot exchange files", str(b))
-    rc = _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    if rc != 0:
+        raise OSError(errno.ENOSYS, "renameat2 is missing: cannot exchange files", os.fsdecode(b))
+    if _renameat2(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_EXCHANGE) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), str(b), None, str(a))
+        raise OSError(err, os.strerror(err), os.fsdecode(b), None, os.fsdecode(a))
 
 
 class _Flush:

@@ -30,12 +30,17 @@ class OwnMoves:
         keys = [TO + os.fsencode(dst)]
         if src is not None:
             keys.append(FROM + os.fsencode(src))
+        return self.expect_keys(*keys)
+
+    def expect_keys(self, *keys: bytes) -> list[bytes]:
+        """`expect`, given the keys (`TO` or `FROM` and the encoded path) already made."""
         with self._lock:
             if len(self._expected) >= LIMIT:
                 self._expected.clear()
+            expected = self._expected
             for key in keys:
-                self._expected[key] = self._expected.get(key, 0) + 1
-        return keys
+                expected[key] = expected.get(key, 0) + 1
+        return list(keys)
 
     def cancel(self, keys: list[bytes]) -> None:
         """The rename was not made: its events will not come."""

@@ -66,7 +66,7 @@ def write(
     core.owners.note(task.user, task.task_id, new_path)
     try:
         sync_dir = folders is None or not state_changed
-        task.spare = files.rewrite_existing(
+        task.written, task.spare = files.rewrite_existing(
             new_path, contract.dump(fields), state_changed, seen, sync_dir, task.spare
         )
         if not sync_dir and folders is not None:
@@ -75,7 +75,6 @@ def write(
         core.cancel(task)  # deleted since it was renamed: the UI cancelled it
         return True
     task.fields, task.last_write = fields, now
-    task.written = files.signature(new_path)
     if terminal:
         ended(core, task, now)
     return True

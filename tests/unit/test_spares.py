@@ -40,7 +40,7 @@ def _hidden(folder: Path) -> list[Path]:
 
 
 def _rewrite(path: Path, data: bytes, spare: files.Spare | None) -> files.Spare | None:
-    return files.rewrite_existing(path, data, False, os.lstat(path), True, spare)
+    return files.rewrite_existing(path, data, False, os.lstat(path), True, spare).spare
 
 
 @pytest.mark.usefixtures("spares")
@@ -241,17 +241,24 @@ def test_any_mix_of_writes_readers_and_hostile_swaps(
 
 
 @pytest.mark.usefixtures("spares")
-def test_a_waiting_spare_is_the_bridges_alone_and_the_file_gets_its_own_mode(
-    tmp_path: Path,
-) -> None:
+def test_each_write_gives_the_file_its_own_mode_whatever_the_spare_had(tmp_path: Path) -> None:
     path = _task(tmp_path / "u1")
-    os.chmod(path, 0o644)
     spare = _rewrite(path, b"one", None)
-    for data in (b"two", b"three"):
+    for mode in (0o644, 0o640, 0o600, 0o664):
+        os.chmod(path, mode)  # the UI changes the file's mode between two writes
         assert spare is not None
-        assert stat.S_IMODE(os.lstat(spare.path).st_mode) == files.SPARE_MODE
-        spare = _rewrite(path, data, spare)
-        assert stat.S_IMODE(os.lstat(path).st_mode) == 0o644
+        spare = _rewrite(path, b"content at %o" % mode, spare)
+        assert stat.S_IMODE(os.lstat(path).st_mode) == mode
+        assert path.read_bytes() == b"content at %o" % mode
+
+
+@pytest.mark.usefixtures("spares")
+def test_a_write_reports_the_signature_of_the_file_it_left(tmp_path: Path) -> None:
+    path = _task(tmp_path / "u1")
+    spare = None
+    for data in (b"one", b"two", b"three"):
+        written, spare = files.rewrite_existing(path, data, False, os.lstat(path), True, spare)
+        assert written == files.signature(path)
 
 
 @pytest.mark.usefixtures("spares")
