@@ -9,8 +9,9 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge import contract, files, metrics
 from bridge.core import Core, task_ids
@@ -24,19 +25,37 @@ log = logging.getLogger(__name__)
 RATE_SLACK = 0.95
 
 
+class Batch:
+    """A pass's writes: those that change a task's state are staged and made durable together,
+    then swapped in (`finish`), and their folders flushed once, before the pass acts on any of
+    them (publishes, forgets, notifies)."""
+
+    def __init__(self) -> None:
+        self.folders: set[Path] = set()
+        self.durable = files.Durable()
+        self.pending: list[_Pending] = []
+
+
+class _Pending(NamedTuple):
+    task: Tracked
+    fields: dict[str, Any]
+    staged: files.Staged
+    now: float
+
+
 def write(
     core: Core,
     task: Tracked,
     updates: Mapping[str, Any],
     now: float,
-    folders: set[Path] | None = None,
+    batch: Batch | None = None,
 ) -> bool:
     """Merge `updates` into the task's file, at most once a tick unless the state ends; False
     when the file was written less than a tick ago and must wait (the updates are not in it).
 
-    With `folders`, a change of state leaves its folder's fsync to the caller, who flushes the
-    folders gathered (`files.fsync_dirs`) before acting on any of the writes: one flush a folder
-    for a tick's starts and ends instead of one a file.
+    With `batch`, a change of state is staged: its new content lands, durable, when the caller
+    finishes the batch (`finish`), with every other change of the pass, before the caller acts
+    on any of them. Without, it lands now, its file and folder fsynced.
 
     An OSError is raised to the caller's guard (which holds the file back while the disk is
     full, say); a file gone under the bridge is a cancel.
@@ -64,20 +83,65 @@ def write(
     seen = files.regular_or_none(new_path)
     task.written = None if seen is None else files.signature_of(seen)  # a rename moves the ctime
     core.owners.note(task.user, task.task_id, new_path)
+    data = contract.dump(fields)
+    if batch is not None and state_changed:
+        staged = batch.durable.stage(new_path, data, seen, task.spare)
+        task.spare = None  # it holds the staged content now
+        batch.pending.append(_Pending(task, fields, staged, now))
+        return True
     try:
-        sync_dir = folders is None or not state_changed
         task.written, task.spare = files.rewrite_existing(
-            new_path, contract.dump(fields), state_changed, seen, sync_dir, task.spare
+            new_path, data, state_changed, seen, True, task.spare
         )
-        if not sync_dir and folders is not None:
-            folders.add(new_path.parent)
     except FileNotFoundError:
         core.cancel(task)  # deleted since it was renamed: the UI cancelled it
         return True
-    task.fields, task.last_write = fields, now
-    if terminal:
-        ended(core, task, now)
+    _written(core, task, fields, now)
     return True
+
+
+def _written(core: Core, task: Tracked, fields: dict[str, Any], now: float) -> None:
+    task.fields, task.last_write = fields, now
+    if fields[states.STATE] in states.TERMINAL:
+        ended(core, task, now)
+
+
+def finish(core: Core, batch: Batch) -> None:
+    """Land a pass's staged changes of state: one flush makes them durable (`files.Durable`),
+    then each is swapped in under its task's guard (a failed flush is that file's failure, as
+    a failed fsync would be), then their folders are flushed."""
+    pending, batch.pending = batch.pending, []
+    errors = batch.durable.flush([p.staged for p in pending]) if pending else []
+    for item, error in zip(pending, errors, strict=True):
+        task = item.task
+        core.guard.run(
+            f"job {task.job_id}",
+            "mirroring",
+            item.now,
+            lambda i=item, e=error: _land(core, i, e, batch.folders),  # type: ignore[misc]
+            end=lambda message, t=task, n=item.now: fail(core, t, message, n),  # type: ignore[misc]
+            log_ids=partial(task_ids, task),
+            shown=lambda t=task: str(t.path),  # type: ignore[misc]
+        )
+    files.fsync_dirs(batch.folders)
+    batch.folders.clear()
+
+
+def _land(core: Core, item: _Pending, error: OSError | None, folders: set[Path]) -> None:
+    task = item.task
+    if core.table.by_job.get(task.job_id) is not task or task.path != item.staged.path:
+        files.discard(item.staged)  # cancelled, or moved on meanwhile: nothing to land
+        return
+    if error is not None:
+        core.glanced.pop(task.job_id, None)  # not in the file: the tick writes it again
+        raise error
+    try:
+        task.written, task.spare = files.land(item.staged, sync_dir=False)
+    except FileNotFoundError:
+        core.cancel(task)  # deleted since it was renamed: the UI cancelled it
+        return
+    folders.add(item.staged.path.parent)
+    _written(core, task, item.fields, item.now)
 
 
 def ended(core: Core, task: Tracked, now: float) -> None:

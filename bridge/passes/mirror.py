@@ -8,9 +8,8 @@ import logging
 import time
 from dataclasses import replace
 from functools import partial
-from pathlib import Path
 
-from bridge import dispatch, files, schedule, writer
+from bridge import dispatch, schedule, writer
 from bridge.core import Core, task_ids
 from bridge.mirror import updates_for, utc_now
 from bridge.model import Tracked
@@ -77,7 +76,32 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     now_iso = utc_now()
     still: dict[str, Known] = {}
     due: list[Tracked] = []
-    folders: set[Path] = set()
+    batch = writer.Batch()
+    try:
+        _mirror_all(core, (now, now_iso), pairs, known, (quiet, still), (due, batch))
+    finally:
+        writer.finish(core, batch)  # the starts and ends: durable before anything acts on them
+    core.quiet = {j: k for j, k in still.items() if j in core.table.by_job}
+    dispatch.publish_batch(core, due, now)
+    tasks = [t for t in tasks if core.table.by_job.get(t.job_id) is t]  # none cancelled meanwhile
+    handed_out_once(core, now, tasks, known)
+    writer.forget_ended(core, now)
+    core.metrics.mirrored(now, time.monotonic())
+    return known
+
+
+def _mirror_all(
+    core: Core,
+    when: tuple[float, str],
+    pairs: list[tuple[str, Tracked]],
+    known: dict[str, Known],
+    quiet_still: tuple[dict[str, Known], dict[str, Known]],
+    due_batch: tuple[list[Tracked], writer.Batch],
+) -> None:
+    """`mirror_once`'s walk over the jobs: each one's publish and write, under its guard."""
+    now, now_iso = when
+    quiet, still = quiet_still
+    due, batch = due_batch
     pace = Pace(core, now)
     for job_id, task in pairs:
         info = known.get(job_id) or Known(None, None)
@@ -94,21 +118,13 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
             key,
             "mirroring",
             at,
-            lambda t=task, i=info, a=at: _mirror_one(core, t, i, a, now_iso, due, folders),  # type: ignore[misc]
+            lambda t=task, i=info, a=at: _mirror_one(core, t, i, a, now_iso, due, batch),  # type: ignore[misc]
             end=lambda error, t=task, a=at: writer.fail(core, t, error, a),  # type: ignore[misc]
             log_ids=partial(task_ids, task),
             shown=lambda t=task: str(t.path),  # type: ignore[misc]
         )
         if _quiet(core, task, info, key, at):
             still[job_id] = info
-    core.quiet = {j: k for j, k in still.items() if j in core.table.by_job}
-    files.fsync_dirs(folders)  # the starts and ends written: durable before anything acts on them
-    dispatch.publish_batch(core, due, now)
-    tasks = [t for t in tasks if core.table.by_job.get(t.job_id) is t]  # none cancelled meanwhile
-    handed_out_once(core, now, tasks, known)
-    writer.forget_ended(core, now)
-    core.metrics.mirrored(now, time.monotonic())
-    return known
 
 
 def _as_it_was(
@@ -151,12 +167,12 @@ def _mirror_one(
     now: float,
     now_iso: str,
     due: list[Tracked],
-    folders: set[Path],
+    batch: writer.Batch,
 ) -> None:
     info = with_kept_outcome(core, task, info)
     dispatch.publish_when_due(core, task, info, now, due)
     if task.job_id in core.table.by_job:  # a recovery may have ended it
-        writer.write(core, task, updates_for(info.meta, task.fields, now_iso), now, folders)
+        writer.write(core, task, updates_for(info.meta, task.fields, now_iso), now, batch)
 
 
 def with_kept_outcome(core: Core, task: Tracked, info: Known) -> Known:
@@ -252,21 +268,24 @@ def glance_once(core: Core, now: float) -> int:
     was, core.glanced = core.glanced, {}
     now_iso = utc_now()
     reported = 0
-    folders: set[Path] = set()
+    batch = writer.Batch()
     pace = Pace(core, now)
     held = float("inf")  # when the first report held back by the rate rule may be written
-    for (job_id, task), raw in zip(running, raws, strict=True):
-        if raw is None or was.get(job_id) == raw:
-            if raw is not None:
+    try:
+        for (job_id, task), raw in zip(running, raws, strict=True):
+            if raw is None or was.get(job_id) == raw:
+                if raw is not None:
+                    core.glanced[job_id] = raw
+                continue
+            reported += 1
+            pace.breathe()
+            if _glance_one(core, job_id, task, raw, (pace.now(), now_iso), batch):
                 core.glanced[job_id] = raw
-            continue
-        reported += 1
-        pace.breathe()
-        if _glance_one(core, job_id, task, raw, (pace.now(), now_iso), folders):
-            core.glanced[job_id] = raw
-        else:
-            held = min(held, task.last_write + writer.RATE_SLACK * core.settings.mirror_interval)
-    files.fsync_dirs(folders)  # the starts written
+            else:
+                rate = writer.RATE_SLACK * core.settings.mirror_interval
+                held = min(held, task.last_write + rate)
+    finally:
+        writer.finish(core, batch)  # the starts
     core.glance_due = held
     return reported
 
@@ -277,7 +296,7 @@ def _glance_one(
     task: Tracked,
     raw: bytes,
     when: tuple[float, str],
-    folders: set[Path],
+    batch: writer.Batch,
 ) -> bool:
     """Whether the file says what `raw` says (written, or nothing new), or nothing is for a
     glance to do with it; False: look again at the next glance."""
@@ -292,7 +311,7 @@ def _glance_one(
         key,
         "mirroring",
         now,
-        lambda: writer.write(core, task, updates_for(meta, task.fields, now_iso), now, folders),
+        lambda: writer.write(core, task, updates_for(meta, task.fields, now_iso), now, batch),
         end=lambda error: writer.fail(core, task, error, now),
         log_ids=partial(task_ids, task),
         shown=lambda: str(task.path),

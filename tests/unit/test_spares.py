@@ -5,9 +5,7 @@ the file's mode, and never write through whatever a hostile user puts in the spa
 from __future__ import annotations
 
 import os
-import signal
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -16,16 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge import files
-
-
-@pytest.fixture
-def spares(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Spares kept, as in the bridge's process (`files.keep_spares`), for this test only."""
-    before = signal.getsignal(signal.SIGIO)
-    monkeypatch.setattr(files, "_spares", False)  # as it was, afterwards
-    files.keep_spares()
-    yield
-    signal.signal(signal.SIGIO, before)
+from tests.support.spares import spares as spares  # noqa: F401 (a fixture)
 
 
 def _task(folder: Path, content: bytes = b'{"state": "QUEUED"}') -> Path:
