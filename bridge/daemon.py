@@ -239,7 +239,8 @@ class Bridge:
             self.next_glance = now + self.glance_every
         elif now >= self.next_glance:
             reported = mirror.glance_once(self.core, now)
-            self.next_glance = self._next_glance(now) if reported else next_mirror
+            resting = self.core.glance_due < next_mirror  # files the rate rule frees before it
+            self.next_glance = self._next_glance(now) if reported or resting else next_mirror
         if now >= self.next_schedule:
             schedules.schedules_once(self.core, self.schedules, now)
             self.next_schedule = now + SCHEDULE_EVERY_S

@@ -247,9 +247,14 @@ def glance_once(core: Core, now: float) -> int:
     report back until the next. Anything else (an end, a retry, a job Redis lost) waits for
     the tick, which looks at each job in full. Returns how many jobs reported since the last
     glance (none: no glance until the next tick, so stalled or silent jobs cost one glance a
-    tick)."""
+    tick).
+
+    A file written less than a tick ago may not be written again yet (the rate rule), so its
+    job's state is not read: `core.glance_due` says when the first such file may be, and a
+    glance comes then. With jobs reporting every second, each glance reads the states of the
+    jobs whose files are writable now, not of all of them."""
     by_job = core.table.by_job
-    running = [
+    candidates = [
         (job_id, task)
         for job_id, task in by_job.items()
         if task.fields.get(states.STATE) in schedule.RUNNING
@@ -258,14 +263,16 @@ def glance_once(core: Core, now: float) -> int:
     for job_id in itertools.islice(core.quiet, QUIET_GLANCED):
         task = by_job.get(job_id)
         if task is not None and task.fields.get(states.STATE) not in schedule.RUNNING:
-            running.append((job_id, task))
+            candidates.append((job_id, task))
+    was, core.glanced = core.glanced, {}
+    running, resting_until = _writable(core, candidates, was, now)
+    core.glance_due = resting_until
     if not running:
-        core.glanced = {}
         return 0
     raws = core.redis.call(now, lambda: core.publisher.states_of([j for j, _ in running]))
     if raws is None:
+        core.glanced.update((j, r) for j, _ in running if (r := was.get(j)) is not None)
         return 0
-    was, core.glanced = core.glanced, {}
     now_iso = utc_now()
     reported = 0
     batch = writer.Batch()
@@ -286,8 +293,29 @@ def glance_once(core: Core, now: float) -> int:
                 held = min(held, task.last_write + rate)
     finally:
         writer.finish(core, batch)  # the starts
-    core.glance_due = held
+    core.glance_due = min(held, resting_until)
     return reported
+
+
+def _writable(
+    core: Core, candidates: list[tuple[str, Tracked]], was: dict[str, bytes], now: float
+) -> tuple[list[tuple[str, Tracked]], float]:
+    """The jobs whose files the rate rule lets a glance write now, and when the first of the
+    others may be written. The others keep what the last glance mirrored (`core.glanced`), so
+    the tick still knows which of them reported since."""
+    rate = writer.RATE_SLACK * core.settings.mirror_interval
+    writable = []
+    soonest = float("inf")
+    for job_id, task in candidates:
+        free_at = task.last_write + rate
+        if free_at <= now:
+            writable.append((job_id, task))
+            continue
+        soonest = min(soonest, free_at)
+        mirrored = was.get(job_id)
+        if mirrored is not None:
+            core.glanced[job_id] = mirrored
+    return writable, soonest
 
 
 def _glance_one(

@@ -243,3 +243,40 @@ def test_a_glance_reads_only_the_head_of_a_long_queue(
     assert mirror.glance_once(bridge.core, 100.0) == 2
     assert redis_states.asked == [["j1", "j2"]]
     assert [_on_disk(t)["state"] for t in tasks] == [states.PROGRESS, states.PROGRESS, "QUEUED"]
+
+
+def test_a_glance_reads_only_the_jobs_whose_files_may_be_written_now(
+    bridge: Bridge, redis_states: States
+) -> None:
+    first, second = _running(bridge, 1), _running(bridge, 2)
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
+    mirror.glance_once(bridge.core, 100.0)  # writes both
+    redis_states.asked.clear()
+    second.last_write = 99.0  # as if written a second ago: free again
+    redis_states.raw["j2"] = _meta(states.PROGRESS, 60)
+    assert mirror.glance_once(bridge.core, 100.5) == 1
+    assert redis_states.asked == [["j2"]]  # j1, written at 100.0, may not be written yet
+    assert _on_disk(second)["progress"] == 60
+    assert bridge.core.glance_due == pytest.approx(first.last_write + 0.95)
+    assert bridge.core.glanced["j1"] == redis_states.raw["j1"]  # the tick still knows it
+
+
+def test_resting_files_bring_a_glance_when_the_first_may_be_written(
+    bridge: Bridge, redis_states: States
+) -> None:
+    task = _running(bridge, 1)
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
+    bridge.next_glance = 100.0
+    bridge.tick(100.0, 1000.0, 1000.0)  # the glance writes it
+    assert task.path.name == "t1-40.SLOW"
+    redis_states.asked.clear()
+    bridge.next_glance = 100.3
+    bridge.tick(100.3, 1000.0, 1000.0)  # nothing may be read: it rests till 100.95
+    assert redis_states.asked == []
+    assert 100.3 < bridge.next_glance <= 100.0 + 0.95  # not left to the tick at 1000
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 50)
+    while bridge.next_glance < 100.95:
+        bridge.tick(bridge.next_glance, 1000.0, 1000.0)
+    assert bridge.next_glance == pytest.approx(100.95)
+    bridge.tick(bridge.next_glance, 1000.0, 1000.0)
+    assert task.path.name == "t1-50.SLOW"
