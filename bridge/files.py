@@ -346,8 +346,8 @@ def _rename_noreplace(src: Path, dst: Path) -> None:
 
 
 class Rewritten(NamedTuple):
-    """What a rewrite left: the file's signature as written (of the very inode written, read
-    through its descriptor after the swap), and the next spare (None: none kept)."""
+    """What a rewrite left: the file's signature as written, and the next spare (None: none
+    kept)."""
 
     written: tuple[int, int, int, int] | None
     spare: Spare | None
@@ -378,21 +378,17 @@ def rewrite_existing(
     chmod, chgrp = (None, None) if seen is None else permissions_of(seen)
     target = os.fsencode(path)
     if spare is not None:
-        fd = _refill(spare, data, durable, chmod, chgrp)
-        if fd is None:
+        if not _refill(spare, data, durable, chmod, chgrp):
             drop_spare(spare)
         else:
             try:
                 _swap_in(os.fsencode(spare.path), target)
-                written = signature_of(os.fstat(fd))
             except FileNotFoundError:
                 if not os.path.lexists(path):
                     raise  # the task file is gone: a cancel
                 # The spare went under it (a sweep, a hand): a new temp file instead.
             else:
-                return Rewritten(written, _kept(spare.path, seen, durable and sync_dir))
-            finally:
-                os.close(fd)
+                return Rewritten(signature(path), _kept(spare.path, seen, durable and sync_dir))
     tmp = atomic.write_temp(
         path, data, durable=durable, suffix=atomic.BRIDGE_TEMP_SUFFIX, chmod=chmod, chgrp=chgrp
     )
@@ -432,9 +428,7 @@ class Durable:
             )
         chmod, chgrp = (None, None) if seen is None else permissions_of(seen)
         if spare is not None:
-            fd = _refill(spare, data, False, chmod, chgrp)
-            if fd is not None:
-                os.close(fd)
+            if _refill(spare, data, False, chmod, chgrp):
                 return Staged(path, spare.path, data, seen)
             drop_spare(spare)
         tmp = atomic.write_temp(
@@ -592,23 +586,20 @@ def _ours(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_nlink == 1 and st.st_uid == _EUID
 
 
-def _refill(
-    spare: Spare, data: bytes, durable: bool, chmod: int | None, chgrp: int | None
-) -> int | None:
+def _refill(spare: Spare, data: bytes, durable: bool, chmod: int | None, chgrp: int | None) -> bool:
     """`data` in the spare if it is still the file kept and no one has it open (a lease is held
-    while it is written): its descriptor, open, for the caller to close; None otherwise, and
-    the caller drops it."""
+    while it is written); False otherwise, and the caller drops it. It is closed before it is
+    swapped in: a close after the swap would reach the watcher as a write to the task file."""
     try:
         fd = os.open(spare.path, os.O_WRONLY | _OPEN_FLAGS)
     except OSError:
-        return None  # gone, or replaced by a link
-    done = False
+        return False  # gone, or replaced by a link
     try:
         st = os.fstat(fd)
         if not _ours(st) or (st.st_dev, st.st_ino) != (spare.dev, spare.ino) or chmod is None:
-            return None
+            return False
         if not _leased(fd, st.st_dev):
-            return None  # a reader holds the old content: leave it to it
+            return False  # a reader holds the old content: leave it to it
         try:
             _detach_pages(fd, st)
             if chgrp is not None and st.st_gid != chgrp:
@@ -623,11 +614,9 @@ def _refill(
                 os.fsync(fd)
         finally:
             fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-        done = True
-        return fd
+        return True
     finally:
-        if not done:
-            os.close(fd)
+        os.close(fd)
 
 
 def _detach_pages(fd: int, st: os.stat_result) -> None:

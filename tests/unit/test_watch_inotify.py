@@ -17,6 +17,7 @@ from bridge import files, watch
 from bridge.ownmoves import OwnMoves
 from bridge.watch import _Reader
 from taskd.atomic import BRIDGE_TEMP_SUFFIX
+from tests.support.spares import spares as spares  # noqa: F401 (a fixture)
 
 
 @pytest.fixture
@@ -236,3 +237,38 @@ def test_the_reader_drops_the_bridges_own_events_before_making_them(
         (-1, In.IN_Q_OVERFLOW, b""),
     ]
     assert len(own) == 0  # both halves of the announced rename counted off
+
+
+@pytest.mark.usefixtures("spares")
+def test_progress_writes_through_spares_and_batches_reach_the_watcher_as_nothing(
+    queue_root: Path,
+) -> None:
+    """Every way the mirror rewrites a running task's file (a refilled spare, a new temp file,
+    a batch of state changes) is the bridge's own: no event of it is handed to the loop."""
+    from bridge.ownmoves import OWN
+
+    w = watch.Watcher(queue_root)  # the process-wide announcements, as the bridge uses them
+    w.start()
+    try:
+        path = queue_root / "u1" / "a-0.SLOW"
+        path.write_text("{}")
+        _seen(w)
+        before = len(OWN)  # what other tests of this process announced outside any watch
+        spare = None
+        for k in range(1, 5):
+            new = path.with_name(f"a-{k}.SLOW")
+            files.rename_noreplace(path, new)
+            path = new
+            done = files.rewrite_existing(
+                path, b'{"k": %d}' % k, False, os.lstat(path), True, spare
+            )
+            spare = done.spare
+        assert spare is not None  # the later writes refilled it
+        durable = files.Durable()
+        staged = durable.stage(path, b'{"k": "end"}', os.lstat(path), spare)
+        assert durable.flush([staged]) == [None]
+        files.land(staged, sync_dir=False)
+        assert _seen(w) == []
+        assert len(OWN) == before
+    finally:
+        w.stop()
