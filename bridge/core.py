@@ -211,6 +211,7 @@ class Core:
     def untrack(self, task: Tracked) -> None:
         """Mirror `task` no more (it ended, or was cancelled): its spare goes with it."""
         self.table.drop(task)
+        self.glanced.pop(task.job_id, None)
         _release_spare(task)
 
     def drop_spares(self) -> None:

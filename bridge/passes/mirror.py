@@ -253,26 +253,14 @@ def glance_once(core: Core, now: float) -> int:
     job's state is not read: `core.glance_due` says when the first such file may be, and a
     glance comes then. With jobs reporting every second, each glance reads the states of the
     jobs whose files are writable now, not of all of them."""
-    by_job = core.table.by_job
-    candidates = [
-        (job_id, task)
-        for job_id, task in by_job.items()
-        if task.fields.get(states.STATE) in schedule.RUNNING
-    ]
-    # The queue's head: the quiet jobs taken first, which are the ones workers start next.
-    for job_id in itertools.islice(core.quiet, QUIET_GLANCED):
-        task = by_job.get(job_id)
-        if task is not None and task.fields.get(states.STATE) not in schedule.RUNNING:
-            candidates.append((job_id, task))
-    was, core.glanced = core.glanced, {}
-    running, resting_until = _writable(core, candidates, was, now)
+    running, resting_until = _writable(core, now)
     core.glance_due = resting_until
     if not running:
         return 0
     raws = core.redis.call(now, lambda: core.publisher.states_of([j for j, _ in running]))
     if raws is None:
-        core.glanced.update((j, r) for j, _ in running if (r := was.get(j)) is not None)
         return 0
+    glanced = core.glanced  # what each file says, kept for the tick: resting ones untouched
     now_iso = utc_now()
     reported = 0
     batch = writer.Batch()
@@ -280,15 +268,17 @@ def glance_once(core: Core, now: float) -> int:
     held = float("inf")  # when the first report held back by the rate rule may be written
     try:
         for (job_id, task), raw in zip(running, raws, strict=True):
-            if raw is None or was.get(job_id) == raw:
-                if raw is not None:
-                    core.glanced[job_id] = raw
+            if raw is None:
+                glanced.pop(job_id, None)
+                continue
+            if glanced.get(job_id) == raw:
                 continue
             reported += 1
             pace.breathe()
             if _glance_one(core, job_id, task, raw, (pace.now(), now_iso), batch):
-                core.glanced[job_id] = raw
+                glanced[job_id] = raw
             else:
+                glanced.pop(job_id, None)
                 rate = writer.RATE_SLACK * core.settings.mirror_interval
                 held = min(held, task.last_write + rate)
     finally:
@@ -297,24 +287,31 @@ def glance_once(core: Core, now: float) -> int:
     return reported
 
 
-def _writable(
-    core: Core, candidates: list[tuple[str, Tracked]], was: dict[str, bytes], now: float
-) -> tuple[list[tuple[str, Tracked]], float]:
-    """The jobs whose files the rate rule lets a glance write now, and when the first of the
-    others may be written. The others keep what the last glance mirrored (`core.glanced`), so
-    the tick still knows which of them reported since."""
+def _writable(core: Core, now: float) -> tuple[list[tuple[str, Tracked]], float]:
+    """The running jobs, and the quiet ones at the queue's head (taken first: the ones workers
+    start next), whose files the rate rule lets a glance write now; and when the first of the
+    others may be written."""
+    by_job = core.table.by_job
     rate = writer.RATE_SLACK * core.settings.mirror_interval
     writable = []
     soonest = float("inf")
-    for job_id, task in candidates:
-        free_at = task.last_write + rate
-        if free_at <= now:
-            writable.append((job_id, task))
+    running = schedule.RUNNING
+    for job_id, task in by_job.items():
+        if task.fields.get(states.STATE) in running:
+            free_at = task.last_write + rate
+            if free_at <= now:
+                writable.append((job_id, task))
+            elif free_at < soonest:
+                soonest = free_at
+    for job_id in itertools.islice(core.quiet, QUIET_GLANCED):
+        head = by_job.get(job_id)
+        if head is None or head.fields.get(states.STATE) in running:
             continue
-        soonest = min(soonest, free_at)
-        mirrored = was.get(job_id)
-        if mirrored is not None:
-            core.glanced[job_id] = mirrored
+        free_at = head.last_write + rate
+        if free_at <= now:
+            writable.append((job_id, head))
+        elif free_at < soonest:
+            soonest = free_at
     return writable, soonest
 
 
