@@ -45,6 +45,19 @@ class FolderSeen:
     noted: list[str] = field(default_factory=list)  # handed to intake: to be read first
 
 
+@dataclass
+class _Scan:
+    """One rescan's state: what it settled and found, and the paths it must not settle
+    (tracked, or waiting for intake) as the listing spells them, so the rest of a first scan's
+    100,000 files need no Path made and hashed to be looked up."""
+
+    now: float
+    queue: str  # task_queue/, as the listing spells it
+    handled: set[str]
+    settled: dict[str, Settled] = field(default_factory=dict)
+    markers: list[Path] = field(default_factory=list)
+
+
 def rescan_once(core: Core, now: float) -> list[Path]:
     """Note every file that changed since it was last read; returns the sent-markers found,
     for the notify pass.
@@ -57,104 +70,104 @@ def rescan_once(core: Core, now: float) -> list[Path]:
     core.metrics.count(metrics.RESCANS)
     core.rescans += 1
     full = core.rescans % FULL_RESCAN_EVERY == 1
-    settled: dict[str, Settled] = {}
-    markers: list[Path] = []
     folders: dict[str, FolderSeen] = {}
     queue = core.settings.task_queue
+    handled = {os.fspath(p) for p in core.table.by_path} | {
+        os.fspath(p) for p in core.intake.pending
+    }
+    scan = _Scan(now, str(queue), handled)
     for top in watch.listed(queue):
         if not (top.is_dir(follow_symlinks=False) and contract.USER_RE.fullmatch(top.name)):
-            _rescan_entry(core, top, now, settled, markers, None)
+            _rescan_entry(core, scan, top, None)
             continue
         sig = _folder_sig(top)
         skippable = not full and sig is not None and core.watched(top.path)
         seen = core.folders.get(top.path) if skippable else None
         if seen is not None and seen.sig == sig:
-            _carry_over(core, seen, now, settled, markers)
+            _carry_over(core, seen, scan)
             folders[top.path] = seen
             continue
         found = FolderSeen(sig, time.time()) if sig is not None else None
         for entry in watch.scan_entries(queue, Path(top.path)):
-            _rescan_entry(core, entry, now, settled, markers, found)
+            _rescan_entry(core, scan, entry, found)
         if found is not None and _not_racy(found, sig):
             folders[top.path] = found
     core.folders = {path: seen for path, seen in folders.items() if not seen.noted}
     core.folders_noted = {path: seen for path, seen in folders.items() if seen.noted}
-    if len(settled) != len(core.settled):
+    if len(scan.settled) != len(core.settled):
         core.settled_changed = True  # files gone since are forgotten
-    core.settled = settled
+    core.settled = scan.settled
     save_settled(core)
     for task in list(core.table.by_job.values()):
         if not task.path.exists():
             core.cancel(task)
     _sweep_leftovers(core, full)
-    return markers
+    return scan.markers
 
 
 def _rescan_entry(
-    core: Core,
-    entry: os.DirEntry[str],
-    now: float,
-    settled: dict[str, Settled],
-    markers: list[Path],
-    found: FolderSeen | None,
+    core: Core, scan: _Scan, entry: os.DirEntry[str], found: FolderSeen | None
 ) -> None:
     """Hand one entry on, and note it in what its folder is found to hold."""
     if contract.is_notify_mail(entry.name):
-        core.mails.setdefault(Path(entry.path), (now, True))
+        core.mails.setdefault(Path(entry.path), (scan.now, True))
         if found is not None:
             found.mails.append(entry.path)
     elif is_sent_marker(entry.name):
-        markers.append(Path(entry.path))
+        scan.markers.append(Path(entry.path))
         if found is not None:
             found.markers.append(entry.path)
-    elif _still_settled(core, entry, settled):
+    elif _still_settled(core, entry, scan.settled):
         if found is not None:
             found.settled.append(entry.path)
     else:
-        _not_settled(core, entry, now, settled, found)
+        _not_settled(core, scan, entry, found)
 
 
 def _not_settled(
-    core: Core,
-    entry: os.DirEntry[str],
-    now: float,
-    settled: dict[str, Settled],
-    found: FolderSeen | None,
+    core: Core, scan: _Scan, entry: os.DirEntry[str], found: FolderSeen | None
 ) -> None:
-    # No Path made (and hashed) to look up in empty tables: a first scan's 100,000 files.
-    path = Path(entry.path) if core.table.by_path or core.intake.pending else None
-    if path is not None and path in core.table.by_path:
-        core.touched.add(path)  # changed by someone else since our last write?
-    elif (path is None or path not in core.intake.pending) and _ended_at_once(core, entry, settled):
+    if entry.path in scan.handled:
+        path = Path(entry.path)
+        if path in core.table.by_path:
+            core.touched.add(path)  # changed by someone else since our last write?
+            return
+        if path in core.intake.pending:
+            _noted(core, scan, entry, found)
+            return
+    if _ended_at_once(core, scan, entry):
         if found is not None:
             found.settled.append(entry.path)
     else:
-        core.intake.note(path or Path(entry.path), now)
-        if found is not None:
-            found.noted.append(entry.path)
+        _noted(core, scan, entry, found)
 
 
-def _ended_at_once(core: Core, entry: os.DirEntry[str], settled: dict[str, Settled]) -> bool:
+def _noted(core: Core, scan: _Scan, entry: os.DirEntry[str], found: FolderSeen | None) -> None:
+    core.intake.note(Path(entry.path), scan.now)
+    scan.handled.add(entry.path)
+    if found is not None:
+        found.noted.append(entry.path)
+
+
+def _ended_at_once(core: Core, scan: _Scan, entry: os.DirEntry[str]) -> bool:
     """A file the bridge wrote and that ended, read once here and settled as intake would
     settle it (`passes/intake.py` `adopt`), without the rounds of judging a new file needs:
     a first start on a tree of 100,000 finished files reads each once. Anything else, or any
     doubt, is intake's (False), whose guard ends a file that fails, never the scan."""
     try:
-        return _settled_from_one_read(core, entry, settled)
+        return _settled_from_one_read(core, scan, entry)
     except Exception:  # noqa: BLE001 - whatever it is, intake judges the file and says why
         return False
 
 
-def _settled_from_one_read(
-    core: Core, entry: os.DirEntry[str], settled: dict[str, Settled]
-) -> bool:
-    folder = os.path.dirname(entry.path)
-    if os.path.dirname(folder) != str(core.settings.task_queue):
+def _settled_from_one_read(core: Core, scan: _Scan, entry: os.DirEntry[str]) -> bool:
+    folder, _, base = entry.path.rpartition("/")
+    if folder.rpartition("/")[0] != scan.queue:
         return False  # not in a user folder: intake says why it is ignored
     if not entry.is_file(follow_symlinks=False):
         return False  # a FIFO, a link...: never opened here
-    user = os.path.basename(folder)
-    name = contract.parse_name((user, entry.name))  # None for what is no task file's name
+    user = folder.rpartition("/")[2]
+    name = contract.parse_name((user, base))  # None for what is no task file's name
     if name is None:
         return False
     read = files.read_plain(entry.path, intake.owned_limit(core.settings.max_task_bytes))
@@ -165,14 +178,14 @@ def _settled_from_one_read(
     if (
         fields is None
         or fields.get(states.STATE) not in states.TERMINAL
-        or adoption_error(fields, name, entry.name, core.types, core.intake.formats) is not None
+        or adoption_error(fields, name, base, core.types, core.intake.formats) is not None
     ):
         return False
     task_id = str(fields[states.TASK_ID])
     held = f"{user}/{task_id}" in core.owners.by_id
     if not held or core.owners.holder(user, task_id, Path(entry.path)) is None:
-        core.owners.note_name(user, task_id, entry.name)  # the first file of an id holds it
-    settled[entry.path] = (files.signature_of(st), task_id)
+        core.owners.note_name(user, task_id, base)  # the first file of an id holds it
+    scan.settled[entry.path] = (files.signature_of(st), task_id)
     core.settled_changed = True
     return True
 
@@ -190,17 +203,15 @@ def folders_read(core: Core) -> None:
     core.folders_noted = {}
 
 
-def _carry_over(
-    core: Core, seen: FolderSeen, now: float, settled: dict[str, Settled], markers: list[Path]
-) -> None:
+def _carry_over(core: Core, seen: FolderSeen, scan: _Scan) -> None:
     """An unchanged folder: what its last listing found, without listing it."""
     for path in seen.settled:
         known = core.settled.get(path)
         if known is not None:
-            settled[path] = known
+            scan.settled[path] = known
     for mail in seen.mails:
-        core.mails.setdefault(Path(mail), (now, True))
-    markers.extend(Path(m) for m in seen.markers)
+        core.mails.setdefault(Path(mail), (scan.now, True))
+    scan.markers.extend(Path(m) for m in seen.markers)
 
 
 def _folder_sig(entry: os.DirEntry[str]) -> tuple[int, int, int] | None:
