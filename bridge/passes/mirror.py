@@ -290,7 +290,9 @@ def glance_once(core: Core, now: float) -> int:
 def _writable(core: Core, now: float) -> tuple[list[tuple[str, Tracked]], float]:
     """The running jobs, and the quiet ones at the queue's head (taken first: the ones workers
     start next), whose files the rate rule lets a glance write now; and when the first of the
-    others may be written."""
+    other running ones may be written. A queued file taken a moment ago brings no glance of
+    its own (a burst of new files would bring one every 50 ms, each reading 2,000 states,
+    while intake needs the loop): its start is read by the next glance or tick."""
     by_job = core.table.by_job
     rate = writer.RATE_SLACK * core.settings.mirror_interval
     writable = []
@@ -307,11 +309,8 @@ def _writable(core: Core, now: float) -> tuple[list[tuple[str, Tracked]], float]
         head = by_job.get(job_id)
         if head is None or head.fields.get(states.STATE) in running:
             continue
-        free_at = head.last_write + rate
-        if free_at <= now:
+        if head.last_write + rate <= now:
             writable.append((job_id, head))
-        elif free_at < soonest:
-            soonest = free_at
     return writable, soonest
 
 
