@@ -403,6 +403,15 @@ class Staged(NamedTuple):
     tmp: Path  # its refilled spare, or a new temp file
     data: bytes
     seen: os.stat_result | None
+    identity: tuple[int, int]  # device and inode of `tmp`: what `land` must swap in
+
+
+class StagedChanged(OSError):
+    """What sat at a staged temp file's name was not the content staged (a hand put another
+    file there): it was swapped back out, and the task file is as it was."""
+
+
+_NO_FOLDER = -1  # a file system whose batch is made durable by an fsync a file
 
 
 class Durable:
@@ -422,19 +431,27 @@ class Durable:
         """`data` beside `path`, unflushed: in `spare` if it can be refilled, else in a new temp
         file (the spare then goes). syncfs reports the write errors since its descriptor was
         opened: the folder is opened before the first write on its file system."""
-        if seen is not None and seen.st_dev not in self._folders and self._trusted(seen.st_dev):
-            self._folders[seen.st_dev] = os.open(
-                path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+        if seen is not None and seen.st_dev not in self._folders:
+            # Decided once a file system and a batch: a syncfs must cover all its files.
+            self._folders[seen.st_dev] = (
+                os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                if self._trusted(seen.st_dev)
+                else _NO_FOLDER
             )
         chmod, chgrp = (None, None) if seen is None else permissions_of(seen)
         if spare is not None:
             if _refill(spare, data, False, chmod, chgrp):
-                return Staged(path, spare.path, data, seen)
+                return Staged(path, spare.path, data, seen, (spare.dev, spare.ino))
             drop_spare(spare)
         tmp = atomic.write_temp(
             path, data, durable=False, suffix=atomic.BRIDGE_TEMP_SUFFIX, chmod=chmod, chgrp=chgrp
         )
-        return Staged(path, tmp, data, seen)
+        try:
+            st = os.lstat(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return Staged(path, tmp, data, seen, (st.st_dev, st.st_ino))
 
     @staticmethod
     def _trusted(device: int) -> bool:
@@ -448,14 +465,15 @@ class Durable:
             by_device.setdefault(None if item.seen is None else item.seen.st_dev, []).append(i)
         try:
             for device, members in by_device.items():
-                folder = self._folders.get(device) if device is not None else None
-                if folder is not None and len(members) >= SYNCFS_BATCH:
+                folder = self._folders.get(device, _NO_FOLDER) if device is not None else _NO_FOLDER
+                if folder != _NO_FOLDER and len(members) >= SYNCFS_BATCH:
                     _flush_device(folder, members, errors)
                 else:
                     _fsync_each(staged, members, errors)
         finally:
             for fd in self._folders.values():
-                os.close(fd)
+                if fd != _NO_FOLDER:
+                    os.close(fd)
             self._folders.clear()
         for item, error in zip(staged, errors, strict=True):
             if error is not None:
@@ -482,15 +500,22 @@ def _fsync_each(staged: Sequence[Staged], members: list[int], errors: list[OSErr
 def land(staged: Staged, sync_dir: bool) -> Rewritten:
     """Swap durable staged content into its file (`rewrite_existing`'s second half):
     FileNotFoundError when the file was deleted meanwhile (a cancel). A temp file removed
-    under it is written again, durable, as a new one."""
+    under it is written again, durable, as a new one; anything else put at its name is
+    swapped back out and removed (StagedChanged), the task file left as it was."""
     path = staged.path
+    tmp, target = os.fsencode(staged.tmp), os.fsencode(path)
     try:
-        _swap_in(os.fsencode(staged.tmp), os.fsencode(path))
+        _swap_in(tmp, target)
     except FileNotFoundError:
         if not os.path.lexists(path):
             raise  # the task file is gone: a cancel
         return rewrite_existing(path, staged.data, True, staged.seen, sync_dir)
-    return Rewritten(signature(path), _kept(staged.tmp, staged.seen, sync_dir))
+    st = os.lstat(path)
+    if (st.st_dev, st.st_ino) != staged.identity:
+        _swap_in(tmp, target)  # the task file back; on failure the stranger is removed
+        discard(staged)
+        raise StagedChanged(errno.ESTALE, "its staged content was replaced", str(path))
+    return Rewritten(signature_of(st), _kept(staged.tmp, staged.seen, sync_dir))
 
 
 def discard(staged: Staged) -> None:

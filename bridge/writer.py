@@ -111,7 +111,7 @@ def finish(core: Core, batch: Batch) -> None:
     then each is swapped in under its task's guard (a failed flush is that file's failure, as
     a failed fsync would be), then their folders are flushed."""
     pending, batch.pending = batch.pending, []
-    errors = batch.durable.flush([p.staged for p in pending]) if pending else []
+    errors = batch.durable.flush([p.staged for p in pending])  # closes what it holds open
     for item, error in zip(pending, errors, strict=True):
         task = item.task
         core.guard.run(
@@ -129,19 +129,34 @@ def finish(core: Core, batch: Batch) -> None:
 
 def _land(core: Core, item: _Pending, error: OSError | None, folders: set[Path]) -> None:
     task = item.task
+    landed = False
+    try:
+        landed = _landed(core, item, error, folders)
+    finally:
+        if not landed:  # not in the file: the tick must look at it again, not skip it
+            core.glanced.pop(task.job_id, None)
+
+
+def _landed(core: Core, item: _Pending, error: OSError | None, folders: set[Path]) -> bool:
+    task = item.task
     if core.table.by_job.get(task.job_id) is not task or task.path != item.staged.path:
         files.discard(item.staged)  # cancelled, or moved on meanwhile: nothing to land
-        return
+        return False
     if error is not None:
-        core.glanced.pop(task.job_id, None)  # not in the file: the tick writes it again
         raise error
     try:
         task.written, task.spare = files.land(item.staged, sync_dir=False)
     except FileNotFoundError:
         core.cancel(task)  # deleted since it was renamed: the UI cancelled it
-        return
+        return False
+    except files.StagedChanged as exc:
+        log.warning(
+            "%s: %s; it is written again", task.path.name, exc.strerror, extra=task_ids(task)
+        )
+        return False
     folders.add(item.staged.path.parent)
     _written(core, task, item.fields, item.now)
+    return True
 
 
 def ended(core: Core, task: Tracked, now: float) -> None:

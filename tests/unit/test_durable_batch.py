@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -227,3 +228,69 @@ def test_whatever_happens_each_file_shows_old_or_new_content_whole(
         else:
             assert path.read_bytes() == (OLD if fail else b"new %d" % i)
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]
+
+
+def test_content_put_in_a_staged_files_place_is_swapped_back_out(tmp_path: Path) -> None:
+    (path,) = _tasks(tmp_path / "3", 1)
+    durable = files.Durable()
+    (staged,) = _stage_all(durable, [path])
+    stranger = tmp_path / "3" / "stranger"
+    stranger.write_bytes(b"not the bridge's")
+    os.replace(stranger, staged.tmp)  # another account swaps its own file in
+    assert durable.flush([staged]) == [None]
+    with pytest.raises(files.StagedChanged):
+        files.land(staged, sync_dir=False)
+    assert path.read_bytes() == OLD  # the task file as it was, written again by a later pass
+    assert os.listdir(tmp_path / "3") == [path.name]
+
+
+def test_a_file_system_flushed_by_fsyncs_at_its_first_write_stays_so_for_the_batch(
+    tmp_path: Path, flushes: list[dict[str, bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """syncfs reports the errors since its folder was opened: files written before a folder
+    could be opened must not be left to one."""
+    paths = _tasks(tmp_path / "3", files.SYNCFS_BATCH + 1)
+    durable = files.Durable()
+    monkeypatch.setattr(files._FLUSH, "until", time.monotonic() + 60)  # a slow flush lately
+    first = _stage_all(durable, paths[:1])
+    monkeypatch.setattr(files._FLUSH, "until", 0.0)  # the pause is over mid-pass
+    rest = [durable.stage(p, b"new", os.lstat(p), None) for p in paths[1:]]
+    assert durable.flush(first + rest) == [None] * len(paths)
+    assert flushes == []  # an fsync each, none of them left to a syncfs
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_a_staging_that_fails_leaves_no_descriptor_open(
+    bridge: Bridge, redis_states: States, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _start_all(bridge, redis_states, 1)
+
+    def full(*args: object, **kwargs: object) -> Path:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(atomic, "write_temp", full)
+    before = _open_fds()
+    for second in range(5):
+        mirror.glance_once(bridge.core, 100.0 + 100 * second)
+    assert _open_fds() == before
+
+
+def test_a_start_that_could_not_land_is_looked_at_again(
+    bridge: Bridge, redis_states: States, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (task,) = _start_all(bridge, redis_states, 1)
+    real = files.land
+
+    def refused(staged: files.Staged, sync_dir: bool) -> files.Rewritten:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(files, "land", refused)
+    mirror.glance_once(bridge.core, 100.0)
+    assert _on_disk(task)["state"] == states.QUEUED
+    assert task.job_id not in bridge.core.glanced  # so the tick does not skip it
+    monkeypatch.setattr(files, "land", real)
+    mirror.glance_once(bridge.core, 200.0)  # past the guard's pause
+    assert _on_disk(task)["state"] == states.PROGRESS
