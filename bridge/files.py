@@ -368,32 +368,35 @@ def rewrite_existing(
     write.
 
     The new content goes into `spare` when it can be refilled (see `Spare`), else into a new
-    temp file. What the swap took out is kept as the next spare where spares are kept
-    (`keep_spares`), else removed."""
+    temp file (`stage`), then is swapped in (`land`). What the swap took out is kept as the next
+    spare where spares are kept (`keep_spares`), else removed."""
     if seen is None:
         try:
             seen = os.lstat(path)
         except FileNotFoundError:
             seen = None
+    return land(stage(path, data, seen, spare, durable), durable and sync_dir, durable)
+
+
+def stage(
+    path: Path, data: bytes, seen: os.stat_result | None, spare: Spare | None, durable: bool
+) -> Staged:
+    """`data` beside `path`, fsynced if `durable`: in `spare` if it can be refilled, else in a
+    new temp file (the spare then goes); with the mode and group `seen` gives the file."""
     chmod, chgrp = (None, None) if seen is None else permissions_of(seen)
-    target = os.fsencode(path)
     if spare is not None:
-        if not _refill(spare, data, durable, chmod, chgrp):
-            drop_spare(spare)
-        else:
-            try:
-                _swap_in(os.fsencode(spare.path), target)
-            except FileNotFoundError:
-                if not os.path.lexists(path):
-                    raise  # the task file is gone: a cancel
-                # The spare went under it (a sweep, a hand): a new temp file instead.
-            else:
-                return Rewritten(signature(path), _kept(spare.path, seen, durable and sync_dir))
+        if _refill(spare, data, durable, chmod, chgrp):
+            return Staged(path, spare.path, data, seen, (spare.dev, spare.ino))
+        drop_spare(spare)
     tmp = atomic.write_temp(
         path, data, durable=durable, suffix=atomic.BRIDGE_TEMP_SUFFIX, chmod=chmod, chgrp=chgrp
     )
-    _swap_in(os.fsencode(tmp), target)
-    return Rewritten(signature(path), _kept(tmp, seen, durable and sync_dir))
+    try:
+        st = os.lstat(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return Staged(path, tmp, data, seen, (st.st_dev, st.st_ino))
 
 
 class Staged(NamedTuple):
@@ -428,9 +431,8 @@ class Durable:
     def stage(
         self, path: Path, data: bytes, seen: os.stat_result | None, spare: Spare | None
     ) -> Staged:
-        """`data` beside `path`, unflushed: in `spare` if it can be refilled, else in a new temp
-        file (the spare then goes). syncfs reports the write errors since its descriptor was
-        opened: the folder is opened before the first write on its file system."""
+        """`data` beside `path`, unflushed (`stage`). syncfs reports the write errors since its
+        descriptor was opened: the folder is opened before the first write on its file system."""
         if seen is not None and seen.st_dev not in self._folders:
             # Decided once a file system and a batch: a syncfs must cover all its files.
             self._folders[seen.st_dev] = (
@@ -438,20 +440,7 @@ class Durable:
                 if self._trusted(seen.st_dev)
                 else _NO_FOLDER
             )
-        chmod, chgrp = (None, None) if seen is None else permissions_of(seen)
-        if spare is not None:
-            if _refill(spare, data, False, chmod, chgrp):
-                return Staged(path, spare.path, data, seen, (spare.dev, spare.ino))
-            drop_spare(spare)
-        tmp = atomic.write_temp(
-            path, data, durable=False, suffix=atomic.BRIDGE_TEMP_SUFFIX, chmod=chmod, chgrp=chgrp
-        )
-        try:
-            st = os.lstat(tmp)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        return Staged(path, tmp, data, seen, (st.st_dev, st.st_ino))
+        return stage(path, data, seen, spare, durable=False)
 
     @staticmethod
     def _trusted(device: int) -> bool:
@@ -497,19 +486,21 @@ def _fsync_each(staged: Sequence[Staged], members: list[int], errors: list[OSErr
             errors[i] = exc
 
 
-def land(staged: Staged, sync_dir: bool) -> Rewritten:
-    """Swap durable staged content into its file (`rewrite_existing`'s second half):
-    FileNotFoundError when the file was deleted meanwhile (a cancel). A temp file removed
-    under it is written again, durable, as a new one; anything else put at its name is
-    swapped back out and removed (StagedChanged), the task file left as it was."""
+def land(staged: Staged, sync_dir: bool, durable: bool = True, again: bool = True) -> Rewritten:
+    """Swap staged content into its file, `durable` as it was staged: FileNotFoundError when
+    the file was deleted meanwhile (a cancel), never a file brought back. Content whose temp
+    file went from under it (a sweep, a hand) is staged again once in a new one; anything else
+    put at its name is swapped back out and removed (StagedChanged), the task file left as it
+    was."""
     path = staged.path
     tmp, target = os.fsencode(staged.tmp), os.fsencode(path)
     try:
         _swap_in(tmp, target)
     except FileNotFoundError:
-        if not os.path.lexists(path):
+        if not again or not os.path.lexists(path):
             raise  # the task file is gone: a cancel
-        return rewrite_existing(path, staged.data, True, staged.seen, sync_dir)
+        anew = stage(path, staged.data, staged.seen, None, durable)
+        return land(anew, sync_dir, durable, again=False)
     st = os.lstat(path)
     if (st.st_dev, st.st_ino) != staged.identity:
         _swap_in(tmp, target)  # the task file back; on failure the stranger is removed

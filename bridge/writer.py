@@ -96,8 +96,15 @@ def write(
     except FileNotFoundError:
         core.cancel(task)  # deleted since it was renamed: the UI cancelled it
         return True
+    except files.StagedChanged as exc:
+        _replaced(task, exc)
+        return False  # not in the file: written again at the next glance or tick
     _written(core, task, fields, now)
     return True
+
+
+def _replaced(task: Tracked, exc: files.StagedChanged) -> None:
+    log.warning("%s: %s; it is written again", task.path.name, exc.strerror, extra=task_ids(task))
 
 
 def _written(core: Core, task: Tracked, fields: dict[str, Any], now: float) -> None:
@@ -150,9 +157,7 @@ def _landed(core: Core, item: _Pending, error: OSError | None, folders: set[Path
         core.cancel(task)  # deleted since it was renamed: the UI cancelled it
         return False
     except files.StagedChanged as exc:
-        log.warning(
-            "%s: %s; it is written again", task.path.name, exc.strerror, extra=task_ids(task)
-        )
+        _replaced(task, exc)
         return False
     folders.add(item.staged.path.parent)
     _written(core, task, item.fields, item.now)

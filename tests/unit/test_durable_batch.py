@@ -294,3 +294,21 @@ def test_a_start_that_could_not_land_is_looked_at_again(
     monkeypatch.setattr(files, "land", real)
     mirror.glance_once(bridge.core, 200.0)  # past the guard's pause
     assert _on_disk(task)["state"] == states.PROGRESS
+
+
+def test_a_progress_write_whose_content_was_swapped_is_written_again_not_failed(
+    bridge: Bridge, redis_states: States, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    task = _running(bridge, 1)
+    redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
+    real = files.rewrite_existing
+
+    def swapped(*args: object, **kwargs: object) -> files.Rewritten:
+        raise files.StagedChanged(errno.ESTALE, "its staged content was replaced")
+
+    monkeypatch.setattr(files, "rewrite_existing", swapped)
+    mirror.glance_once(bridge.core, 100.0)
+    assert task.job_id in bridge.table.by_job and task.fields["progress"] == 10  # not ended
+    monkeypatch.setattr(files, "rewrite_existing", real)
+    mirror.glance_once(bridge.core, 100.1)
+    assert _on_disk(task)["progress"] == 40 and _on_disk(task)["state"] == states.PROGRESS
