@@ -14,7 +14,7 @@ from watchdog.observers.inotify_c import InotifyConstants as In
 from watchdog.observers.inotify_c import WatchDescriptor
 
 from bridge import files, watch
-from bridge.ownmoves import OwnMoves
+from bridge.ownmoves import OWN, OwnMoves
 from bridge.watch import _Reader
 from taskd.atomic import BRIDGE_TEMP_SUFFIX
 from tests.support.spares import spares as spares  # noqa: F401 (a fixture)
@@ -29,6 +29,16 @@ def queue_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def watcher(queue_root: Path) -> Iterator[watch.Watcher]:
     w = watch.Watcher(queue_root, own=OwnMoves())
+    w.start()
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def bridge_watcher(queue_root: Path) -> Iterator[watch.Watcher]:
+    """A watcher on the process-wide announcements of the bridge's own renames, as the bridge
+    uses them."""
+    w = watch.Watcher(queue_root)
     w.start()
     yield w
     w.stop()
@@ -104,27 +114,23 @@ def test_the_bridges_own_renames_and_rewrites_hand_nothing_on(
         w.stop()
 
 
-def test_files_announces_its_renames_to_the_watcher(queue_root: Path) -> None:
-    from bridge.ownmoves import OWN
-
-    w = watch.Watcher(queue_root)  # the process-wide announcements, as the bridge uses them
-    w.start()
-    try:
-        path = queue_root / "u1" / "a.SLOW"
+def test_files_announces_its_renames_to_the_watcher(
+    queue_root: Path, bridge_watcher: watch.Watcher
+) -> None:
+    w = bridge_watcher
+    path = queue_root / "u1" / "a.SLOW"
+    path.write_text("{}")
+    _seen(w)
+    before = len(OWN)  # what other tests of this process announced outside any watch
+    files.rewrite_then_rename(path, path.with_name("a-1.SLOW"), b'{"state": "QUEUED"}')
+    files.atomic_write(path.with_name("a-1.SLOW"), b'{"state": "STARTED"}', durable=False)
+    assert _seen(w) == []
+    assert len(OWN) == before
+    with pytest.raises(FileExistsError):
         path.write_text("{}")
         _seen(w)
-        before = len(OWN)  # what other tests of this process announced outside any watch
-        files.rewrite_then_rename(path, path.with_name("a-1.SLOW"), b'{"state": "QUEUED"}')
-        files.atomic_write(path.with_name("a-1.SLOW"), b'{"state": "STARTED"}', durable=False)
-        assert _seen(w) == []
-        assert len(OWN) == before
-        with pytest.raises(FileExistsError):
-            path.write_text("{}")
-            _seen(w)
-            files.rename_noreplace(path, path.with_name("a-1.SLOW"))
-        assert len(OWN) == before  # a rename not made is taken back
-    finally:
-        w.stop()
+        files.rename_noreplace(path, path.with_name("a-1.SLOW"))
+    assert len(OWN) == before  # a rename not made is taken back
 
 
 def test_a_new_user_folder_is_watched_and_reported(
@@ -241,34 +247,25 @@ def test_the_reader_drops_the_bridges_own_events_before_making_them(
 
 @pytest.mark.usefixtures("spares")
 def test_progress_writes_through_spares_and_batches_reach_the_watcher_as_nothing(
-    queue_root: Path,
+    queue_root: Path, bridge_watcher: watch.Watcher
 ) -> None:
     """Every way the mirror rewrites a running task's file (a refilled spare, a new temp file,
     a batch of state changes) is the bridge's own: no event of it is handed to the loop."""
-    from bridge.ownmoves import OWN
-
-    w = watch.Watcher(queue_root)  # the process-wide announcements, as the bridge uses them
-    w.start()
-    try:
-        path = queue_root / "u1" / "a-0.SLOW"
-        path.write_text("{}")
-        _seen(w)
-        before = len(OWN)  # what other tests of this process announced outside any watch
-        spare = None
-        for k in range(1, 5):
-            new = path.with_name(f"a-{k}.SLOW")
-            files.rename_noreplace(path, new)
-            path = new
-            done = files.rewrite_existing(
-                path, b'{"k": %d}' % k, False, os.lstat(path), True, spare
-            )
-            spare = done.spare
-        assert spare is not None  # the later writes refilled it
-        durable = files.Durable()
-        staged = durable.stage(path, b'{"k": "end"}', os.lstat(path), spare)
-        assert durable.flush([staged]) == [None]
-        files.land(staged, sync_dir=False)
-        assert _seen(w) == []
-        assert len(OWN) == before
-    finally:
-        w.stop()
+    path = queue_root / "u1" / "a-0.SLOW"
+    path.write_text("{}")
+    _seen(bridge_watcher)
+    before = len(OWN)  # what other tests of this process announced outside any watch
+    spare = None
+    for k in range(1, 5):
+        new = path.with_name(f"a-{k}.SLOW")
+        files.rename_noreplace(path, new)
+        path = new
+        data = b'{"k": %d}' % k
+        spare = files.rewrite_existing(path, data, False, os.lstat(path), True, spare).spare
+    assert spare is not None  # the later writes refilled it
+    durable = files.Durable()
+    staged = durable.stage(path, b'{"k": "end"}', os.lstat(path), spare)
+    assert durable.flush([staged]) == [None]
+    files.land(staged, sync_dir=False)
+    assert _seen(bridge_watcher) == []
+    assert len(OWN) == before
