@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from functools import partial
 from typing import Any
@@ -45,26 +45,26 @@ def _text(fields: Mapping[str, Any], key: str) -> str:
     return value[:ROW_TEXT_MAX] if isinstance(value, str) else ""
 
 
-def _row(task: Tracked) -> metrics.TaskRow:
-    fields = task.fields
+def _row(task: Tracked, fields: Mapping[str, Any], state: str) -> metrics.TaskRow:
+    """The page's row of `task`, as its `fields` and `state` were when it was observed."""
     progress = fields.get(states.PROGRESS_FIELD)
     percent = progress if isinstance(progress, int) and not isinstance(progress, bool) else 0
     return metrics.TaskRow(
         task.task_id,
         task.user,
         task.type.name,
-        task.state,
+        state,
         percent,
         taskfiles.doing_of(fields),
         description=_text(fields, "description"),
         worker=_text(fields, states.WORKER),
         started_at=_text(fields, states.STARTED_AT),
         queued_at=_text(fields, states.QUEUED_AT),
-        due_at=_text(fields, states.RETRY_AT if task.state == states.RETRY else states.RUN_AT),
+        due_at=_text(fields, states.RETRY_AT if state == states.RETRY else states.RUN_AT),
         # Parsed here for waiting tasks only; a running one's times the page parses when it
-        # is looked at (a row is made again at each report of each running task).
-        due=_epoch(_due(task)),
-        waiting_since=_waiting_since(task),
+        # is looked at.
+        due=_epoch(_due(fields, state)),
+        waiting_since=_waiting_since(fields, state),
     )
 
 
@@ -72,50 +72,62 @@ def _epoch(when: datetime | None) -> float | None:
     return when.timestamp() if when is not None else None
 
 
-def _due(task: Tracked) -> datetime | None:
+def _due(fields: Mapping[str, Any], state: str) -> datetime | None:
     """When a waiting task may start: a retry's retry-at, else its run-at or delay (as the
     schedule reads them: a time without a zone is UTC)."""
-    if task.state == states.RETRY:
-        return schedule.parse_time(task.fields.get(states.RETRY_AT))
-    return schedule.not_before(task.fields) if task.state == states.QUEUED else None
+    if state == states.RETRY:
+        return schedule.parse_time(fields.get(states.RETRY_AT))
+    return schedule.not_before(fields) if state == states.QUEUED else None
 
 
-def _waiting_since(task: Tracked) -> float | None:
+def _waiting_since(fields: Mapping[str, Any], state: str) -> float | None:
     """A waiting task: since when it has been (or will be) due, the later of when it was
     queued and its run-at, delay or retry-at; None when it is not waiting."""
-    if task.state not in (states.QUEUED, states.RETRY):
+    if state not in WAITING:
         return None
-    queued = schedule.parse_time(task.fields.get(states.QUEUED_AT))
-    due = _due(task)
-    if task.state == states.RETRY and due is None:
+    queued = schedule.parse_time(fields.get(states.QUEUED_AT))
+    due = _due(fields, state)
+    if state == states.RETRY and due is None:
         return None  # its retry-at is not known yet: the worker's next report says it
     since = max(t for t in (queued, due) if t is not None) if (queued or due) else None
     return since.timestamp() if since is not None else None
 
 
+WAITING = (states.QUEUED, states.RETRY)
+_Seen = tuple[Tracked, dict[str, Any], str]
+
+
 class _Rows:
-    """The page's rows, made again only for tasks whose state or progress moved."""
+    """The page's rows: what each task's file said is noted once a tick (`later`), and the
+    rows are made from that only when the page is looked at, again only for tasks whose
+    state or fields moved since the rows were last made."""
 
     def __init__(self) -> None:
         self._made: dict[int, tuple[Tracked, Any, Any, metrics.TaskRow]] = {}
 
-    def of(self, tasks: Iterable[Tracked]) -> list[metrics.TaskRow]:
+    def later(
+        self, tasks: Iterable[Tracked]
+    ) -> tuple[Callable[[], tuple[metrics.TaskRow, ...]], int]:
+        """What makes the rows of `tasks` as they are now, and how many of them wait. A write
+        gives a task new fields (a new dict); only a publish changes its state in place
+        (`dispatch.after_publish`), so the dict and the state say what the file said."""
+        seen = [(task, task.fields, str(task.fields.get(states.STATE))) for task in tasks]
+        waiting = sum(1 for _, _, state in seen if state in WAITING)
+        return partial(self._of, seen), waiting
+
+    def _of(self, seen: list[_Seen]) -> tuple[metrics.TaskRow, ...]:
         made: dict[int, tuple[Tracked, Any, Any, metrics.TaskRow]] = {}
         out = []
-        for task in tasks:
-            # A write gives a task new fields (a new dict); only a publish changes its state in
-            # place (`dispatch.after_publish`), so the dict and the state say whether it moved.
-            fields = task.fields
-            state = fields.get(states.STATE)
+        for task, fields, state in seen:
             old = self._made.get(id(task))  # held in `old`, so no other task has its id
             if old and old[0] is task and old[1] is fields and old[2] == state:
                 row = old[3]
             else:
-                row = _row(task)
+                row = _row(task, fields, state)
             made[id(task)] = (task, fields, state, row)
             out.append(row)
         self._made = made
-        return out
+        return tuple(out)
 
 
 class Bridge:
@@ -213,7 +225,8 @@ class Bridge:
         """Leave a snapshot of the active tasks for the HTTP thread (once a mirror tick)."""
         alive = self.watcher.alive()
         now = time.monotonic()
-        self.metrics.observe(self._rows.of(self.table.by_job.values()), alive)
+        rows, waiting = self._rows.later(self.table.by_job.values())
+        self.metrics.observe_later(rows, waiting, alive)
         self.metrics.held_files(self.core.guard.held(now, self.settings.data_root))
         if now >= self.next_workers_look:
             self.next_workers_look = now + WORKERS_LOOK_EVERY_S

@@ -228,6 +228,7 @@ class Metrics:
         self._mirrored_at = clock()
         self._tick = 0.0
         self._tasks: tuple[TaskRow, ...] = ()
+        self._make_rows: Callable[[], tuple[TaskRow, ...]] | None = None
         self._role = ACTIVE_ROLE
         self._standby_reason: str | None = None
         self._held: tuple[tuple[str, str], ...] = ()
@@ -267,8 +268,16 @@ class Metrics:
     def observe(self, tasks: Iterable[TaskRow], watcher_ok: bool) -> None:
         rows = tuple(tasks)
         waiting = sum(1 for row in rows if row.state in (states.QUEUED, states.RETRY))
+        self.observe_later(lambda: rows, waiting, watcher_ok)
+
+    def observe_later(
+        self, make: Callable[[], tuple[TaskRow, ...]], waiting: int, watcher_ok: bool
+    ) -> None:
+        """The active tasks as `make()` gives their rows, made only when a snapshot is taken
+        (on the thread that asks for it): a second's rows of 2,000 running tasks are made once
+        when the page is looked at, not every second; `waiting` of them wait."""
         with self._lock:
-            self._tasks, self._watcher_ok = rows, watcher_ok
+            self._make_rows, self._watcher_ok = make, watcher_ok
             self._version += 1
             self._history.level(waiting, time.time())
 
@@ -296,6 +305,8 @@ class Metrics:
     def snapshot(self) -> Snapshot:
         now, wall = self._clock(), time.time()
         with self._lock:
+            if self._make_rows is not None:
+                self._tasks, self._make_rows = self._make_rows(), None
             standby = self._role == STANDBY_ROLE
             return Snapshot(
                 counts=dict(self._counts),

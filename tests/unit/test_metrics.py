@@ -6,17 +6,23 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge import metrics
+from bridge.daemon import _Rows
 from bridge.history import ENDED_KEPT, MINUTES, Ended, History
 from bridge.metrics import Metrics, TaskRow
+from bridge.model import Tracked
 from bridge.web import server as web
 from bridge.web.page import API_PATH, PAGE
 from taskd.settings import Settings, SettingsError
+from taskd.tasktypes import load_types
 from tests.support.procs import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Clock:
@@ -420,3 +426,40 @@ def test_the_pages_json_is_made_once_per_second_and_set_of_tasks() -> None:
     m.observe([_row("q", "QUEUED", 0), _row("r", "QUEUED", 0)], True)
     assert json.loads(view.reply(m.snapshot())[2])["waiting_by_type"] == {"SLOW": 2}
     assert len(made) == 2
+
+
+# --- rows made when looked at ---------------------------------------------------------------
+
+
+def test_observed_rows_are_made_only_when_a_snapshot_is_taken_and_once() -> None:
+    m = Metrics(1.0)
+    made: list[int] = []
+
+    def make() -> tuple[TaskRow, ...]:
+        made.append(1)
+        return (_row("a"), _row("q", "QUEUED", 0))
+
+    for _ in range(5):  # five ticks nobody looked at
+        m.observe_later(make, waiting=1, watcher_ok=True)
+    assert made == []
+    first, second = m.snapshot(), m.snapshot()
+    assert len(made) == 1
+    assert [r.task_id for r in first.tasks] == [r.task_id for r in second.tasks] == ["a", "q"]
+
+
+def test_a_row_shows_the_task_as_it_was_when_observed_and_is_made_again_only_when_it_moved(
+    tmp_path: Path,
+) -> None:
+    slow = load_types([ROOT / "tests" / "support" / "schemas"])["SLOW"]
+    fields = {"job-id": "j1", "state": "PROGRESS", "progress": 40}
+    task = Tracked("3", "t1", slow, tmp_path / "t1-40.SLOW", fields)
+    rows = _Rows()
+    make, waiting = rows.later([task])
+    task.fields = {**fields, "progress": 50}  # written after it was observed
+    (row,) = make()
+    assert (row.state, row.progress, waiting) == ("PROGRESS", 40, 0)
+    again, _ = rows.later([task])
+    (moved,) = again()
+    assert moved.progress == 50 and moved is not row
+    still, _ = rows.later([task])
+    assert still()[0] is moved  # nothing moved: the row made before
