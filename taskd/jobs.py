@@ -89,7 +89,7 @@ def parse_meta(raw: bytes | str | None) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(raw)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # too deep a nesting too: no state
         return None
     return value if isinstance(value, dict) else None
 
