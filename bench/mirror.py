@@ -225,12 +225,12 @@ def _checked_refill(spare: Path, new: Path, data: bytes) -> None:
 
 def settle_jobs(system: Stack, directory: Path, n: int) -> dict[str, str]:
     def ready() -> bool:
-        done = sum(1 for name in os.listdir(directory) if "-" in name)
+        done = sum(1 for path in _files(directory) if "-" in path.name)
         return done >= n and queued_messages(system.r) >= n
 
     wait_until(ready, 300, interval=0.05, what=f"{n} files to be QUEUED")
     jobs = {}
-    for path in directory.iterdir():
+    for path in _files(directory):  # not the spares
         jobs[path.name.partition("-")[0]] = json.loads(path.read_text())[states.JOB_ID]
     return jobs
 

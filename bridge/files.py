@@ -701,13 +701,17 @@ class Take(NamedTuple):
     new: Path
     data: bytes
     judged: os.stat_result
+    keep: bool = False  # the content swapped out is kept as the file's first spare
 
 
-def rewrite_then_rename_many(batch: Sequence[Take]) -> list[Exception | None]:
+def rewrite_then_rename_many(batch: Sequence[Take]) -> list[Exception | Spare | None]:
     """Take each file of a batch as `rewrite_then_rename` does: what each raised, in order
-    (None: done; FileExistsError: `new` was another file's; FileNotFoundError: `old` was
-    deleted or replaced since it was judged; either way `old` is left as it is). The caller
+    (None or a Spare: done; FileExistsError: `new` was another file's; FileNotFoundError: `old`
+    was deleted or replaced since it was judged; either way `old` is left as it is). The caller
     fsyncs the folders once all are done, before it acts on any of them, as with one file.
+    A take that says `keep` gets the content it swapped out (the file as the UI wrote it) as
+    its spare where spares are kept (`Spare`): the job's start, its first write, then costs no
+    new file (2,000 jobs starting at once: 2,000 files not made in one second).
 
     Each new content is written to a temp file and made durable, then lands on `old` by an
     atomic exchange that fails if `old` is gone (nothing deleted is brought back) and is undone
@@ -793,40 +797,49 @@ def _flush_devices(
     return failed
 
 
-def _land(tmp: Path, take: Take) -> Exception | None:
+def _land(tmp: Path, take: Take) -> Exception | Spare | None:
     """Put the durable temp file in `take.old`'s place, if that is still the file judged, and
-    rename it; what went wrong, else None."""
+    rename it; what went wrong, else the spare kept (`take.keep`) or None."""
     old = take.old
     try:
-        exchange_in(tmp, old, take.judged)
+        kept = exchange_in(tmp, old, take.judged, take.keep)
     except Exception as exc:
         return exc
     try:
         rename_noreplace(old, take.new)
     except Exception as exc:
+        drop_spare(kept)
         return exc
-    return None
+    return kept
 
 
-def exchange_in(tmp: Path, target: Path, expect: os.stat_result | None = None) -> None:
+def exchange_in(
+    tmp: Path, target: Path, expect: os.stat_result | None = None, keep: bool = False
+) -> Spare | None:
     """Swap the new content in `tmp` into `target` atomically (renameat2 RENAME_EXCHANGE) and
     remove what was there: unlike a rename over it, this fails (FileNotFoundError) when
     `target` is gone, so a file deleted meanwhile is never brought back. With `expect`, a file
     at `target` that is not that one (replaced meanwhile) is swapped back and left as it is,
-    and FileNotFoundError is raised too. `tmp` is gone afterwards, whatever happens."""
+    and FileNotFoundError is raised too. `tmp` is gone afterwards, whatever happens, unless
+    `keep` and it is kept as the target's spare (returned; see `Spare`)."""
     try:
         _announced(target, target, lambda: _exchange(tmp, target))
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    kept = None
     try:
         if expect is not None:
             was = os.lstat(tmp)
             if (was.st_dev, was.st_ino) != (expect.st_dev, expect.st_ino):
                 _announced(target, target, lambda: _exchange(tmp, target))  # put it back
                 raise FileNotFoundError(errno.ENOENT, "replaced meanwhile", str(target))
+            if keep:
+                kept = _kept(tmp, was, sync_dir=False)
     finally:
-        tmp.unlink(missing_ok=True)
+        if kept is None:
+            tmp.unlink(missing_ok=True)
+    return kept
 
 
 def _exchange(a: Path, b: Path) -> None:

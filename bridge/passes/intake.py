@@ -35,6 +35,10 @@ PASS_BUDGET_S = 1.0  # judging, then as long again acting, before the pass yield
 PER_USER_PER_PASS = 4096  # files of one user looked at in one pass, at most
 INLINE_SLACK = 8192  # the bridge's own fields and an error message
 TAKE_BATCH = 128  # new files whose durable rewrites run together
+FIRST_SPARES = 4096
+"""A file taken while the bridge tracks fewer tasks than this keeps its content as first spare
+(`files.Take.keep`): the jobs that can start soon start without a new file each, and a long
+queue never holds a hidden file per task."""
 
 
 def note_event(core: Core, seen: watch.Seen, now: float) -> None:
@@ -245,7 +249,7 @@ class _Takes:
         self.core, self.now, self.taken = core, now, taken
         self.ready: list[_Take] = []
         self.ids: set[tuple[str, str]] = set()
-        self.in_flight: tuple[list[_Take], Future[list[Exception | None]]] | None = None
+        self.in_flight: tuple[list[_Take], Future[list[_Taken]]] | None = None
 
     def flush_if_held(self, name: contract.TaskName | None) -> None:
         """Flush if a file of this task-id waits in a batch."""
@@ -282,8 +286,9 @@ class _Takes:
 
     def _start(self, inline: bool = False) -> None:
         ready, self.ready = self.ready, []
-        batch = [files.Take(t.path, t.new_path, t.data, t.judged) for t in ready]
-        future: Future[list[Exception | None]] = Future()
+        keep = len(self.core.table.by_job) + len(ready) <= FIRST_SPARES
+        batch = [files.Take(t.path, t.new_path, t.data, t.judged, keep) for t in ready]
+        future: Future[list[_Taken]] = Future()
         if inline:  # nothing to overlap with: no hand-over to the thread
             future.set_result(files.rewrite_then_rename_many(batch))
         else:
@@ -295,16 +300,16 @@ class _Takes:
             return
         (ready, future), self.in_flight = self.in_flight, None
         try:
-            errors = future.result()
+            outcomes = future.result()
         except Exception as exc:  # noqa: BLE001 - ends the batch's files, each by its guard
-            errors = [exc for _ in ready]
+            outcomes = [exc for _ in ready]
         core = self.core
-        for one, error in zip(ready, errors, strict=True):
+        for one, outcome in zip(ready, outcomes, strict=True):
             core.guard.run(
                 str(one.path),
                 "taking",
                 self.now,
-                lambda one=one, error=error: _track(core, one, error, self.now, self.taken),  # type: ignore[misc]
+                lambda one=one, got=outcome: _track(core, one, got, self.now, self.taken),  # type: ignore[misc]
                 end=lambda text, one=one: _reject_pending(core, one.path, text),  # type: ignore[misc]
                 log_ids=partial(path_ids, one.path),
             )
@@ -355,18 +360,22 @@ def prepare_take(core: Core, path: Path, decision: intake.Decision) -> _Take | N
     return _Take(path, new_path, fields, contract.dump(fields), decision)
 
 
-def _track(
-    core: Core, one: _Take, error: Exception | None, now: float, taken: list[Tracked]
-) -> None:
-    """A taken file's rewrite is done (or raised `error`, for the caller's guard): track it."""
+_Taken = Exception | files.Spare | None  # what a take raised, or the spare it kept
+
+
+def _track(core: Core, one: _Take, got: _Taken, now: float, taken: list[Tracked]) -> None:
+    """A taken file's rewrite is done (or raised an error, for the caller's guard): track it,
+    with the spare it kept."""
     name, new_path = one.name, one.new_path
-    if isinstance(error, FileExistsError) and one.path.exists():  # left as the UI wrote it
+    if isinstance(got, FileExistsError) and one.path.exists():  # left as the UI wrote it
         reason = f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
         reject(core, one.path, name, one.decision.verdict.fields, reason)
         return
-    if error is not None:
-        raise error
-    task = Tracked(name.user, name.stem, one.task_type, new_path, one.fields, last_write=now)
+    if isinstance(got, Exception):
+        raise got
+    task = Tracked(
+        name.user, name.stem, one.task_type, new_path, one.fields, last_write=now, spare=got
+    )
     task.written = files.signature(new_path)
     core.track(task)
     core.owners.note(name.user, name.stem, new_path)
