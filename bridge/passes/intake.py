@@ -373,10 +373,15 @@ def _track(core: Core, one: _Take, got: _Taken, now: float, taken: list[Tracked]
         return
     if isinstance(got, Exception):
         raise got
+    try:
+        written = files.signature(new_path)
+    except BaseException:
+        files.drop_spare(got)  # a hand put a link or a FIFO at the new name: not tracked
+        raise
     task = Tracked(
         name.user, name.stem, one.task_type, new_path, one.fields, last_write=now, spare=got
     )
-    task.written = files.signature(new_path)
+    task.written = written
     core.track(task)
     core.owners.note(name.user, name.stem, new_path)
     core.metrics.count(metrics.TAKEN)

@@ -102,3 +102,22 @@ def test_the_bridge_keeps_first_spares_only_while_it_tracks_few_tasks(
     assert _hidden(folder) == sorted(t.spare.path for t in tasks if t.spare is not None)
     bridge.core.drop_spares()  # a clean stop leaves none
     assert _hidden(folder) == []
+
+
+@pytest.mark.usefixtures("spares")
+def test_a_take_that_cannot_be_tracked_leaves_no_spare(
+    bridge: Bridge,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = files.signature
+
+    def swapped(path: Path) -> tuple[int, int, int, int] | None:
+        if "-" in path.name:  # a hand put a FIFO at the new name just after the rename
+            raise files.NotRegularFile(22, "not a regular file", str(path))
+        return real(path)
+
+    monkeypatch.setattr(files, "signature", swapped)
+    _drop(bridge, "a0.SLOW", {"type": "SLOW", "steps": 1})
+    _passes(bridge, rounds=1)
+    assert not bridge.table.by_job
+    assert _hidden(bridge.settings.task_queue / "3") == []
