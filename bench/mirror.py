@@ -18,12 +18,14 @@ notes.
 
 That least tick writes two fields and skips what the file contract and hostile input require of
 every write, so a second one is timed beside it, the least *checked* tick: the same steps plus
-the file's whole content as the contract writes it (`contract.dump` of its fields), an lstat
-for the mode and group the file must keep, an fstat of the opened spare (it must be the file
-kept, not what a user put in its place), its old pages detached (`files._detach_pages`: a
-reader that queued them keeps them whole) and an fstat of what was written (the signature that
-tells the bridge's own writes from the UI's). Its ratio to the least tick says how much of the
-CPU goal any correct bridge spends before its first line of bookkeeping.
+the file's fields and name as the contract derives them from the report (`mirror.updates_for`,
+`contract.merge`, `contract.render_name`), its whole content as the contract writes it
+(`contract.dump`), an lstat for the mode and group the file must keep, an fstat of the opened
+spare (it must be the file kept, not what a user put in its place), its old pages detached
+(`files._detach_pages`: a reader that queued them keeps them whole) and an fstat of what was
+written (the signature that tells the bridge's own writes from the UI's). Its ratio to the
+least tick says how much of the CPU goal any correct bridge spends before its first line of
+bookkeeping.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from bench.common import (
 )
 from bridge import contract
 from bridge.files import _detach_pages, _exchange, _rename_noreplace
+from bridge.mirror import updates_for, utc_now
 from taskd import states
 from taskd.leases import TAKE_OR_KEEP
 from tests.support.procs import wait_until
@@ -175,16 +178,22 @@ def floor_tick(
     stems = sorted(jobs)
     cpu = time.process_time()
     raw = system.r.mget([states.meta_key(jobs[s]) for s in stems])
+    now_iso = utc_now()
     for stem, blob in zip(stems, raw, strict=True):
         decoded = json.loads(blob) if blob else {}
         path = directory / names[stem]
-        new = directory / f"{stem}-{percent}.{NOOP}"
-        _rename_noreplace(path, new)
         spare = None if spares is None else spares.get(stem)
         if landing == "checked" and spare is not None and fields is not None:
-            fields[stem] = {**fields[stem], "state": decoded.get("status"), "progress": percent}
+            # The file's fields and name as the contract derives them from the report.
+            shown = percent % 100  # the contract shows no progress past 100
+            updates = {**updates_for(decoded, fields[stem], now_iso), "progress": shown}
+            fields[stem] = contract.merge(fields[stem], updates)
+            new = path.with_name(contract.render_name(stem, NOOP, fields[stem], ("progress",)))
+            _rename_noreplace(path, new)
             _checked_refill(spare, new, contract.dump(fields[stem]))
             continue
+        new = directory / f"{stem}-{percent}.{NOOP}"
+        _rename_noreplace(path, new)
         data = json.dumps({"state": decoded.get("status"), "progress": percent}).encode()
         if landing == "spare" and spare is not None:
             fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -296,7 +305,7 @@ def run(system: Stack, quick: bool, repeat: int) -> Outcome:
         ),
         Row(
             "mirror cost",
-            "the least checked tick (the contract's content and checks), once a second",
+            "the least checked tick (the contract's fields, name, content, checks), once a second",
             [median(checked)],
             "cores",
             [median(floors)],
