@@ -107,6 +107,9 @@ class _Folder:
     def on_queue_overflow(self) -> None:
         self.watcher.overflowed()
 
+    def on_events_lost(self) -> None:
+        """watchdog 7.1 says so after every folder heard of the overflow: the scan is asked."""
+
 
 _EVENT = struct.Struct("iIII")  # struct inotify_event: wd, mask, cookie, len; then the name
 _MOVES = In.IN_MOVED_FROM | In.IN_MOVED_TO
@@ -122,6 +125,14 @@ class _Reader(InotifyFD):
     def __init__(self, paths: dict[WatchDescriptor, bytes], own: OwnMoves) -> None:
         super().__init__()
         self._folders, self._own = paths, own
+
+    def run(self) -> None:
+        """Read, filter and hand on in this one thread. watchdog 7.1's own loop reads on this
+        thread and parses every event on a second one, past `read_events`: all the events the
+        filter drops would be made into objects, locked and called back again."""
+        while self.should_keep_running():
+            for event in self.read_events():
+                self.handle_event(event)
 
     def read_events(self, *, event_buffer_size: int = 64 * 1024) -> list[InotifyEvent]:
         buffer = self._read_event_buffer(event_buffer_size)

@@ -269,3 +269,36 @@ def test_progress_writes_through_spares_and_batches_reach_the_watcher_as_nothing
     files.land(staged, sync_dir=False)
     assert _seen(bridge_watcher) == []
     assert len(OWN) == before
+
+
+def test_the_running_watcher_drops_the_bridges_own_renames_before_any_callback(
+    queue_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader's thread itself filters: an announced rename never reaches a folder's
+    callback (watchdog's own loop would parse it past the filter and call back for it)."""
+    called: list[bytes] = []
+    was = watch._Folder.on_event
+
+    def on_event(self: watch._Folder, event: object) -> None:
+        called.append(event.name)  # type: ignore[attr-defined]
+        was(self, event)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watch._Folder, "on_event", on_event)
+    own = OwnMoves()
+    w = watch.Watcher(queue_root, own=own)
+    w.start()
+    try:
+        path = queue_root / "u1" / "a.NOOP"
+        path.write_text("{}")
+        assert _seen(w) == [("changed", "u1/a.NOOP", None), ("closed", "u1/a.NOOP", None)]
+        called.clear()
+        for k in range(1, 20):
+            new = path.with_name(f"a-{k}.NOOP")
+            own.expect(path, new)
+            os.rename(path, new)
+            path = new
+        assert _seen(w) == []
+    finally:
+        w.stop()
+    assert called == []
+    assert len(own) == 0
