@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,10 +46,19 @@ class Tracked:
         }
 
 
+Written = tuple[float, int, str, Tracked]
+"""A task's last write: when, a tie-breaking count, its job id, the task (`Table.written`)."""
+
+
 @dataclass
 class Table:
     by_job: dict[str, Tracked] = field(default_factory=dict)
     by_path: dict[Path, Tracked] = field(default_factory=dict)
+    written: list[Written] = field(default_factory=list)
+    """A heap of the tasks by their last write, oldest first, so the files the rate rule frees
+    are found without looking at every task: an entry stands while its task is tracked and
+    not written since (`current`); others are dropped as they come to the top."""
+    _count: itertools.count[int] = field(default_factory=itertools.count)
 
     def add(self, task: Tracked) -> Tracked | None:
         """Track `task`; the task it replaces (same job id), if any."""
@@ -56,7 +67,23 @@ class Table:
             self.by_path.pop(old.path, None)
         self.by_job[task.job_id] = task
         self.by_path[task.path] = task
+        self.wrote(task)
         return old if old is not task else None
+
+    def wrote(self, task: Tracked, now: float | None = None) -> None:
+        """`task`'s file was written at `now` (its `last_write`), or it is new (`now` None)."""
+        if now is not None:
+            task.last_write = now
+        written = self.written
+        if len(written) > 2 * len(self.by_job) + 1024:  # stale entries never outgrow the table
+            written[:] = [entry for entry in written if self.current(entry)]
+            heapq.heapify(written)
+        heapq.heappush(written, (task.last_write, next(self._count), task.job_id, task))
+
+    def current(self, entry: Written) -> bool:
+        """Whether `entry` is its task's last write, the task still tracked."""
+        last_write, _, job_id, task = entry
+        return self.by_job.get(job_id) is task and task.last_write == last_write
 
     def move(self, task: Tracked, new_path: Path) -> None:
         self.by_path.pop(task.path, None)

@@ -111,6 +111,8 @@ def _written(core: Core, task: Tracked, fields: dict[str, Any], now: float) -> N
     task.fields, task.last_write = fields, now
     if fields[states.STATE] in states.TERMINAL:
         ended(core, task, now)
+    else:
+        core.table.wrote(task, now)
 
 
 def finish(core: Core, batch: Batch) -> None:

@@ -3,16 +3,18 @@ whose fields changed is written (at most once a tick while it runs, at once when
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
 from bridge import dispatch, schedule, writer
 from bridge.core import Core, task_ids
 from bridge.mirror import updates_for, utc_now
-from bridge.model import Tracked
+from bridge.model import Tracked, Written
 from bridge.schedule import Known
 from taskd import jobs, outcomes, states
 
@@ -293,18 +295,23 @@ def _writable(core: Core, now: float) -> tuple[list[tuple[str, Tracked]], float]
     other running ones may be written. A queued file taken a moment ago brings no glance of
     its own (a burst of new files would bring one every 50 ms, each reading 2,000 states,
     while intake needs the loop): its start is read by the next glance or tick."""
-    by_job = core.table.by_job
+    table = core.table
+    by_job, written, current = table.by_job, table.written, table.current
     rate = writer.RATE_SLACK * core.settings.mirror_interval
     writable = []
-    soonest = float("inf")
     running = schedule.RUNNING
-    for job_id, task in by_job.items():
-        if task.fields.get(states.STATE) in running:
-            free_at = task.last_write + rate
-            if free_at <= now:
-                writable.append((job_id, task))
-            elif free_at < soonest:
-                soonest = free_at
+    free = []
+    # The tasks by their last write, oldest first: only those the rate rule frees are looked
+    # at. One not running leaves the heap (it can start only through a write, which puts it
+    # back); a running one stays, to be written by this glance or a later one.
+    while written and (written[0][0] + rate <= now or not _soonest(written[0], current)):
+        entry = heapq.heappop(written)
+        if current(entry) and entry[3].fields.get(states.STATE) in running:
+            free.append(entry)
+            writable.append((entry[2], entry[3]))
+    soonest = written[0][0] + rate if written else float("inf")
+    for entry in free:
+        heapq.heappush(written, entry)
     for job_id in itertools.islice(core.quiet, QUIET_GLANCED):
         head = by_job.get(job_id)
         if head is None or head.fields.get(states.STATE) in running:
@@ -312,6 +319,11 @@ def _writable(core: Core, now: float) -> tuple[list[tuple[str, Tracked]], float]
         if head.last_write + rate <= now:
             writable.append((job_id, head))
     return writable, soonest
+
+
+def _soonest(entry: Written, current: Callable[[Written], bool]) -> bool:
+    """Whether the heap's top, not free yet, tells when the first running file will be."""
+    return current(entry) and entry[3].fields.get(states.STATE) in schedule.RUNNING
 
 
 def _glance_one(

@@ -190,7 +190,7 @@ def test_a_quiet_job_that_starts_is_written_at_the_next_glance(
     from bridge.schedule import Known
 
     task = _running(bridge, 1, state=states.QUEUED)
-    task.last_write = 90.0
+    bridge.table.wrote(task, 90.0)
     bridge.core.quiet = {"j1": Known("published", None)}
     assert mirror.glance_once(bridge.core, 100.0) == 0  # not started: nothing written
     assert _on_disk(task)["state"] == states.QUEUED
@@ -205,7 +205,7 @@ def _three_queued_that_started(bridge: Bridge, redis_states: States) -> list[Tra
 
     tasks = [_running(bridge, n, state=states.QUEUED) for n in (1, 2, 3)]
     for task in tasks:
-        task.last_write = 90.0
+        bridge.table.wrote(task, 90.0)
     bridge.core.quiet = {t.job_id: Known("published", None) for t in tasks}
     for n in (1, 2, 3):
         redis_states.raw[f"j{n}"] = _meta(states.PROGRESS, 30)
@@ -252,7 +252,7 @@ def test_a_glance_reads_only_the_jobs_whose_files_may_be_written_now(
     redis_states.raw["j1"] = _meta(states.PROGRESS, 40)
     mirror.glance_once(bridge.core, 100.0)  # writes both
     redis_states.asked.clear()
-    second.last_write = 99.0  # as if written a second ago: free again
+    bridge.table.wrote(second, 99.0)  # as if written a second ago: free again
     redis_states.raw["j2"] = _meta(states.PROGRESS, 60)
     assert mirror.glance_once(bridge.core, 100.5) == 1
     assert redis_states.asked == [["j2"]]  # j1, written at 100.0, may not be written yet
