@@ -22,10 +22,13 @@ the file's fields and name as the contract derives them from the report (`mirror
 `contract.merge`, `contract.render_name`), its whole content as the contract writes it
 (`contract.dump`), an lstat for the mode and group the file must keep, an fstat of the opened
 spare (it must be the file kept, not what a user put in its place), its old pages detached
-(`files._detach_pages`: a reader that queued them keeps them whole) and an fstat of what was
+(`files._detach_pages`: a reader that queued them keeps them whole) and an lstat of what was
 written (the signature that tells the bridge's own writes from the UI's). Its ratio to the
 least tick says how much of the CPU goal any correct bridge spends before its first line of
-bookkeeping.
+bookkeeping. A third, the least *watched* checked tick, is the checked one with its folder
+watched as the bridge must watch it (`watch.Watcher`, its renames announced so the reader drops
+their events): the events the kernel makes of each write, and their reading, which no bridge
+that watches the folder it writes in can skip.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import secrets
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import (
@@ -55,10 +59,11 @@ from bench.common import (
     task_dir,
     verdict,
 )
-from bridge import contract
+from bridge import contract, files, watch
 from bridge.files import _detach_pages, _exchange, _rename_noreplace
 from bridge.mirror import updates_for, utc_now
 from taskd import states
+from taskd.atomic import BRIDGE_TEMP_SUFFIX
 from taskd.leases import TAKE_OR_KEEP
 from tests.support.procs import wait_until
 
@@ -183,14 +188,18 @@ def floor_tick(
         decoded = json.loads(blob) if blob else {}
         path = directory / names[stem]
         spare = None if spares is None else spares.get(stem)
-        if landing == "checked" and spare is not None and fields is not None:
+        if landing in ("checked", "watched") and spare is not None and fields is not None:
             # The file's fields and name as the contract derives them from the report.
             shown = percent % 100  # the contract shows no progress past 100
             updates = {**updates_for(decoded, fields[stem], now_iso), "progress": shown}
             fields[stem] = contract.merge(fields[stem], updates)
             new = path.with_name(contract.render_name(stem, NOOP, fields[stem], ("progress",)))
-            _rename_noreplace(path, new)
-            _checked_refill(spare, new, contract.dump(fields[stem]))
+            if landing == "watched":  # each rename announced, so the watcher drops its events
+                files.rename_noreplace(path, new)
+                _checked_refill(spare, new, contract.dump(fields[stem]), _announced_exchange)
+            else:
+                _rename_noreplace(path, new)
+                _checked_refill(spare, new, contract.dump(fields[stem]), _exchange)
             continue
         new = directory / f"{stem}-{percent}.{NOOP}"
         _rename_noreplace(path, new)
@@ -204,7 +213,7 @@ def floor_tick(
             os.close(fd)
             _exchange(spare, new)
             continue
-        tmp = directory / f".{new.name}.{secrets.token_hex(4)}.tmp"
+        tmp = directory / f".{new.name}.{secrets.token_hex(4)}{BRIDGE_TEMP_SUFFIX}"
         tmp.write_bytes(data)
         if landing == "over":
             os.replace(tmp, new)
@@ -217,7 +226,39 @@ def floor_tick(
     return time.process_time() - cpu
 
 
-def _checked_refill(spare: Path, new: Path, data: bytes) -> None:
+def watched_tick(
+    system: Stack,
+    directory: Path,
+    jobs: dict[str, str],
+    percent: int,
+    spares: dict[str, Path],
+    fields: dict[str, dict],
+) -> float:
+    """CPU seconds of the least checked tick with its folder watched as the bridge watches it
+    (its reader on inotify, each rename announced and dropped as the bridge's own): the events
+    the kernel makes of every write, and their reading, are counted too."""
+    watcher = watch.Watcher(directory.parent)
+    watcher.start()
+    try:
+        cpu = time.process_time()
+        floor_tick(system, directory, jobs, percent, "watched", spares, fields)
+        time.sleep(0.2)  # the reader's last events, read in this tick's time
+        cpu = time.process_time() - cpu
+    finally:
+        watcher.stop()
+    left = watcher.drain()
+    assert not left, f"the tick's own events reached the loop: {left[:3]}"
+    return cpu
+
+
+def _announced_exchange(a: Path, b: Path) -> None:
+    """The exchange as the bridge makes it: announced to its watcher first."""
+    files._swap_in(os.fsencode(a), os.fsencode(b))
+
+
+def _checked_refill(
+    spare: Path, new: Path, data: bytes, exchange: Callable[[Path, Path], None]
+) -> None:
     """The least checked landing of `data` in `new` from its spare (see the module's text)."""
     os.lstat(new)  # the mode and group the file keeps
     fd = os.open(spare, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -227,9 +268,9 @@ def _checked_refill(spare: Path, new: Path, data: bytes) -> None:
     os.pwrite(fd, data, 0)
     os.ftruncate(fd, len(data))
     fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
-    _exchange(spare, new)
-    os.fstat(fd)  # the signature of what was written
-    os.close(fd)
+    os.close(fd)  # before the swap: a close after it would be a write to the task file
+    exchange(spare, new)
+    os.lstat(new)  # the signature of what was written
 
 
 def settle_jobs(system: Stack, directory: Path, n: int) -> dict[str, str]:
@@ -269,12 +310,13 @@ def run(system: Stack, quick: bool, repeat: int) -> Outcome:
     spares: dict[str, Path] = {}
     floor_tick(system, directory, jobs, 99, "temp", spares)  # makes the spares
     contents = {p.name.partition("-")[0]: json.loads(p.read_bytes()) for p in _files(directory)}
-    floors, checked = [], []
-    for i in range(FLOOR_RUNS):  # taken in turns, so the host's drift weighs on both alike
-        floors.append(floor_tick(system, directory, jobs, 100 + 2 * i, "spare", spares))
+    floors, checked, watched = [], [], []
+    for i in range(FLOOR_RUNS):  # taken in turns, so the host's drift weighs on all alike
+        floors.append(floor_tick(system, directory, jobs, 100 + 3 * i, "spare", spares))
         checked.append(
-            floor_tick(system, directory, jobs, 101 + 2 * i, "checked", spares, contents)
+            floor_tick(system, directory, jobs, 101 + 3 * i, "checked", spares, contents)
         )
+        watched.append(watched_tick(system, directory, jobs, 102 + 3 * i, spares, contents))
     for spare in spares.values():
         spare.unlink()
     temp = [floor_tick(system, directory, jobs, 200 + i, "temp") for i in range(3)]
@@ -318,6 +360,22 @@ def run(system: Stack, quick: bool, repeat: int) -> Outcome:
             "cores",
             [median(checked)],
             "the least checked tick",
+        ),
+        Row(
+            "mirror cost",
+            "the least checked tick, its folder watched as the bridge watches it, once a second",
+            [median(watched)],
+            "cores",
+            [median(floors)],
+            "the least tick",
+        ),
+        Row(
+            "mirror cost",
+            "bridge CPU while mirroring, against the least watched checked tick",
+            [cores],
+            "cores",
+            [median(watched)],
+            "the least watched checked tick",
         ),
     ]
     for row in rows:
