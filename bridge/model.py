@@ -46,6 +46,9 @@ class Tracked:
         }
 
 
+WRITTEN_SLACK = 1024
+"""Stale entries `Table.written` may hold beyond twice the tasks before it is compacted."""
+
 Written = tuple[float, int, str, Tracked]
 """A task's last write: when, a tie-breaking count, its job id, the task (`Table.written`)."""
 
@@ -59,6 +62,7 @@ class Table:
     are found without looking at every task: an entry stands while its task is tracked and
     not written since (`current`); others are dropped as they come to the top."""
     _count: itertools.count[int] = field(default_factory=itertools.count)
+    _latest: dict[str, int] = field(default_factory=dict)  # job id -> its entry's count
 
     def add(self, task: Tracked) -> Tracked | None:
         """Track `task`; the task it replaces (same job id), if any."""
@@ -75,15 +79,17 @@ class Table:
         if now is not None:
             task.last_write = now
         written = self.written
-        if len(written) > 2 * len(self.by_job) + 1024:  # stale entries never outgrow the table
+        if len(written) > 2 * len(self.by_job) + WRITTEN_SLACK:  # stale ones never outgrow it
             written[:] = [entry for entry in written if self.current(entry)]
             heapq.heapify(written)
-        heapq.heappush(written, (task.last_write, next(self._count), task.job_id, task))
+        count = next(self._count)
+        self._latest[task.job_id] = count
+        heapq.heappush(written, (task.last_write, count, task.job_id, task))
 
     def current(self, entry: Written) -> bool:
-        """Whether `entry` is its task's last write, the task still tracked."""
-        last_write, _, job_id, task = entry
-        return self.by_job.get(job_id) is task and task.last_write == last_write
+        """Whether `entry` is its task's last write (one entry a task), the task still tracked."""
+        _, count, job_id, task = entry
+        return self._latest.get(job_id) == count and self.by_job.get(job_id) is task
 
     def move(self, task: Tracked, new_path: Path) -> None:
         self.by_path.pop(task.path, None)
@@ -92,5 +98,6 @@ class Table:
 
     def drop(self, task: Tracked) -> None:
         self.by_job.pop(task.job_id, None)
+        self._latest.pop(task.job_id, None)
         if self.by_path.get(task.path) is task:
             del self.by_path[task.path]
