@@ -130,9 +130,17 @@ class _Reader(InotifyFD):
         """Read, filter and hand on in this one thread. watchdog 7.1's own loop reads on this
         thread and parses every event on a second one, past `read_events`: all the events the
         filter drops would be made into objects, locked and called back again."""
-        while self.should_keep_running():
-            for event in self.read_events():
-                self.handle_event(event)
+        failed: set[str] = set()
+        try:
+            while self.should_keep_running():
+                for event in self.read_events():
+                    try:
+                        self.handle_event(event)
+                    except Exception as exc:  # one event's failure, never the watcher's
+                        _failed_once(failed, exc)
+        finally:
+            if self.should_keep_running():  # ended by an error, not by `stop`: let go of inotify
+                self.stop()
 
     def read_events(self, *, event_buffer_size: int = 64 * 1024) -> list[InotifyEvent]:
         buffer = self._read_event_buffer(event_buffer_size)
@@ -157,6 +165,15 @@ class _Reader(InotifyFD):
                 continue
             out.append(InotifyEvent(WatchDescriptor(wd), Mask(mask), cookie, name))
         return out
+
+
+def _failed_once(failed: set[str], exc: Exception) -> None:
+    """Log each kind of event failure once (by its type: a message may hold any file name, and
+    the set must not grow with them); its file is still found by the next rescan."""
+    kind = type(exc).__name__
+    if kind not in failed:
+        failed.add(kind)
+        log.exception("an inotify event could not be handled (%s); the rescan finds its file", exc)
 
 
 class Watcher:

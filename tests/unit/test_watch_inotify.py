@@ -302,3 +302,30 @@ def test_the_running_watcher_drops_the_bridges_own_renames_before_any_callback(
         w.stop()
     assert called == []
     assert len(own) == 0
+
+
+def test_an_event_that_fails_is_logged_once_and_the_watcher_goes_on(
+    queue_root: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug on one event never ends the watcher's thread: that kind of failure is logged once
+    and the next files are still seen."""
+    was = watch._Folder.on_event
+
+    def on_event(self: watch._Folder, event: object) -> None:
+        if event.name.startswith(b"bad"):  # type: ignore[attr-defined]
+            raise ValueError(f"cannot handle {event.name!r}")  # type: ignore[attr-defined]
+        was(self, event)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(watch._Folder, "on_event", on_event)
+    w = watch.Watcher(queue_root, own=OwnMoves())
+    w.start()
+    try:
+        for k in range(3):
+            (queue_root / "u1" / f"bad{k}.NOOP").write_text("{}")
+        (queue_root / "u1" / "good.NOOP").write_text("{}")
+        assert _seen(w) == [("changed", "u1/good.NOOP", None), ("closed", "u1/good.NOOP", None)]
+        assert w.alive()
+    finally:
+        w.stop()
+    failures = [r for r in caplog.records if "could not be handled" in r.getMessage()]
+    assert len(failures) == 1
