@@ -267,19 +267,23 @@ class Publisher:
             pipe.delete(*[states.job_key(j) for j in ids])
             pipe.execute()
 
-    def owners_of(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str]]:
+    def owners_of(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str] | None]:
         """Whose each job is, for those Redis knows: (user, task-id) from its record, or
-        ("", "") when only its result or outcome is left (it cannot be told whose). One
-        round trip."""
+        ("", "") when only its result or outcome is left (it cannot be told whose); None for
+        a job cancelled (its file was deleted, moved out or replaced). One round trip."""
         ids = list(job_ids)
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hmget(states.job_key(job_id), [jobs.RECORD_USER, jobs.RECORD_TASK_ID])
                 pipe.exists(states.meta_key(job_id), states.done_key(job_id))
+                pipe.exists(states.cancel_key(job_id))
             replies = pipe.execute()
-        out: dict[str, tuple[str, str]] = {}
-        for job_id, (user, task_id), traces in zip(ids, replies[::2], replies[1::2], strict=True):
-            if user is not None or task_id is not None:
+        out: dict[str, tuple[str, str] | None] = {}
+        answers = zip(ids, replies[::3], replies[1::3], replies[2::3], strict=True)
+        for job_id, (user, task_id), traces, cancelled in answers:
+            if cancelled:
+                out[job_id] = None
+            elif user is not None or task_id is not None:
                 out[job_id] = (_text(user) or "", _text(task_id) or "")
             elif traces:
                 out[job_id] = ("", "")

@@ -476,6 +476,12 @@ def adopt(core: Core, path: Path, name: contract.TaskName, fields: dict[str, Any
     core.adopting[path] = fields
 
 
+CANCELLED_ERROR = (
+    "job {job_id} was cancelled: this file left task_queue/ or was replaced while it ran; "
+    "to run the task again, write a new file without the fields taskd writes"
+)
+
+
 def _as_new(name: contract.TaskName, path: Path, fields: dict[str, Any]) -> contract.TaskName:
     """The name a rejected resume is filed under: its own task-id when it is believable."""
     task_id = fields.get(states.TASK_ID)
@@ -510,9 +516,13 @@ def _resume(core: Core, path: Path, fields: dict[str, Any], owners: dict[str, An
     if name is None or files.signature(path) is None:
         return
     job_id, task_id = str(fields[states.JOB_ID]), str(fields[states.TASK_ID])
-    owner = owners.get(job_id)
-    if owner is not None and owner != (name.user, task_id):
+    owner = owners.get(job_id, ())
+    error = None
+    if job_id in core.pending_cancels or owner is None:
+        error = CANCELLED_ERROR.format(job_id=job_id)
+    elif owner != () and owner != (name.user, task_id):
         error = f"field 'job-id': job {job_id} belongs to another task; taskd writes it: remove it"
+    if error is not None:
         ui_fields = {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
         reject(core, path, _as_new(name, path, fields), ui_fields, error)
         return

@@ -97,3 +97,41 @@ def test_a_job_redis_never_knew_is_resumed_to_be_published(bridge: Bridge) -> No
     _running(bridge, job_id)
     bridge.rescan_once(0.0)
     assert job_id in bridge.table.by_job
+
+
+def test_a_file_whose_job_was_cancelled_is_rejected_not_resumed(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    """A job cancelled when its file left the queue: the file brought back cannot run it again
+    (a worker drops it), so it ends REJECTED saying why, instead of waiting for it forever."""
+    job_id = str(uuid.uuid4())
+    client.set(states.cancel_key(job_id), "1")
+    _running(bridge, job_id)
+    bridge.rescan_once(0.0)
+    name, fields = _state_of(bridge)
+    assert (name, fields["state"]) == ("b-ERR.SLOW", "REJECTED")
+    assert fields["error"].startswith(f"job {job_id} was cancelled: this file left task_queue/")
+    assert job_id not in bridge.table.by_job
+
+
+def test_a_running_file_moved_out_and_straight_back_is_rejected_not_resumed(
+    bridge: Bridge, client: redis.Redis, tmp_path: Path
+) -> None:
+    """Out and back within a moment: the bridge sees its file changed by someone else, cancels
+    the job, and judges what came back before the cancel reached Redis; that file's job is the
+    cancelled one, so it is rejected, not resumed to wait for a job no worker will run."""
+    job_id = str(uuid.uuid4())
+    client.hset(states.job_key(job_id), mapping={"user": "4", "task-id": "b", "type": "SLOW"})
+    path = _running(bridge, job_id)
+    bridge.rescan_once(0.0)
+    assert job_id in bridge.table.by_job
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    path.rename(outside / path.name)
+    (outside / path.name).rename(path)  # the same bytes back, a new ctime
+    bridge.rescan_once(1.0)  # the rescan sees it changed
+    bridge.rescan_once(2.0)  # and judges what it found
+    name, fields = _state_of(bridge)
+    assert (name, fields["state"]) == ("b-ERR.SLOW", "REJECTED")
+    assert fields["error"].startswith(f"job {job_id} was cancelled")
+    assert job_id not in bridge.table.by_job
