@@ -9,6 +9,7 @@ for in its queue before it is sent again.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -27,6 +28,7 @@ from taskd.jobs import JobRecord
 log = logging.getLogger(__name__)
 
 UNACKED_KEY = "unacked"
+UNACKED_INDEX_KEY = "unacked_index"  # kombu's: each delivery tag by when it was handed out
 PUBLISH_CHUNK = 1000
 """Jobs one pipeline carries (each its message, LPUSH, and its `task-sent` event, PUBLISH, for
 Flower: `bridge/wire.py`), one round trip: a failure leaves whole chunks sent and marked, the
@@ -241,9 +243,16 @@ class Publisher:
         """Each job's state as stored (raw), in one MGET: all a glance reads."""
         return list(self.client.mget([states.meta_key(j) for j in job_ids])) if job_ids else []
 
-    def handed_out(self, job_ids: Iterable[str]) -> set[str]:
-        """Which of these jobs sit delivered-but-unacked (one read of kombu's unacked set)."""
-        blob = b"\n".join(self.client.hvals(UNACKED_KEY))
+    def handed_out(self, job_ids: Iterable[str], held_for: float) -> set[str]:
+        """Which of these jobs sit delivered-but-unacked, handed out at least `held_for`
+        seconds ago (kombu's unacked set, and its index of when each was handed out): a job a
+        live worker took a moment ago, after a long wait in its queue, is not one a dead
+        worker holds. One round trip."""
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hgetall(UNACKED_KEY)
+            pipe.zrangebyscore(UNACKED_INDEX_KEY, "-inf", time.time() - held_for)
+            unacked, long_ago = pipe.execute()
+        blob = b"\n".join(unacked[tag] for tag in long_ago if tag in unacked)
         return {job_id for job_id in job_ids if job_id.encode() in blob}
 
     def mark_published(self, job_id: str) -> None:

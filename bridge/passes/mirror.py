@@ -211,7 +211,10 @@ def handed_out_once(core: Core, now: float, tasks: list[Tracked], known: dict[st
             overdue.append(task)
     if not overdue:
         return
-    held = core.redis.call(now, lambda: core.publisher.handed_out(t.job_id for t in overdue))
+    grace = core.settings.recovery_grace
+    held = core.redis.call(
+        now, lambda: core.publisher.handed_out((t.job_id for t in overdue), held_for=grace)
+    )
     for task in overdue:
         core.unstarted[task.job_id] = now  # look again after another grace period
         if held is not None and task.job_id in held:

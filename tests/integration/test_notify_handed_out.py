@@ -13,7 +13,6 @@ import redis
 
 from bridge import dispatch
 from bridge.daemon import Bridge
-from taskcli.status import queue_names
 from taskd import states
 from taskd.celeryconf import publishing_app
 from taskd.settings import Settings
@@ -35,20 +34,6 @@ def bridge(tmp_path: Path, redis_server: RedisServer, client: redis.Redis) -> Br
     )
     (settings.task_queue / "4").mkdir(parents=True)
     return Bridge(settings, load_types([SUPPORT_SCHEMAS]), publishing_app(settings), client)
-
-
-def _queued(client: redis.Redis) -> list[bytes]:
-    return [m for name in queue_names(["notify"])["notify"] for m in client.lrange(name, 0, -1)]
-
-
-def _take_like_a_worker(client: redis.Redis) -> None:
-    """What kombu does when a worker takes a message: off the list, into the unacked hash."""
-    for name in queue_names(["notify"])["notify"]:
-        message = client.lpop(name)
-        if message is not None:
-            client.hset("unacked", "tag-1", json.dumps([json.loads(message), "", "notify"]))
-            return
-    raise AssertionError("no notify message to take")
 
 
 def test_a_notify_job_given_up_leaves_its_task_a_success_saying_why(
