@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from glob import escape as glob_escape
@@ -260,8 +261,13 @@ def save_settled(core: Core) -> None:
         settledindex.save(core.settings.data_root, core.settings.task_queue, core.settled)
 
 
+_EUID = os.geteuid()
+
+
 def _sweep_leftovers(core: Core, full: bool) -> None:
-    """Remove temp files of a process killed mid-write. None of this bridge's own is in flight:
+    """Remove temp files of a process killed mid-write: regular files of the bridge's own user
+    (its workers', where they run as that user), never another account's that only carries the
+    name. None of this bridge's own is in flight:
     it writes on its loop's thread, and the thread that writes a batch of takes is done with
     it before the intake pass ends (`passes/intake.py`), and the spares of the files it
     tracks (`files.Spare`) are kept; a worker's is spared for a minute. Folders the rescan did
@@ -275,8 +281,11 @@ def _sweep_leftovers(core: Core, full: bool) -> None:
         if path in live:
             continue
         try:
+            st = path.lstat()
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != _EUID:
+                continue  # not a file this system wrote: another account's, left as it is
             own = path.name.endswith(BRIDGE_TEMP_SUFFIX)
-            if own or wall - path.lstat().st_mtime > WORKER_TEMP_AGE_S:
+            if own or wall - st.st_mtime > WORKER_TEMP_AGE_S:
                 path.unlink()
                 removed.append(path)
         except FileNotFoundError:

@@ -247,3 +247,29 @@ def test_a_link_swapped_in_after_the_judging_lstat_reads_as_no_regular_file(
     path.symlink_to(tmp_path / "elsewhere")
     with pytest.raises(files.NotRegularFile):
         files.read_regular(path, 1000, expect=judged)
+
+
+def test_the_sweep_leaves_what_another_account_put_under_its_temp_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the bridge's own user's regular files are swept: another account's file that only
+    carries a temp file's name, or a link, is left as it is."""
+    from bridge.passes import reconcile
+    from taskd.atomic import BRIDGE_TEMP_SUFFIX
+
+    bridge, _, directory = _bridge_on(tmp_path)
+    theirs = directory / f".mine{BRIDGE_TEMP_SUFFIX}"
+    theirs.write_bytes(b"another account's own data")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    link = directory / f".0123456789abcdef{BRIDGE_TEMP_SUFFIX}"
+    link.symlink_to(victim)
+    monkeypatch.setattr(reconcile, "_EUID", os.geteuid() + 1)  # as the bridge of another user
+    bridge.core.rescans = 0
+    bridge.rescan_once(time.monotonic())
+    assert theirs.read_bytes() == b"another account's own data"
+    monkeypatch.setattr(reconcile, "_EUID", os.geteuid())  # the bridge's own file: swept
+    bridge.core.rescans = 0
+    bridge.rescan_once(time.monotonic())
+    assert not theirs.exists()
+    assert link.is_symlink() and victim.read_bytes() == b"keep"
