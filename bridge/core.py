@@ -198,6 +198,9 @@ class Core:
         self.glanced: dict[str, bytes] = {}  # job id -> the state a glance last mirrored
         # When the next glance is due to write a report the rate rule held back (`glance_once`).
         self.glance_due = float("inf")
+        # Ended files whose last rename found their name taken (a link, a folder, another
+        # file in the way): each rescan tries again (`writer.rename_misnamed`).
+        self.misnamed: dict[Path, tuple[Path, Tracked]] = {}
         self.unsweepable: set[Path] = set()  # leftovers the sweep could not remove, said once
         self.ended_jobs: list[str] = []  # ended since the last `writer.forget_ended`
         self.full_look_at = 0.0

@@ -6,6 +6,7 @@ bytes themselves are written by `files`, the only code that writes task files.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Mapping
@@ -78,7 +79,8 @@ def write(
         core.cancel(task)
         return True
     except FileExistsError:
-        new_path = task.path  # another file took the name: keep ours, the content still says
+        _name_taken(core, task, new_path, terminal)
+        new_path = task.path  # keep ours, the content still says
     core.table.move(task, new_path)
     seen = files.regular_or_none(new_path)
     task.written = None if seen is None else files.signature_of(seen)  # a rename moves the ctime
@@ -101,6 +103,49 @@ def write(
         return False  # not in the file: written again at the next glance or tick
     _written(core, task, fields, now)
     return True
+
+
+MISNAMED_MAX = 10_000
+"""Ended files whose names wait for a free name, at most: the oldest is given up past this."""
+
+
+def _name_taken(core: Core, task: Tracked, wanted: Path, terminal: bool) -> None:
+    """Something is at the name the file should take (a folder, a link, another file): the file
+    keeps its name, said once a task; an ended one is renamed by a later rescan once the name
+    is free (`rename_misnamed`), a running one by its next write."""
+    if not task.name_blocked:
+        task.name_blocked = True
+        log.warning(
+            "%s cannot be renamed %s: something else is at that name; it keeps its name "
+            "until the name is free",
+            task.path.name,
+            wanted.name,
+            extra=task_ids(task),
+        )
+    if terminal:
+        misnamed = core.misnamed
+        misnamed.pop(task.path, None)
+        misnamed[task.path] = (wanted, task)
+        while len(misnamed) > MISNAMED_MAX:
+            del misnamed[next(iter(misnamed))]
+
+
+def rename_misnamed(core: Core) -> None:
+    """Give ended files the names their content says, where the name is free now: only while
+    each is still the file the bridge last wrote there."""
+    for path, (wanted, task) in list(core.misnamed.items()):
+        try:
+            if files.signature(path) != task.written:
+                raise FileNotFoundError(errno.ENOENT, "changed or gone since it was written")
+            files.rename_noreplace(path, wanted)
+        except FileExistsError:
+            continue  # still in the way
+        except OSError as exc:  # gone, changed or moved: nothing to rename
+            log.info("%s was not renamed %s: %s", path.name, wanted.name, exc.strerror or exc)
+        else:
+            core.owners.note(task.user, task.task_id, wanted)
+            log.info("%s renamed %s: its name is free now", path.name, wanted.name)
+        del core.misnamed[path]
 
 
 def _replaced(task: Tracked, exc: files.StagedChanged) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from glob import escape as glob_escape
 from pathlib import Path
 
-from bridge import contract, files, intake, metrics, settledindex, watch
+from bridge import contract, files, intake, metrics, settledindex, watch, writer
 from bridge.contract import BRIDGE_TEMP_SUFFIX
 from bridge.core import Core
 from bridge.judge import adoption_error
@@ -103,6 +103,7 @@ def rescan_once(core: Core, now: float) -> list[Path]:
         if not task.path.exists():
             core.cancel(task)
     _sweep_leftovers(core, full)
+    writer.rename_misnamed(core)
     return scan.markers
 
 
