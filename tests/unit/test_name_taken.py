@@ -43,6 +43,15 @@ def _running(bridge: Bridge) -> Tracked:
     return task
 
 
+def _ended_beside_a_blocker(bridge: Bridge) -> tuple[Path, Path]:
+    """A task that ends while a folder sits at its final name: (its file, the folder)."""
+    task = _running(bridge)
+    blocker = task.path.with_name("e5-100.SLOW")
+    blocker.mkdir()
+    writer.write(bridge.core, task, {"state": states.SUCCESS, "progress": 100}, 100.0)
+    return task.path, blocker
+
+
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "cannot be renamed" in r.getMessage()]
 
@@ -69,12 +78,8 @@ def test_a_running_file_whose_names_are_taken_keeps_its_name_and_says_so_once(
 def test_an_ended_file_takes_its_name_at_a_rescan_once_the_name_is_free(
     bridge: Bridge, caplog: pytest.LogCaptureFixture
 ) -> None:
-    task = _running(bridge)
-    folder = task.path.parent
-    blocker = folder / "e5-100.SLOW"
-    blocker.mkdir()
-    writer.write(bridge.core, task, {"state": states.SUCCESS, "progress": 100}, 100.0)
-    kept = folder / "e5-10.SLOW"
+    kept, blocker = _ended_beside_a_blocker(bridge)
+    folder = kept.parent
     assert json.loads(kept.read_text())["state"] == states.SUCCESS
     assert "j5" not in bridge.table.by_job  # ended
     bridge.rescan_once(time.monotonic())
@@ -88,12 +93,8 @@ def test_an_ended_file_takes_its_name_at_a_rescan_once_the_name_is_free(
 
 
 def test_an_ended_file_changed_since_is_not_renamed(bridge: Bridge) -> None:
-    task = _running(bridge)
-    folder = task.path.parent
-    blocker = folder / "e5-100.SLOW"
-    blocker.mkdir()
-    writer.write(bridge.core, task, {"state": states.SUCCESS, "progress": 100}, 100.0)
-    kept = folder / "e5-10.SLOW"
+    kept, blocker = _ended_beside_a_blocker(bridge)
+    folder = kept.parent
     kept.write_text('{"someone": "else"}')  # judged as a new file by intake, not renamed here
     blocker.rmdir()
     writer.rename_misnamed(bridge.core)
