@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -362,14 +363,31 @@ def prepare_take(core: Core, path: Path, decision: intake.Decision) -> _Take | N
 
 _Taken = Exception | files.Spare | None  # what a take raised, or the spare it kept
 
+_NOT_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a link"), (stat.S_ISFIFO, "a FIFO"))
+
+
+def _name_in_use(name: contract.TaskName, new_path: Path) -> str:
+    """Why a new file could not take its name: a task file holds it, or something that is no
+    task file is in the way."""
+    try:
+        mode = os.lstat(new_path).st_mode
+    except OSError:
+        mode = stat.S_IFREG
+    for test, kind in _NOT_FILES:
+        if test(mode):
+            return (
+                f"the name {new_path.name!r} this task would take is in the way ({kind}, not a "
+                "task file): remove it, or use another task-id"
+            )
+    return f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
+
 
 def _track(core: Core, one: _Take, got: _Taken, now: float, taken: list[Tracked]) -> None:
     """A taken file's rewrite is done (or raised an error, for the caller's guard): track it,
     with the spare it kept."""
     name, new_path = one.name, one.new_path
     if isinstance(got, FileExistsError) and one.path.exists():  # left as the UI wrote it
-        reason = f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
-        reject(core, one.path, name, one.decision.verdict.fields, reason)
+        reject(core, one.path, name, one.decision.verdict.fields, _name_in_use(name, new_path))
         return
     if isinstance(got, Exception):
         raise got

@@ -9,6 +9,7 @@ import errno
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -171,16 +172,7 @@ def test_rewriting_a_deleted_file_never_brings_it_back(tmp_path: Path) -> None:
 def test_two_files_of_one_task_id_in_one_pass_take_one_and_reject_the_other(
     tmp_path: Path,
 ) -> None:
-    from bridge.daemon import Bridge
-    from taskd.settings import Settings
-    from taskd.tasktypes import load_types
-    from tests.support.noredis import NoRedis
-    from tests.support.procs import SUPPORT_SCHEMAS
-
-    settings = Settings(data_root=tmp_path, settle=0.0)
-    folder = settings.task_queue / "3"
-    folder.mkdir(parents=True)
-    bridge = Bridge(settings, load_types([SUPPORT_SCHEMAS]), app=None, client=NoRedis())  # type: ignore[arg-type]
+    bridge, folder = _bridge_on(tmp_path)
     names = [f"f{i:02d}.SLOW" for i in range(files.SYNCFS_BATCH)] + ["same.SLOW", "same.SHORT"]
     for name in names:
         (folder / name).write_text(json.dumps({"type": name.rsplit(".", 1)[1]}))
@@ -194,10 +186,8 @@ def test_two_files_of_one_task_id_in_one_pass_take_one_and_reject_the_other(
     assert len(taken) == files.SYNCFS_BATCH + 1
 
 
-@pytest.mark.parametrize("others", [0, files.SYNCFS_BATCH], ids=["alone", "in a burst"])
-def test_a_file_whose_queued_name_is_taken_is_rejected_saying_by_what(
-    tmp_path: Path, others: int
-) -> None:
+def _bridge_on(tmp_path: Path) -> tuple[Any, Path]:
+    """A bridge with Redis away (intake needs none), and its user folder 3."""
     from bridge.daemon import Bridge
     from taskd.settings import Settings
     from taskd.tasktypes import load_types
@@ -208,6 +198,14 @@ def test_a_file_whose_queued_name_is_taken_is_rejected_saying_by_what(
     folder = settings.task_queue / "3"
     folder.mkdir(parents=True)
     bridge = Bridge(settings, load_types([SUPPORT_SCHEMAS]), app=None, client=NoRedis())  # type: ignore[arg-type]
+    return bridge, folder
+
+
+@pytest.mark.parametrize("others", [0, files.SYNCFS_BATCH], ids=["alone", "in a burst"])
+def test_a_file_whose_queued_name_is_taken_is_rejected_saying_by_what(
+    tmp_path: Path, others: int
+) -> None:
+    bridge, folder = _bridge_on(tmp_path)
     (folder / "x-0.SHORT").write_text("not a task of the bridge's")
     for name in ["x.SHORT"] + [f"f{i:02d}.SHORT" for i in range(others)]:
         (folder / name).write_text('{"type": "SHORT"}')
@@ -217,3 +215,24 @@ def test_a_file_whose_queued_name_is_taken_is_rejected_saying_by_what(
     assert rejected["error"] == "task-id 'x' is already used by x-0.SHORT; use another task-id"
     assert (folder / "x-0.SHORT").read_text() == "not a task of the bridge's"
     assert len(list(folder.glob("f*-0.SHORT"))) == others
+
+
+@pytest.mark.parametrize("kind", ["folder", "link"])
+def test_a_new_file_whose_name_is_in_the_way_is_rejected_saying_what_is_there(
+    tmp_path: Path, kind: str
+) -> None:
+    """No task file holds the task-id: something else sits at the name it would take."""
+    bridge, folder = _bridge_on(tmp_path)
+    blocker = folder / "x-0.SHORT"
+    if kind == "folder":
+        blocker.mkdir()
+    else:
+        blocker.symlink_to(tmp_path / "nowhere")
+    (folder / "x.SHORT").write_text('{"type": "SHORT"}')
+    bridge.intake.note(folder / "x.SHORT", 0.0)
+    bridge.intake_once(0.0)
+    rejected = json.loads((folder / "x-ERR.SHORT").read_text())
+    assert rejected["error"] == (
+        f"the name 'x-0.SHORT' this task would take is in the way (a {kind}, not a task file): "
+        "remove it, or use another task-id"
+    )
