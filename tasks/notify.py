@@ -19,13 +19,13 @@ from email.utils import getaddresses
 from pathlib import Path
 from typing import Any
 
-from taskd import names, states
+from taskd import atomic, names, states
 from tasks.app import app
 from tasks.base import NOTIFY_TYPE, Job, TaskdTask
 from tasks.errors import Retryable, TaskFailed
 from tasks.progress import utc_now
 from tasks.results import USER_RE, write_durably
-from tasks.smtp import SmtpTarget, SmtpUnavailable, send
+from tasks.smtp import Outcome, SmtpTarget, SmtpUnavailable, send
 
 log = logging.getLogger(__name__)
 
@@ -148,31 +148,100 @@ def prepare(raw: bytes, task: dict[str, Any], job_id: str) -> bytes:
     return prefix + _LINE_END.sub(b"\r\n", raw)
 
 
-def _deliver(
-    job: Job, raw: bytes, recipients: list[str], problems: list[str]
-) -> tuple[list[str], list[str]]:
-    """Send; returns who got it and what went wrong for the others (each naming its address)."""
+def _deliver(job: Job, raw: bytes, recipients: list[str], record: SentRecord) -> None:
+    """Send; the record is put in place, and the mail file deleted, the moment the server
+    has answered, unless some recipients are to be tried again (then Retryable is raised)."""
     settings = job.settings
     if not settings.smtp_url:
         raise TaskFailed("no SMTP server is configured (TASKD_SMTP_URL); notify mails wait for it")
     target = SmtpTarget.from_url(settings.smtp_url, settings.smtp_timeout)
     task = dict(job.extra.get("task") or {})
     message = prepare(raw, task, str(task.get(states.JOB_ID) or job.job_id))
+    problems = record.problems
     try:
-        outcome = send(target, settings.envelope_sender, recipients, message)
+        outcome = send(target, settings.envelope_sender, recipients, message, record.accepted)
     except SmtpUnavailable as exc:
         raise Retryable(
             str(exc), {states.META_RECIPIENTS: recipients, states.META_PROBLEMS: problems}
         ) from exc
-    failed = [f"{r} refused: {answer}" for r, answer in outcome.refused.items()]
-    failed += [f"{r}: {why}" for r, why in outcome.unsendable.items()]
     if outcome.later:
         waiting = ", ".join(f"{r} ({a})" for r, a in outcome.later.items())
         raise Retryable(
             f"SMTP server asked to try again later for {waiting}",
-            {states.META_RECIPIENTS: list(outcome.later), states.META_PROBLEMS: problems + failed},
+            {
+                states.META_RECIPIENTS: list(outcome.later),
+                states.META_PROBLEMS: problems + _failures(outcome),
+            },
         )
-    return list(outcome.sent), failed
+
+
+def _failures(outcome: Outcome) -> list[str]:
+    """What went wrong for each recipient that will never get the mail, naming it."""
+    failed = [f"{r} refused: {answer}" for r, answer in outcome.refused.items()]
+    return failed + [f"{r}: {why}" for r, why in outcome.unsendable.items()]
+
+
+def _record(sent: list[str], problems: list[str], job_id: object) -> dict[str, Any]:
+    """What a sent-marker holds, and the notify job's result."""
+    return {
+        states.NOTIFIED_AT: utc_now(),
+        states.NOTIFY_ERROR: "; ".join(problems) or None,
+        "sent-to": list(sent),
+        "job-id": job_id,
+    }
+
+
+class SentRecord:
+    """The sent-marker of one send, ready before the mail goes out.
+
+    Its content (everyone sent to, the problems known before) is written to a temp file and
+    fsynced before the conversation starts; when the server has taken the mail it takes the
+    marker's name by one rename and the mail file is deleted, before even the goodbye. Between
+    the server's answer and the mail's deletion there is no write to wait for, so a worker
+    killed in that instant (the one instant that can send a mail twice) is rarely caught
+    there. An outcome other than the one foreseen (a recipient refused) is written afresh.
+    """
+
+    def __init__(
+        self, mail: Path, recipients: list[str], problems: list[str], mode: int, job_id: object
+    ) -> None:
+        self.mail, self.marker, self.mode = mail, sent_marker(mail), mode
+        self.problems = problems
+        self.result = _record(recipients, problems, job_id)
+        self.temp: Path | None = atomic.write_temp(
+            self.marker,
+            json.dumps(self.result).encode("utf-8"),
+            durable=True,
+            suffix=atomic.WORKER_TEMP_SUFFIX,
+            chmod=mode,
+        )
+        self.done = False
+
+    def accepted(self, outcome: Outcome) -> None:
+        """The server answered: record what it took, then let the mail file go."""
+        if outcome.later:
+            return  # tried again for those: the mail file stays for the retry
+        result = {
+            **_record(list(outcome.sent), self.problems + _failures(outcome), None),
+            states.NOTIFIED_AT: self.result[states.NOTIFIED_AT],
+            "job-id": self.result["job-id"],
+        }
+        if result == self.result and self.temp is not None:
+            os.replace(self.temp, self.marker)
+            self.temp = None
+        else:
+            self.result = result
+            _remember_sent(self.marker, result, self.mode)
+            self.close()
+        self.mail.unlink(missing_ok=True)
+        atomic.fsync_path(self.marker.parent)
+        self.done = True
+
+    def close(self) -> None:
+        """Drop the temp file of a send that did not end in a record."""
+        if self.temp is not None:
+            self.temp.unlink(missing_ok=True)
+            self.temp = None
 
 
 def sent_marker(mail: Path) -> Path:
@@ -222,17 +291,19 @@ def run(job: Job) -> dict[str, Any]:
         problems = [f"{b} is not one mail address; write it like name@example.com" for b in bad]
     if not recipients and not pending:
         raise TaskFailed("; ".join(problems) or f"{path.name} names no recipient (To/Cc)")
-    sent, failed = _deliver(job, raw, recipients, problems) if recipients else ([], [])
-    problems += failed
-    result = {
-        states.NOTIFIED_AT: utc_now(),
-        states.NOTIFY_ERROR: "; ".join(problems) or None,
-        "sent-to": sent,
-        "job-id": task_job_id,
-    }
-    _remember_sent(sent_marker(path), result, job.settings.output_mode)
-    path.unlink(missing_ok=True)
-    return result
+    if not recipients:  # a retry whose last recipients turned out bad: only the record is left
+        result = _record([], problems, task_job_id)
+        _remember_sent(sent_marker(path), result, job.settings.output_mode)
+        path.unlink(missing_ok=True)
+        return result
+    record = SentRecord(path, recipients, problems, job.settings.output_mode, task_job_id)
+    try:
+        _deliver(job, raw, recipients, record)
+    finally:
+        record.close()
+    if not record.done:  # the server answered, yet no outcome came of it: a bug, said so
+        raise TaskFailed(f"{path.name}: the SMTP conversation ended without an outcome")
+    return record.result
 
 
 __all__ = ["NOTIFY_TYPE", "run"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import smtplib
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -136,11 +137,19 @@ def _envelope(client: smtplib.SMTP, sender: str, recipients: list[str]) -> _Enve
     return _Envelope(wire_sender, to, unsendable, ())
 
 
-def send(target: SmtpTarget, sender: str, recipients: list[str], message: bytes) -> Outcome:
+def send(
+    target: SmtpTarget,
+    sender: str,
+    recipients: list[str],
+    message: bytes,
+    accepted: Callable[[Outcome], None] | None = None,
+) -> Outcome:
     """Send to each recipient; say who got it, who may get it later, who never will.
 
     An address with non-ASCII characters goes out with SMTPUTF8 when the server offers it;
     otherwise it is named in `Outcome.unsendable` and the others still get the mail.
+    `accepted` is called with the outcome the moment the server has answered the message,
+    before the goodbye: what must be recorded once a mail is out waits on no further round trip.
     """
     try:
         client = _connect(target)
@@ -149,9 +158,15 @@ def send(target: SmtpTarget, sender: str, recipients: list[str], message: bytes)
             f"cannot reach SMTP server {target.host}:{target.port}: {exc}"
         ) from exc
     try:
-        envelope, refused = _converse(client, target, sender, recipients, message)
+        outcome = _outcome(*_converse(client, target, sender, recipients, message))
+        if accepted is not None:
+            accepted(outcome)
     finally:
         _close(client)
+    return outcome
+
+
+def _outcome(envelope: _Envelope, refused: dict[str, tuple[int, bytes]]) -> Outcome:
     named = {envelope.to.get(wire, wire): answer for wire, answer in refused.items()}
     later = {r: _answer(c, m) for r, (c, m) in named.items() if 400 <= c < 500}
     never = {r: _answer(c, m) for r, (c, m) in named.items() if not 400 <= c < 500}

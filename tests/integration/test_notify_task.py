@@ -19,7 +19,7 @@ from aiosmtpd.controller import Controller
 from taskd.settings import Settings
 from tasks import notify
 from tasks.base import Job
-from tasks.errors import TaskFailed
+from tasks.errors import Retryable, TaskFailed
 from tests.support.procs import free_port
 from tests.support.smtp import Handler
 
@@ -151,6 +151,75 @@ def test_a_fifo_planted_as_the_sent_marker_does_not_hang_the_task(
     os.mkfifo(_mail_path(tmp_path).parent / ".t1.notify.sent")
     with pytest.raises(TaskFailed, match="is gone; nothing to send"):
         notify.run.run(job)
+
+
+# --- the instant after the server took it ------------------------------------------------------
+
+
+class Watching(Handler):
+    """Looks at the task's folder when the client says goodbye (QUIT): by then the mail must be
+    recorded sent and deleted, so a worker killed before its goodbye does not send it again."""
+
+    def __init__(self, folder: Path) -> None:
+        super().__init__()
+        self.folder = folder
+        self.at_quit: list[str] | None = None
+
+    async def handle_QUIT(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        self.at_quit = sorted(p.name for p in self.folder.iterdir())
+        return "221 Bye"
+
+
+def _send_watched(
+    tmp_path: Path, recipients: list[str], answers: dict[str, str] | None = None
+) -> tuple[Watching, dict[str, Any]]:
+    """Run the notify task against a server that looks at the folder at QUIT; its result."""
+    _mail_path(tmp_path).parent.mkdir(parents=True)
+    handler = Watching(_mail_path(tmp_path).parent)
+    handler.answers.update(answers or {})
+    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
+    controller.start()
+    try:
+        job = _job(tmp_path, f"smtp://127.0.0.1:{controller.port}", recipients)
+        _mail_path(tmp_path).write_bytes(MAIL)
+        return handler, notify.run.run(job)
+    finally:
+        controller.stop()
+
+
+def _marker(tmp_path: Path) -> Any:
+    return json.loads((_mail_path(tmp_path).parent / ".t1.notify.sent").read_text())
+
+
+def test_the_mail_is_recorded_and_deleted_before_the_goodbye(tmp_path: Path) -> None:
+    handler, result = _send_watched(tmp_path, ["a@example.com"])
+    assert handler.at_quit == [".t1.notify.sent"]
+    assert _marker(tmp_path) == result and result["sent-to"] == ["a@example.com"]
+    assert result["job-id"] == "task-job-1" and result["notify-error"] is None
+
+
+def test_a_refused_recipient_is_recorded_in_place_of_the_outcome_foreseen(tmp_path: Path) -> None:
+    both = ["a@example.com", "b@example.com"]
+    handler, result = _send_watched(tmp_path, both, {"b@example.com": "550 no such user"})
+    assert handler.at_quit == [".t1.notify.sent"]
+    assert _marker(tmp_path) == result and result["sent-to"] == ["a@example.com"]
+    assert result["notify-error"] == "b@example.com refused: 550 no such user"
+
+
+def test_a_send_that_does_not_happen_leaves_the_mail_and_no_record(tmp_path: Path) -> None:
+    job = _job(tmp_path, f"smtp://127.0.0.1:{free_port()}?timeout=2", ["a@example.com"])
+    _mail_path(tmp_path).write_bytes(MAIL)
+    with pytest.raises(Retryable, match="cannot reach SMTP server"):
+        notify.run.run(job)
+    assert sorted(p.name for p in _mail_path(tmp_path).parent.iterdir()) == ["t1.notify.eml"]
+
+
+def test_a_recipient_asked_to_wait_keeps_the_mail_for_the_retry(tmp_path: Path) -> None:
+    both = ["a@example.com", "b@example.com"]
+    with pytest.raises(Retryable, match="try again later for b@example.com") as caught:
+        _send_watched(tmp_path, both, {"b@example.com": "450 mailbox busy"})
+    assert caught.value.meta["recipients"] == ["b@example.com"]
+    assert sorted(p.name for p in _mail_path(tmp_path).parent.iterdir()) == ["t1.notify.eml"]
 
 
 # --- whom it can reach -------------------------------------------------------------------------
