@@ -109,6 +109,7 @@ def updates_for(
             states.RETRY_AT: None,
             states.ERROR: None,
             **NO_STEP,
+            **states.GONE_WHEN_ENDED,
             **fields,
         }
     if status == states.RETRY:
@@ -127,5 +128,6 @@ def updates_for(
             states.RETRY_AT: None,
             states.ERROR: error,
             **NO_STEP,
+            **states.GONE_WHEN_ENDED,
         }
     return {}

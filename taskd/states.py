@@ -79,7 +79,10 @@ BRIDGE_FIELDS: tuple[str, ...] = (
 OWNED_MARKERS = frozenset({TASK_ID, STATE, JOB_ID, QUEUED_AT})
 # What tasks report into their files (file-contract.md): a new file's own values for these, like
 # those of the bridge's fields, never stand, or the file would show an outcome nobody produced.
-RESULT_FIELDS = ("output", "matched", "tmp-space")
+TMP_SPACE = "tmp-space"
+RESULT_FIELDS = ("output", "matched", TMP_SPACE)
+# The task's tmp-space is removed when its job ends, whatever the ending: the field goes with it.
+GONE_WHEN_ENDED = {TMP_SPACE: None}
 
 # What a job's message carries beside the task's spec: the identity of its data root, so a worker
 # of another data root never runs it (taskd/roots.py).

@@ -337,11 +337,7 @@ def prepare_take(core: Core, path: Path, decision: intake.Decision) -> _Take | N
         error = f"task-id {name.stem!r} is already used by {holder.name}; use another task-id"
         reject(core, path, name, decision.verdict.fields, error)
         return None
-    own = {
-        k: v
-        for k, v in decision.verdict.fields.items()
-        if k not in states.BRIDGE_FIELDS and k not in states.RESULT_FIELDS
-    }
+    own = _ui_fields(decision.verdict.fields)
     fields = contract.merge(
         own,
         {
@@ -500,6 +496,17 @@ CANCELLED_ERROR = (
 )
 
 
+def _ui_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """The UI's own fields of a file: what a new file keeps when taken, and a running file the
+    bridge will not resume when rejected (what the bridge and its job wrote do not stand; the
+    job's tmp-space is gone with it)."""
+    return {
+        k: v
+        for k, v in fields.items()
+        if k not in states.BRIDGE_FIELDS and k not in states.RESULT_FIELDS
+    }
+
+
 def _as_new(name: contract.TaskName, path: Path, fields: dict[str, Any]) -> contract.TaskName:
     """The name a rejected resume is filed under: its own task-id when it is believable."""
     task_id = fields.get(states.TASK_ID)
@@ -541,8 +548,7 @@ def _resume(core: Core, path: Path, fields: dict[str, Any], owners: dict[str, An
     elif owner != () and owner != (name.user, task_id):
         error = f"field 'job-id': job {job_id} belongs to another task; taskd writes it: remove it"
     if error is not None:
-        ui_fields = {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
-        reject(core, path, _as_new(name, path, fields), ui_fields, error)
+        reject(core, path, _as_new(name, path, fields), _ui_fields(fields), error)
         return
     task = Tracked(name.user, task_id, core.types[name.type], path, fields)
     task.written = files.signature(path)
@@ -553,8 +559,7 @@ def _resume(core: Core, path: Path, fields: dict[str, Any], owners: dict[str, An
             if (known.user, known.task_id) == (name.user, task_id)
             else f"field 'job-id': job {job_id} belongs to another task; taskd writes it: remove it"
         )
-        ui_fields = {k: v for k, v in fields.items() if k not in states.BRIDGE_FIELDS}
-        reject(core, path, _as_new(name, path, fields), ui_fields, error)
+        reject(core, path, _as_new(name, path, fields), _ui_fields(fields), error)
         return
     core.track(task)
     log.info("resumed %s, job %s", path.name, task.job_id, extra=task_ids(task))

@@ -36,7 +36,7 @@ def bridge(tmp_path: Path, redis_server: RedisServer, client: redis.Redis) -> Br
     return Bridge(settings, load_types([SUPPORT_SCHEMAS]), publishing_app(settings), client)
 
 
-def _running(bridge: Bridge, job_id: str, name: str = "b-ABCDEFGHJK_40.SLOW") -> Path:
+def _running(bridge: Bridge, job_id: str, name: str = "b-ABCDEFGHJK_40.SLOW", **extra: Any) -> Path:
     path = bridge.settings.task_queue / "4" / name
     fields: dict[str, Any] = {
         "type": "SLOW",
@@ -47,6 +47,7 @@ def _running(bridge: Bridge, job_id: str, name: str = "b-ABCDEFGHJK_40.SLOW") ->
         "job-id": job_id,
         "queued-at": "2026-12-01T10:00:00Z",
         "ticket": "ABCDEFGHJK",
+        **extra,
     }
     path.write_text(json.dumps(fields))
     return path
@@ -106,11 +107,13 @@ def test_a_file_whose_job_was_cancelled_is_rejected_not_resumed(
     (a worker drops it), so it ends REJECTED saying why, instead of waiting for it forever."""
     job_id = str(uuid.uuid4())
     client.set(states.cancel_key(job_id), "1")
-    _running(bridge, job_id)
+    _running(bridge, job_id, **{"tmp-space": f"/data/work_space/4/b/{job_id}"})
     bridge.rescan_once(0.0)
     name, fields = _state_of(bridge)
     assert (name, fields["state"]) == ("b-ERR.SLOW", "REJECTED")
     assert fields["error"].startswith(f"job {job_id} was cancelled: this file left task_queue/")
+    assert "tmp-space" not in fields  # removed with the job; the UI's fields stay
+    assert (fields["steps"], fields["type"]) == (1, "SLOW")
     assert job_id not in bridge.table.by_job
 
 

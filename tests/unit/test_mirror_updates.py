@@ -111,6 +111,22 @@ def test_success_with_a_none_field_removes_it_from_the_file() -> None:
 
 
 @pytest.mark.parametrize(
+    "meta",
+    [
+        {"status": "SUCCESS", "result": {"progress": 100, "fields": {"exit-code": 0}}},
+        {"status": "SUCCESS", "result": None},
+        {"status": "FAILURE", "result": {"exc_type": "TaskFailed", "exc_message": ["exit 3"]}},
+    ],
+    ids=["success saying nothing of it", "success without a result", "failure"],
+)
+def test_an_ended_job_takes_its_tmp_space_field_with_it(meta: dict[str, Any]) -> None:
+    # The worker removes the tmp-space whatever the ending; the file never points at it after.
+    fields = merge(RUNNING_FILE, updates_for(meta, RUNNING_FILE, NOW))
+    assert fields[states.STATE] == meta["status"]
+    assert "tmp-space" not in fields
+
+
+@pytest.mark.parametrize(
     ("date_done", "finished_at"),
     [
         ("2024-05-01T10:20:30.5", "2024-05-01T10:20:30Z"),  # Celery's naive UTC
