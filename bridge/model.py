@@ -25,7 +25,7 @@ class Tracked:
     written: tuple[int, int, int, int] | None = None  # the file's signature after our last write
     extra: dict[str, Any] = field(default_factory=dict)  # more for the worker (notify: who)
     spare: Spare | None = None  # the file's last content, to take its next (files.Spare)
-    name_blocked: bool = False  # a name it should take was in the way (said once)
+    name_blocked: int = 0  # a name it should take was in the way: 1 said while running, 2 ended
 
     @property
     def job_id(self) -> str:

@@ -111,10 +111,12 @@ MISNAMED_MAX = 10_000
 
 def _name_taken(core: Core, task: Tracked, wanted: Path, terminal: bool) -> None:
     """Something is at the name the file should take (a folder, a link, another file): the file
-    keeps its name, said once a task; an ended one is renamed by a later rescan once the name
-    is free (`rename_misnamed`), a running one by its next write."""
-    if not task.name_blocked:
-        task.name_blocked = True
+    keeps its name, said once while the task runs and once for its final name; an ended one is
+    renamed by a later rescan once the name is free (`rename_misnamed`), a running one by its
+    next write."""
+    said = 2 if terminal else 1
+    if task.name_blocked < said:
+        task.name_blocked = said
         log.warning(
             "%s cannot be renamed %s: something else is at that name; it keeps its name "
             "until the name is free",

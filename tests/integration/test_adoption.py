@@ -138,3 +138,22 @@ def test_a_running_file_moved_out_and_straight_back_is_rejected_not_resumed(
     assert (name, fields["state"]) == ("b-ERR.SLOW", "REJECTED")
     assert fields["error"].startswith(f"job {job_id} was cancelled")
     assert job_id not in bridge.table.by_job
+
+
+def test_a_running_file_renamed_in_its_folder_is_rejected_as_cancelled(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    """Names are the bridge's: the file it was writing is gone, so its job is cancelled, and the
+    file under the new name, naming that job, ends REJECTED saying so."""
+    job_id = str(uuid.uuid4())
+    client.hset(states.job_key(job_id), mapping={"user": "4", "task-id": "b", "type": "SLOW"})
+    path = _running(bridge, job_id)
+    bridge.rescan_once(0.0)
+    assert job_id in bridge.table.by_job
+    path.rename(path.with_name("b.SLOW"))
+    bridge.rescan_once(1.0)  # the rescan finds the tracked file gone, and a new one
+    bridge.rescan_once(2.0)
+    name, fields = _state_of(bridge)
+    assert (name, fields["state"]) == ("b-ERR.SLOW", "REJECTED")
+    assert fields["error"].startswith(f"job {job_id} was cancelled")
+    assert job_id not in bridge.table.by_job

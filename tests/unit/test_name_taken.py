@@ -1,6 +1,7 @@
 """A name the file should take is in the way (a folder, a link, another file put there): the
-file keeps its name and says so once; an ended one takes its name at a later rescan, once the
-name is free, and only while it is still the file the bridge wrote."""
+file keeps its name and says so once while it runs and once for its final name; an ended one
+takes its name at a later rescan, once the name is free, and only while it is still the file
+the bridge wrote."""
 
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if "cannot be renamed" in r.getMessage()]
 
 
-def test_a_running_file_whose_names_are_taken_keeps_its_name_and_says_so_once(
+def test_a_file_whose_names_are_taken_keeps_its_name_and_says_so_once_running_once_ended(
     bridge: Bridge, caplog: pytest.LogCaptureFixture
 ) -> None:
     task = _running(bridge)
@@ -73,6 +74,13 @@ def test_a_running_file_whose_names_are_taken_keeps_its_name_and_says_so_once(
     ]
     writer.write(bridge.core, task, {"progress": 40}, 104.0)  # a free name: taken
     assert task.path.name == "e5-40.SLOW"
+    (folder / "e5-100.SLOW").mkdir()  # and its final name blocked too: said once more
+    writer.write(bridge.core, task, {"state": states.SUCCESS, "progress": 100}, 106.0)
+    assert task.path.name == "e5-40.SLOW"
+    assert _warnings(caplog)[1:] == [
+        "e5-40.SLOW cannot be renamed e5-100.SLOW: something else is at that name; it keeps "
+        "its name until the name is free"
+    ]
 
 
 def test_an_ended_file_takes_its_name_at_a_rescan_once_the_name_is_free(
