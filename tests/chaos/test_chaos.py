@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.notify import notify_job_id
 from bridge.passes.reconcile import FULL_RESCAN_EVERY, WORKER_TEMP_AGE_S
 from taskd.atomic import WORKER_TEMP_SUFFIX
 from tests.conftest import Drop
@@ -152,6 +153,32 @@ class Cast:
         self.redis.start()
 
 
+def _settled(drop: Drop, task_id: str) -> bool:
+    fields = drop.fields(task_id)
+    return fields.get("state") == "SUCCESS" and bool(
+        fields.get("notified-at") or not (drop.dir / f"{task_id}.notify.eml").exists()
+    )
+
+
+def _story(
+    data_root: Path, user: str, task_id: str, fields: dict, mails: int, actions: list[str]
+) -> str:
+    """What a failed check needs to be understood from a CI log alone: the task's file, the
+    actions taken, and every log line naming the task, its job or its notify job."""
+    wanted = {task_id, str(fields.get("job-id"))}
+    if isinstance(fields.get("job-id"), str):
+        wanted.add(notify_job_id(fields["job-id"], user, task_id))
+    lines = [
+        f"{log.name}: {line}"
+        for log in sorted(data_root.glob("*.log"))
+        for line in log.read_text(errors="replace").splitlines()
+        if any(w in line for w in wanted)
+    ]
+    return "\n".join(
+        [f"{task_id}: {mails} mails; file {fields}", f"actions: {actions}", *lines[-80:]]
+    )
+
+
 def _tasks(drop: Drop, count: int, rng: random.Random, files: Path) -> dict[str, dict]:
     tasks: dict[str, dict] = {}
     for i in range(count):
@@ -217,14 +244,20 @@ def test_chaos(
             cast.kill_bridge()
 
         def settled() -> bool:
-            states = [drop.fields(t) for t in tasks]
-            return all(
-                s.get("state") == "SUCCESS"
-                and (s.get("notified-at") or not (drop.dir / f"{t}.notify.eml").exists())
-                for t, s in zip(tasks, states, strict=True)
-            )
+            return all(_settled(drop, t) for t in tasks)
 
-        wait_until(settled, 240 * scale, interval=1.0, what=f"all tasks done after {cast.log}")
+        def mails_to(task_id: str) -> list:
+            return smtp_server.handler.to(tasks[task_id]["notify"][0])
+
+        try:
+            wait_until(settled, 240 * scale, interval=1.0, what="all tasks done")
+        except AssertionError as exc:
+            late = [t for t in tasks if not _settled(drop, t)]
+            stories = [
+                _story(data_root, drop.user, t, drop.fields(t), len(mails_to(t)), cast.log)
+                for t in late
+            ]
+            raise AssertionError("\n".join([f"{exc}: {late}", *stories[:3]])) from None
         _wait_for_no_hidden(drop.dir, float(env["TASKD_RESCAN_INTERVAL"]))
     finally:
         reader.stop.set()
@@ -237,7 +270,8 @@ def test_chaos(
         fields = drop.fields(task_id)
         assert fields["state"] == "SUCCESS", (task_id, fields)
         to = content["notify"][0]
-        assert len(smtp_server.handler.to(to)) == 1, (task_id, fields)
+        mails = len(smtp_server.handler.to(to))
+        assert mails == 1, _story(data_root, drop.user, task_id, fields, mails, cast.log)
     outputs = sorted(p.name for p in (data_root / "download" / drop.user).glob("*.tar.gz"))
     packs = [t for t, c in tasks.items() if c["type"] == "PACKMS"]
     assert outputs == sorted(f"chaos {t}.tar.gz" for t in packs)
