@@ -15,10 +15,8 @@ import redis
 
 from bridge.daemon import Bridge
 from taskd import states
-from taskd.celeryconf import publishing_app
-from taskd.settings import Settings
-from taskd.tasktypes import load_types
-from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
+from tests.support.inproc import bridge_on
+from tests.support.procs import RedisServer
 
 
 @pytest.fixture
@@ -30,10 +28,8 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def bridge(tmp_path: Path, redis_server: RedisServer, client: redis.Redis) -> Bridge:
-    settings = Settings(data_root=tmp_path, redis_url=redis_server.db_url(11), settle=0.0)
-    (settings.task_queue / "4").mkdir(parents=True)
     client.delete(states.KEY_ROOT)  # each test's data root claims the db anew
-    return Bridge(settings, load_types([SUPPORT_SCHEMAS]), publishing_app(settings), client)
+    return bridge_on(tmp_path, redis_server, 11, client)
 
 
 def _running(bridge: Bridge, job_id: str, name: str = "b-ABCDEFGHJK_40.SLOW", **extra: Any) -> Path:

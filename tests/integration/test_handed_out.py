@@ -14,10 +14,8 @@ import redis
 
 from bridge.daemon import Bridge
 from taskcli.status import queue_names
-from taskd.celeryconf import publishing_app
-from taskd.settings import Settings
-from taskd.tasktypes import load_types
-from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
+from tests.support.inproc import bridge_on
+from tests.support.procs import RedisServer
 
 DB = 12
 GRACE = 0.5
@@ -30,11 +28,7 @@ def client(redis_server: RedisServer) -> Iterator[redis.Redis]:
 
 @pytest.fixture
 def bridge(tmp_path: Path, redis_server: RedisServer, client: redis.Redis) -> Bridge:
-    settings = Settings(
-        data_root=tmp_path, redis_url=redis_server.db_url(DB), settle=0.0, recovery_grace=GRACE
-    )
-    (settings.task_queue / "4").mkdir(parents=True)
-    return Bridge(settings, load_types([SUPPORT_SCHEMAS]), publishing_app(settings), client)
+    return bridge_on(tmp_path, redis_server, DB, client, recovery_grace=GRACE)
 
 
 def _queued(client: redis.Redis) -> list[bytes]:

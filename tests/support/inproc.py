@@ -1,0 +1,25 @@
+"""A bridge run in the test's own process against a real redis-server: its passes are called
+one by one, so a test sets Redis up between them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from bridge.daemon import Bridge
+from taskd.celeryconf import publishing_app
+from taskd.settings import Settings
+from taskd.tasktypes import load_types
+from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
+
+
+def bridge_on(
+    data_root: Path, redis_server: RedisServer, db: int, client: redis.Redis, **settings: Any
+) -> Bridge:
+    """A bridge on `data_root` and Redis database `db`, user 4's folder made, the test types."""
+    url = redis_server.db_url(db)
+    config = Settings(data_root=data_root, redis_url=url, settle=0.0, **settings)
+    (config.task_queue / "4").mkdir(parents=True)
+    return Bridge(config, load_types([SUPPORT_SCHEMAS]), publishing_app(config), client)
