@@ -75,6 +75,22 @@ def regular_or_none(path: Path) -> os.stat_result | None:
     return st
 
 
+def not_regular_kind(path: Path) -> str | None:
+    """What stands at `path` when it is not a regular file ("a folder", "a symbolic link", "a
+    FIFO"...); None for a regular file or nothing at all. Never follows a link."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
+
+
 def signature_of(st: os.stat_result) -> tuple[int, int, int, int]:
     """`signature` of a stat already made."""
     return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)

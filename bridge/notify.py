@@ -38,21 +38,6 @@ def notify_job_id(task_job_id: str, user: str, task_id: str) -> str:
     return str(uuid.uuid5(NOTIFY_NAMESPACE, f"{user}/{task_id}/{task_job_id}:notify"))
 
 
-def _kind_of(path: Path) -> str | None:
-    """What stands where a notify mail should be, when it is not a regular file."""
-    try:
-        mode = os.lstat(path).st_mode
-    except OSError:
-        return None
-    if stat.S_ISREG(mode):
-        return None
-    if stat.S_ISLNK(mode):
-        return "a symbolic link"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO"
-    return "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-
-
 def task_id_of(mail: Path) -> str:
     return mail.name[: -len(SUFFIX)]
 
@@ -139,7 +124,7 @@ class Notifier:
         task_id = str(fields[states.TASK_ID])
         mail = task_path.with_name(task_id + SUFFIX)
         if not is_regular(mail):  # absent, or a link or FIFO in its place: never followed
-            kind = _kind_of(mail)
+            kind = files.not_regular_kind(mail)
             if kind is not None:
                 self.refused.append(
                     (

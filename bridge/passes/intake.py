@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import stat
 import time
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -359,22 +358,16 @@ def prepare_take(core: Core, path: Path, decision: intake.Decision) -> _Take | N
 
 _Taken = Exception | files.Spare | None  # what a take raised, or the spare it kept
 
-_NOT_FILES = ((stat.S_ISDIR, "a folder"), (stat.S_ISLNK, "a link"), (stat.S_ISFIFO, "a FIFO"))
-
 
 def _name_in_use(name: contract.TaskName, new_path: Path) -> str:
     """Why a new file could not take its name: a task file holds it, or something that is no
     task file is in the way."""
-    try:
-        mode = os.lstat(new_path).st_mode
-    except OSError:
-        mode = stat.S_IFREG
-    for test, kind in _NOT_FILES:
-        if test(mode):
-            return (
-                f"the name {new_path.name!r} this task would take is in the way ({kind}, not a "
-                "task file): remove it, or use another task-id"
-            )
+    kind = files.not_regular_kind(new_path)
+    if kind is not None:
+        return (
+            f"the name {new_path.name!r} this task would take is in the way ({kind}, not a "
+            "task file): remove it, or use another task-id"
+        )
     return f"task-id {name.stem!r} is already used by {new_path.name}; use another task-id"
 
 

@@ -217,7 +217,7 @@ def test_a_file_whose_queued_name_is_taken_is_rejected_saying_by_what(
     assert len(list(folder.glob("f*-0.SHORT"))) == others
 
 
-@pytest.mark.parametrize("kind", ["folder", "link"])
+@pytest.mark.parametrize("kind", ["folder", "symbolic link"])
 def test_a_new_file_whose_name_is_in_the_way_is_rejected_saying_what_is_there(
     tmp_path: Path, kind: str
 ) -> None:
