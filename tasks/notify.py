@@ -215,16 +215,15 @@ class SentRecord:
             suffix=atomic.WORKER_TEMP_SUFFIX,
             chmod=mode,
         )
-        self.done = False
 
     def accepted(self, outcome: Outcome) -> None:
         """The server answered: record what it took, then let the mail file go."""
         if outcome.later:
             return  # tried again for those: the mail file stays for the retry
         result = {
-            **_record(list(outcome.sent), self.problems + _failures(outcome), None),
-            states.NOTIFIED_AT: self.result[states.NOTIFIED_AT],
-            "job-id": self.result["job-id"],
+            **self.result,
+            states.NOTIFY_ERROR: "; ".join(self.problems + _failures(outcome)) or None,
+            "sent-to": list(outcome.sent),
         }
         if result == self.result and self.temp is not None:
             os.replace(self.temp, self.marker)
@@ -235,7 +234,6 @@ class SentRecord:
             self.close()
         self.mail.unlink(missing_ok=True)
         atomic.fsync_path(self.marker.parent)
-        self.done = True
 
     def close(self) -> None:
         """Drop the temp file of a send that did not end in a record."""
@@ -298,11 +296,9 @@ def run(job: Job) -> dict[str, Any]:
         return result
     record = SentRecord(path, recipients, problems, job.settings.output_mode, task_job_id)
     try:
-        _deliver(job, raw, recipients, record)
+        _deliver(job, raw, recipients, record)  # the record is in place when this returns
     finally:
         record.close()
-    if not record.done:  # the server answered, yet no outcome came of it: a bug, said so
-        raise TaskFailed(f"{path.name}: the SMTP conversation ended without an outcome")
     return record.result
 
 
