@@ -206,6 +206,12 @@ class SentRecord:
         self, mail: Path, recipients: list[str], problems: list[str], mode: int, job_id: object
     ) -> None:
         self.mail, self.marker, self.mode = mail, sent_marker(mail), mode
+        if os.path.isdir(self.marker) and not os.path.islink(self.marker):
+            # A rename cannot replace a folder: the mail would go out with no record of it.
+            raise TaskFailed(
+                f"{self.marker.name} is a folder, where taskd records that the mail was sent; "
+                "nothing was sent. Remove that folder"
+            )
         self.problems = problems
         self.result = _record(recipients, problems, job_id)
         self.temp: Path | None = atomic.write_temp(

@@ -222,6 +222,19 @@ def test_a_recipient_asked_to_wait_keeps_the_mail_for_the_retry(tmp_path: Path) 
     assert sorted(p.name for p in _mail_path(tmp_path).parent.iterdir()) == ["t1.notify.eml"]
 
 
+def test_a_folder_at_the_sent_record_s_name_sends_nothing_and_says_why(
+    tmp_path: Path, plain_server: Server
+) -> None:
+    # A rename cannot replace a folder: sent, the mail would have no record and go out again.
+    job = _job(tmp_path, plain_server.url, ["a@example.com"])
+    _mail_path(tmp_path).write_bytes(MAIL)
+    (_mail_path(tmp_path).parent / ".t1.notify.sent").mkdir()
+    with pytest.raises(TaskFailed, match=r"\.t1\.notify\.sent is a folder.*nothing was sent"):
+        notify.run.run(job)
+    assert plain_server.handler.received == []
+    assert _mail_path(tmp_path).exists()
+
+
 # --- whom it can reach -------------------------------------------------------------------------
 
 
