@@ -79,7 +79,9 @@ def _decoded(raw: bytes) -> dict[str, Any]:
 def _sent(client: redis.Redis, how: Any, app: Any, job_id: str, n: int) -> tuple[Any, Any]:
     """The message `how` pushed, and the event it published (both decoded)."""
     listener = client.pubsub()
-    listener.psubscribe("*celeryev*")
+    # Pub/sub spans every database of the server, and workers of other tests share it: listen
+    # only to this database's event topics (kombu prefixes them with `/<db>.`).
+    listener.psubscribe(f"/{DB}.celeryev*")
     listener.get_message(timeout=1)
     how(app, job_id, _spec(n), kombu_priority(7))
     keys = [k for k in client.keys(f"{QUEUE}*") if not k.startswith(b"_kombu")]
