@@ -109,9 +109,12 @@ def _orphaned_for(core: Core, task: Tracked, info: Known, now: float) -> float:
     return now - core.orphans.setdefault(task.job_id, now)
 
 
-def recover(core: Core, task: Tracked, attempt: int, now: float) -> None:
+def recover(
+    core: Core, task: Tracked, attempt: int, now: float, stale: list[bytes] | None = None
+) -> None:
     """Run again a job whose worker died; give up after MAX_RECOVERIES (a job that kills
-    its worker every time must not loop for ever)."""
+    its worker every time must not loop for ever). `stale`: the delivery tags of the copies a
+    worker took and died holding before it started them (none for a job that had started)."""
     core.orphans.pop(task.job_id, None)
     count = core.recoveries[task.job_id] = core.recoveries.get(task.job_id, 0) + 1
     if count > MAX_RECOVERIES:
@@ -128,4 +131,8 @@ def recover(core: Core, task: Tracked, attempt: int, now: float) -> None:
         extra=task_ids(task),
     )
     core.metrics.count(metrics.REPUBLISHED, metrics.WORKER_LOST)
-    core.redis.call(now, lambda: core.publisher.recover(task, attempt))
+    if stale is None:
+        grace = core.settings.recovery_grace
+        core.redis.call(now, lambda: core.publisher.recover(task, attempt, grace))
+    else:
+        core.redis.call(now, lambda: core.publisher.redeliver(task, attempt, stale))

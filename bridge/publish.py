@@ -8,6 +8,7 @@ for in its queue before it is sent again.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -52,6 +53,19 @@ REDIS_PUBLISH_ERRORS = (RedisError, OSError)
 # What kombu's Redis transport raises from a channel whose connection was lost under it (after
 # a Redis restart the channel can hold `connection = None`): an outage, not a bug of the job.
 BROKEN_CHANNEL = (AttributeError,)  # kombu's Redis transport: messages delivered but not yet acked
+
+
+def _job_of(delivered: bytes | None) -> str | None:
+    """The job id of a message as kombu keeps it in its unacked set, `[message, exchange,
+    routing key]`; None for anything else."""
+    if delivered is None:
+        return None
+    try:
+        message = json.loads(delivered)[0]
+        job_id = message["headers"]["id"]
+    except (ValueError, LookupError, TypeError):
+        return None
+    return job_id if isinstance(job_id, str) else None
 
 
 def job_label(task: Tracked) -> dict[str, str]:
@@ -230,30 +244,57 @@ class Publisher:
             replies = pipe.execute()
         return any(needle in item for items in replies for item in items)
 
-    def recover(self, task: Tracked, attempt: int) -> None:
-        """Run again a job whose worker died: forget its stale state, publish the same id.
+    def recover(self, task: Tracked, attempt: int, held_for: float) -> None:
+        """Run again a job whose worker died: forget its stale state, publish the same id, and
+        drop from the unacked set the copies handed out at least `held_for` ago (the dead
+        worker's: one that comes back after the visibility timeout would only be a duplicate,
+        and one left there would be taken for a copy the new try's dead worker holds).
 
-        Its old message may still come back from the unacked set later; the worker-side guard
-        then finds the job's outcome and does not run it a second time.
+        A copy that still comes back (a bridge killed between the steps) is harmless: the
+        worker-side guard finds the job's outcome and does not run it a second time.
         """
         self.client.delete(states.meta_key(task.job_id))
         self.publish(task, attempt)
+        self._drop(self.handed_out([task.job_id], held_for).get(task.job_id, []))
 
     def states_of(self, job_ids: list[str]) -> list[bytes | None]:
         """Each job's state as stored (raw), in one MGET: all a glance reads."""
         return list(self.client.mget([states.meta_key(j) for j in job_ids])) if job_ids else []
 
-    def handed_out(self, job_ids: Iterable[str], held_for: float) -> set[str]:
+    def handed_out(self, job_ids: Iterable[str], held_for: float) -> dict[str, list[bytes]]:
         """Which of these jobs sit delivered-but-unacked, handed out at least `held_for`
-        seconds ago (kombu's unacked set, and its index of when each was handed out): a job a
-        live worker took a moment ago, after a long wait in its queue, is not one a dead
-        worker holds. One round trip."""
+        seconds ago (kombu's unacked set, and its index of when each was handed out), with the
+        delivery tags of those copies: a job a live worker took a moment ago, after a long wait
+        in its queue, is not one a dead worker holds. One round trip."""
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(UNACKED_KEY)
             pipe.zrangebyscore(UNACKED_INDEX_KEY, "-inf", time.time() - held_for)
             unacked, long_ago = pipe.execute()
-        blob = b"\n".join(unacked[tag] for tag in long_ago if tag in unacked)
-        return {job_id for job_id in job_ids if job_id.encode() in blob}
+        wanted = set(job_ids)
+        held: dict[str, list[bytes]] = {}
+        for tag in long_ago:
+            job_id = _job_of(unacked.get(tag))
+            if job_id in wanted:
+                held.setdefault(job_id, []).append(tag)
+        return held
+
+    def redeliver(self, task: Tracked, attempt: int, stale: Iterable[bytes]) -> None:
+        """Send again a job a dead worker took and never started, then drop that worker's copy
+        from the unacked set: it would come back after the visibility timeout as a duplicate,
+        and be taken for a dead worker's again while the new copy waits in a long queue. Sent
+        first: a crash in between leaves a duplicate (which the worker-side guard drops),
+        never a job with no message."""
+        self.publish(task, attempt)
+        self._drop(list(stale))
+
+    def _drop(self, tags: list[bytes]) -> None:
+        """Take delivered copies out of kombu's unacked set (a worker's later ack of one is a
+        no-op)."""
+        if tags:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hdel(UNACKED_KEY, *tags)
+                pipe.zrem(UNACKED_INDEX_KEY, *tags)
+                pipe.execute()
 
     def mark_published(self, job_id: str) -> None:
         self.client.hset(states.job_key(job_id), jobs.RECORD_STATUS, states.JOB_PUBLISHED)

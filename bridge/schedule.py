@@ -114,6 +114,21 @@ def waiting_unstarted(fields: Mapping[str, Any], known: Known) -> bool:
     )
 
 
+def handed_out_unstarted(known: Known) -> bool:
+    """Its latest attempt was published and has not begun, and nobody holds its lease: a first
+    try or a recovery (no state yet), or a retry (its state still asks for that retry). Whether
+    it waits in its queue or was handed to a worker that died before starting it is told by
+    kombu's unacked set (`Publisher.handed_out`), whatever the file says: a notify job, a
+    recovered one or a retry waits that way as well as a first try."""
+    if known.record != states.JOB_PUBLISHED or known.leased:
+        return False
+    if known.meta is None:
+        return True
+    if jobs.status(known.meta) != states.RETRY:
+        return False
+    return known.attempt >= jobs.count(jobs.result(known.meta).get(states.META_RETRIES))
+
+
 def decide(
     fields: Mapping[str, Any],
     known: Known,

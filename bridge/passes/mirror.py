@@ -86,7 +86,7 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     core.quiet = {j: k for j, k in still.items() if j in core.table.by_job}
     dispatch.publish_batch(core, due, now)
     tasks = [t for t in tasks if core.table.by_job.get(t.job_id) is t]  # none cancelled meanwhile
-    handed_out_once(core, now, tasks, known)
+    handed_out_once(core, now, tasks + list(core.notifier.jobs.values()), known)
     writer.forget_ended(core, now)
     core.metrics.mirrored(now, time.monotonic())
     return known
@@ -201,36 +201,42 @@ def with_kept_outcome(core: Core, task: Tracked, info: Known) -> Known:
 
 
 def handed_out_once(core: Core, now: float, tasks: list[Tracked], known: dict[str, Known]) -> None:
-    """Jobs a worker took but never started for a whole grace period: it died holding them."""
+    """Jobs a worker took but never started for a whole grace period: it died holding them. A
+    first try, a retry, a recovered job or a notify mail alike (`schedule.handed_out_unstarted`)."""
     overdue = []
     for task in tasks:
         info = known.get(task.job_id)
-        if info is None or not schedule.waiting_unstarted(task.fields, info):
+        if info is None or not schedule.handed_out_unstarted(info):
             core.unstarted.pop(task.job_id, None)
         elif now - core.unstarted.setdefault(task.job_id, now) >= core.settings.recovery_grace:
-            overdue.append(task)
+            overdue.append((task, info.attempt))
     if not overdue:
         return
     grace = core.settings.recovery_grace
     held = core.redis.call(
-        now, lambda: core.publisher.handed_out((t.job_id for t in overdue), held_for=grace)
+        now, lambda: core.publisher.handed_out((t.job_id for t, _ in overdue), held_for=grace)
     )
-    for task in overdue:
+    for task, attempt in overdue:
         core.unstarted[task.job_id] = now  # look again after another grace period
-        if held is not None and task.job_id in held:
+        stale = (held or {}).get(task.job_id)
+        if stale:
             core.guard.run(
                 str(task.path),
                 "recovering",
                 now,
-                lambda t=task: dispatch.recover(core, t, _retries(t), now),  # type: ignore[misc]
-                end=lambda error, t=task: writer.fail(core, t, error, now),  # type: ignore[misc]
+                lambda t=task, a=attempt, s=stale: dispatch.recover(core, t, a, now, s),  # type: ignore[misc]
+                end=lambda error, t=task: _recovery_failed(core, t, error, now),  # type: ignore[misc]
                 log_ids=partial(task_ids, task),
             )
 
 
-def _retries(task: Tracked) -> int:
-    value = task.fields.get("retries")
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+def _recovery_failed(core: Core, task: Tracked, error: str, now: float) -> None:
+    """A job that could not be sent again ends with the error; a notify job ends only its
+    mail (its task ended well)."""
+    if task.type is core.notifier.kind:
+        core.notify_gave_up(task, error)
+    else:
+        writer.fail(core, task, error, now)
 
 
 def _check_run_id(core: Core, run_id: str) -> bool:

@@ -14,7 +14,7 @@ import redis
 from bridge import dispatch
 from bridge.daemon import Bridge
 from taskd import states
-from tests.support.inproc import bridge_on
+from tests.support.inproc import bridge_on, ended_with_mail
 from tests.support.procs import RedisServer
 
 DB = 13
@@ -34,22 +34,7 @@ def test_a_notify_job_given_up_leaves_its_task_a_success_saying_why(
     bridge: Bridge, client: redis.Redis
 ) -> None:
     folder = bridge.settings.task_queue / "4"
-    (folder / "n2.notify.eml").write_text("To: a@example.com\nSubject: done\n\ndone\n")
-    task = folder / "n2-ABCDEFGHJK_100.SLOW"
-    task.write_text(
-        json.dumps(
-            {
-                "type": "SLOW",
-                "task-id": "n2",
-                "state": states.SUCCESS,
-                "progress": 100,
-                "job-id": "11111111-2222-4333-8444-666666666666",
-                "queued-at": "2026-12-01T10:00:00Z",
-                "finished-at": "2026-12-01T10:01:00Z",
-                "ticket": "ABCDEFGHJK",
-            }
-        )
-    )
+    task = ended_with_mail(folder, "n2", "11111111-2222-4333-8444-666666666666")
     bridge.start()
     now = time.monotonic()
     bridge.mirror_once(now)

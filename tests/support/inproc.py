@@ -3,12 +3,14 @@ one by one, so a test sets Redis up between them."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from bridge.daemon import Bridge
+from taskd import states
 from taskd.celeryconf import publishing_app
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
@@ -23,3 +25,24 @@ def bridge_on(
     config = Settings(data_root=data_root, redis_url=url, settle=0.0, **settings)
     (config.task_queue / "4").mkdir(parents=True)
     return Bridge(config, load_types([SUPPORT_SCHEMAS]), publishing_app(config), client)
+
+
+def ended_with_mail(folder: Path, task_id: str, job_id: str) -> Path:
+    """A SLOW task that ended well, its notify mail beside it: what the notify pass sends."""
+    (folder / f"{task_id}.notify.eml").write_text("To: a@example.com\nSubject: done\n\ndone\n")
+    task = folder / f"{task_id}-ABCDEFGHJK_100.SLOW"
+    task.write_text(
+        json.dumps(
+            {
+                "type": "SLOW",
+                "task-id": task_id,
+                "state": states.SUCCESS,
+                "progress": 100,
+                "job-id": job_id,
+                "queued-at": "2026-12-01T10:00:00Z",
+                "finished-at": "2026-12-01T10:01:00Z",
+                "ticket": "ABCDEFGHJK",
+            }
+        )
+    )
+    return task

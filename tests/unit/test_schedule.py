@@ -80,3 +80,17 @@ def test_a_revoked_job_whose_file_remains_is_run_again_after_the_grace() -> None
     info = Known(states.JOB_PUBLISHED, _meta("REVOKED"), leased=False)
     assert decide(RUNNING, info, NOW, orphaned_for=1, grace=3).action == schedule.WAIT
     assert decide(RUNNING, info, NOW, orphaned_for=3, grace=3).action == schedule.RECOVER
+
+
+def test_an_attempt_published_and_not_begun_by_anyone_is_one_a_dead_worker_may_hold() -> None:
+    published = states.JOB_PUBLISHED
+    retry_1 = _meta("RETRY", retries=1, **{"retry-at": "2026-11-25T12:00:00Z"})
+    held = schedule.handed_out_unstarted
+    assert held(Known(published, None))  # a first try, a recovery or a notify mail
+    assert held(Known(published, retry_1, attempt=1))  # the retry it asked for, sent
+    assert not held(Known(published, retry_1, attempt=0))  # that retry not sent yet
+    assert not held(Known(published, None, leased=True))  # a worker holds it
+    assert not held(Known(states.JOB_PUBLISHING, None))  # maybe never sent
+    assert not held(Known(None, None))  # Redis lost it: another path
+    for status in ("STARTED", "PROGRESS", "SUCCESS", "FAILURE"):
+        assert not held(Known(published, _meta(status)))  # it began
