@@ -318,23 +318,28 @@ class Publisher:
             pipe.execute()
 
     def owners_of(self, job_ids: Iterable[str]) -> dict[str, tuple[str, str] | None]:
-        """Whose each job is, for those Redis knows: (user, task-id) from its record, or
-        ("", "") when only its result or outcome is left (it cannot be told whose); None for
-        a job cancelled (its file was deleted, moved out or replaced). One round trip."""
+        """Whose each job is, for those Redis knows: (user, task-id) from its record or, where
+        Redis lost the record (it restarted under a running job), from what the job's worker
+        stored beside its state (`jobs.whose`); ("", "") when only its result or outcome is
+        left (it cannot be told whose); None for a job cancelled (its file was deleted, moved
+        out or replaced). One round trip."""
         ids = list(job_ids)
         with self.client.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hmget(states.job_key(job_id), [jobs.RECORD_USER, jobs.RECORD_TASK_ID])
+                pipe.get(states.whose_key(job_id))
                 pipe.exists(states.meta_key(job_id), states.done_key(job_id))
                 pipe.exists(states.cancel_key(job_id))
             replies = pipe.execute()
         out: dict[str, tuple[str, str] | None] = {}
-        answers = zip(ids, replies[::3], replies[1::3], replies[2::3], strict=True)
-        for job_id, (user, task_id), traces, cancelled in answers:
+        answers = zip(ids, *(replies[i::4] for i in range(4)), strict=True)
+        for job_id, (user, task_id), whose, traces, cancelled in answers:
             if cancelled:
                 out[job_id] = None
             elif user is not None or task_id is not None:
                 out[job_id] = (_text(user) or "", _text(task_id) or "")
+            elif (worker_said := jobs.parse_whose(whose)) is not None:
+                out[job_id] = worker_said
             elif traces:
                 out[job_id] = ("", "")
         return out

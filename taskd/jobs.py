@@ -2,6 +2,9 @@
 
 - The job record, `taskd:job:<id>`: a hash the bridge writes when it publishes (who asked for
   the job and which retry was sent), read back by the bridge and by `taskd status`.
+- Whose job it is, `taskd:whose:<id>`: `[user, task-id]`, written by the worker beside each
+  state it stores, so that a Redis that restarted under a running job and lost the bridge's
+  record still says whose task the job's state belongs to (`whose`, `parse_whose`).
 - The result meta, `celery-task-meta-<id>`: Celery's JSON (`status`, `result`, `date_done`),
   whose `result` a taskd task fills with its progress, fields, worker and start time while it
   runs, when it ends, and when it waits for a retry.
@@ -81,6 +84,23 @@ class JobRecord:
             attempt=count(fields.get(RECORD_ATTEMPT)),
             root=fields.get(RECORD_ROOT) or "",
         )
+
+
+def whose(user: str, task_id: str) -> str:
+    return json.dumps([user, task_id])
+
+
+def parse_whose(raw: bytes | str | None) -> tuple[str, str] | None:
+    """(user, task-id) from a `taskd:whose:<id>` value; None if absent or not one."""
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except (ValueError, TypeError, RecursionError):
+        return None
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value):
+        return value[0], value[1]
+    return None
 
 
 def parse_meta(raw: bytes | str | None) -> dict[str, Any] | None:

@@ -114,6 +114,9 @@ KEY_ACTIVE = "taskd:active"  # set of job ids the bridge mirrors
 KEY_CANCEL = "taskd:cancel:{job_id}"  # durable revoke: a worker never runs (or stops) this job
 KEY_CLAIM = "taskd:claim:{job_id}"  # which worker process runs the job now
 KEY_DONE = "taskd:done:{job_id}"  # final outcome, so a second delivery does not redo the work
+# Whose task a job runs for, written by its worker with every state it stores: what Redis still
+# knows of a job after losing the bridge's record (taskd/jobs.py `whose`).
+KEY_WHOSE = "taskd:whose:{job_id}"
 KEY_ROOT = "taskd:root"  # the data root this Redis db serves (taskd/roots.py)
 KEY_WORKERS = "taskd:workers"  # sorted set: each worker's node name, scored by its last beat
 WORKER_BEAT_S = 5.0  # how often a worker says it is alive (taskd/alive.py)
@@ -141,6 +144,10 @@ def claim_key(job_id: str) -> str:
 
 def done_key(job_id: str) -> str:
     return KEY_DONE.format(job_id=job_id)
+
+
+def whose_key(job_id: str) -> str:
+    return KEY_WHOSE.format(job_id=job_id)
 
 
 def meta_key(job_id: str) -> str:

@@ -111,17 +111,20 @@ def retry_policy(settings: Settings, type_name: str) -> RetryPolicy:
 class _Heartbeat(threading.Thread):
     """Renews the claim while a body runs without reporting (one long write, say)."""
 
-    def __init__(self, client: Any, job_id: str, owner: str) -> None:
+    def __init__(self, client: Any, job_id: str, owner: str, whose: str) -> None:
         super().__init__(daemon=True, name=f"claim-{job_id}")
-        self.client, self.job_id, self.owner = client, job_id, owner
+        self.client, self.job_id, self.owner, self.whose = client, job_id, owner, whose
         self.stop = threading.Event()
 
     def run(self) -> None:
         while not self.stop.wait(HEARTBEAT_S):
             try:
-                kept = self.client.eval(
-                    TAKE_OR_KEEP, 1, states.claim_key(self.job_id), self.owner, CLAIM_TTL_S
-                )
+                with self.client.pipeline(transaction=False) as pipe:
+                    pipe.eval(
+                        TAKE_OR_KEEP, 1, states.claim_key(self.job_id), self.owner, CLAIM_TTL_S
+                    )
+                    pipe.set(states.whose_key(self.job_id), self.whose, ex=states.DONE_TTL_S)
+                    kept = pipe.execute()[0]
                 if not kept:
                     log.warning("job %s: another delivery holds its lease now", self.job_id)
             except Exception as exc:  # noqa: BLE001 - the next beat tries again
@@ -149,18 +152,19 @@ class TaskdTask(Task):  # type: ignore[misc]
         owner = f"{worker}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
         client = self.backend.client
         self._check_root(spec.get(states.SPEC_ROOT))
+        whose = jobs.whose(str(spec.get("user-id", "")), str(spec.get("task-id", "")))
         try:
-            verdict = self._enter(client, job_id, owner, int(spec.get(states.RETRIES) or 0))
+            verdict = self._enter(client, job_id, owner, int(spec.get(states.RETRIES) or 0), whose)
         except Reject:
             raise
         except Exception as exc:  # a bug or a Redis that answers nonsense: fail, not redeliver
-            self._fail_internal(client, job_id, str(spec.get("type") or self.name), exc)
+            self._fail_internal(client, job_id, str(spec.get("type") or self.name), exc, whose)
         if verdict is not None:
             self._replay(job_id, verdict)
-        beat = _Heartbeat(client, job_id, owner)
+        beat = _Heartbeat(client, job_id, owner, whose)
         beat.start()
         try:
-            return self._run_body(spec, job_id, worker, owner, client)
+            return self._run_body(spec, job_id, worker, owner, client, whose)
         finally:
             beat.stop.set()
             _quietly(client.eval, RELEASE, 1, states.claim_key(job_id), owner)
@@ -191,8 +195,10 @@ class TaskdTask(Task):  # type: ignore[misc]
         _quietly(self.app.control.shutdown, destination=[self.request.hostname])
         raise Reject(str(problem), requeue=True)
 
-    def _enter(self, client: Any, job_id: str, worker: str, attempt: int) -> dict[str, Any] | None:
-        """Claim the job, or say why not: cancelled, or already finished.
+    def _enter(
+        self, client: Any, job_id: str, worker: str, attempt: int, whose: str
+    ) -> dict[str, Any] | None:
+        """Claim the job, or say why not: cancelled, or already finished; say whose task it is.
 
         While another delivery of the same job holds the claim this one waits: it takes over
         if that one dies (its claim expires) and replays the outcome if it finishes.
@@ -207,7 +213,8 @@ class TaskdTask(Task):  # type: ignore[misc]
                     pipe.get(states.meta_key(job_id))
                     pipe.set(states.KEY_ROOT, self._root_claim, nx=True)
                     pipe.get(states.KEY_ROOT)
-                    cancelled, done, claimed, meta, _, root = pipe.execute()
+                    pipe.set(states.whose_key(job_id), whose, ex=states.DONE_TTL_S)
+                    cancelled, done, claimed, meta, _, root, _ = pipe.execute()
             except Exception as exc:
                 if not is_connection_error(exc):
                     raise  # the same every time: trying again would loop for ever
@@ -246,9 +253,9 @@ class TaskdTask(Task):  # type: ignore[misc]
         raise Ignore()
 
     def _run_body(
-        self, spec: dict[str, Any], job_id: str, worker: str, owner: str, client: Any
+        self, spec: dict[str, Any], job_id: str, worker: str, owner: str, client: Any, whose: str
     ) -> Any:
-        progress = Progress(self, job_id, worker, owner=owner)
+        progress = Progress(self, job_id, worker, owner=owner, whose=whose)
         job = Job(
             job_id=job_id,
             type=spec["type"],
@@ -275,58 +282,70 @@ class TaskdTask(Task):  # type: ignore[misc]
                     f"stopped: the task ran past its time limit of {limit} s; "
                     "narrow the task or ask ops to raise the type's time-limit"
                 ),
+                whose,
             )
         except TaskFailed as exc:
-            self._fail(client, job_id, exc)
+            self._fail(client, job_id, exc, whose)
         except Exception as exc:
             passing = as_retryable(exc)
             if passing is not None:
                 self._retry_or_fail(job, client, passing)
-            self._fail_internal(client, job_id, job.type, exc)
+            self._fail_internal(client, job_id, job.type, exc, whose)
         result = jobs.finished({**progress.fields, **fields}, progress.worker, progress.started_at)
-        self._finish(client, job_id, states.SUCCESS, result)
+        self._finish(client, job_id, states.SUCCESS, result, whose)
         return result
 
     def _fail_internal(
-        self, client: Any, job_id: str, type_name: str, exc: BaseException
+        self, client: Any, job_id: str, type_name: str, exc: BaseException, whose: str
     ) -> NoReturn:
         """Fail for good on an exception no code expected; its traceback is logged once, here."""
         log.error("job %s failed with an unexpected error", job_id, exc_info=exc)
-        self._fail(client, job_id, internal_error(type_name, exc, job_id), said=True)
+        self._fail(client, job_id, internal_error(type_name, exc, job_id), whose, said=True)
 
-    def _fail(self, client: Any, job_id: str, failure: TaskFailed, said: bool = False) -> NoReturn:
+    def _fail(
+        self, client: Any, job_id: str, failure: TaskFailed, whose: str, said: bool = False
+    ) -> NoReturn:
         if not said:
             log.warning("job %s failed: %s", job_id, failure.message)
-        self._finish(client, job_id, states.FAILURE, failure.message)
+        self._finish(client, job_id, states.FAILURE, failure.message, whose)
         raise failure
 
     def _retry_or_fail(self, job: Job, client: Any, exc: Retryable) -> NoReturn:
         """Wait on the type's retry intervals: state RETRY now, the bridge publishes when due."""
         retries = int(job.extra.get(states.RETRIES) or 0)
         delay = retry_policy(self.settings, job.type).delay(retries)
+        whose = jobs.whose(job.user_id, job.task_id)
         if delay is None:
             tries = "once" if retries == 0 else f"after {retries + 1} tries"
-            self._fail(client, job.job_id, TaskFailed(f"{exc.message} (gave up {tries})"))
+            self._fail(client, job.job_id, TaskFailed(f"{exc.message} (gave up {tries})"), whose)
         at = (datetime.now(UTC) + timedelta(seconds=delay)).isoformat(timespec="seconds")
         at = at.replace("+00:00", "Z")
         assert isinstance(job.progress, Progress)
         meta = job.progress.retry_meta(retries + 1, at, exc.message, **exc.meta)
         try:
-            store_meta(self, job.job_id, states.RETRY, meta, job.progress.owner)
+            store_meta(self, job.job_id, states.RETRY, meta, job.progress.owner, whose)
         except Exception as store_error:
             if not is_connection_error(store_error):
-                self._fail_internal(client, job.job_id, job.type, store_error)
+                self._fail_internal(client, job.job_id, job.type, store_error, whose)
             # Redis out of reach: the wait cannot be recorded, so run again when it is back.
             raise Reject(f"cannot record the retry: {store_error}", requeue=True) from exc
         log.warning("job %s: %s; retry %d at %s", job.job_id, exc.message, retries + 1, at)
         raise Ignore()
 
-    def _finish(self, client: Any, job_id: str, state: str, result: Any) -> None:
+    def _finish(self, client: Any, job_id: str, state: str, result: Any, whose: str) -> None:
         """Remember the outcome so a second delivery replays it instead of redoing the work:
-        on disk first (it outlives any Redis outage or loss), then in Redis."""
+        on disk first (it outlives any Redis outage or loss), then in Redis, with whose task
+        the job is (a Redis that restarted since the job began no longer knows)."""
         record = outcomes.record(state, result)
         outcomes.keep(self.settings.data_root, job_id, record)
-        _quietly(client.set, states.done_key(job_id), json.dumps(record), ex=states.DONE_TTL_S)
+        _quietly(_keep_done, client, job_id, json.dumps(record), whose)
+
+
+def _keep_done(client: Any, job_id: str, record: str, whose: str) -> None:
+    with client.pipeline(transaction=False) as pipe:
+        pipe.set(states.whose_key(job_id), whose, ex=states.DONE_TTL_S)
+        pipe.set(states.done_key(job_id), record, ex=states.DONE_TTL_S)
+        pipe.execute()
 
 
 @cache

@@ -92,11 +92,13 @@ class Progress:
         worker: str,
         clock: Callable[[], float] = time.monotonic,
         owner: str | None = None,
+        whose: str | None = None,
     ) -> None:
         self.task = task
         self.job_id = job_id
         self.worker = worker
         self.owner = owner or worker
+        self.whose = whose  # `jobs.whose` of the job's task, stored beside each report
         self.clock = clock
         self.fields: dict[str, Any] = {}
         self.percent = 0
@@ -140,7 +142,9 @@ class Progress:
     def _store(self) -> bool:
         """Write the meta, renew the claim, read the cancel flag: one round trip."""
         try:
-            cancelled = store_meta(self.task, self.job_id, states.PROGRESS, self.meta(), self.owner)
+            cancelled = store_meta(
+                self.task, self.job_id, states.PROGRESS, self.meta(), self.owner, self.whose
+            )
         except Exception as exc:  # noqa: BLE001 - a report must never fail the task
             if not self._warned:
                 log.warning("job %s: progress not stored (%s); carrying on", self.job_id, exc)
@@ -171,8 +175,16 @@ class Progress:
             log.debug("job %s: progress event not sent: %s", self.job_id, exc)
 
 
-def store_meta(task: Any, job_id: str, state: str, result: dict[str, Any], owner: str) -> bool:
-    """Store a state the way Celery's backend does, renew the claim; True if cancelled.
+def store_meta(
+    task: Any,
+    job_id: str,
+    state: str,
+    result: dict[str, Any],
+    owner: str,
+    whose: str | None = None,
+) -> bool:
+    """Store a state the way Celery's backend does, renew the claim, say whose task the job
+    is (`jobs.whose`, when given); True if cancelled.
 
     Written directly, in one round trip: Celery's own store_result would encode a RETRY result
     as an exception, and would not renew the claim or read the cancel flag.
@@ -184,6 +196,8 @@ def store_meta(task: Any, job_id: str, state: str, result: dict[str, Any], owner
     meta["task_id"] = job_id
     with backend.client.pipeline(transaction=False) as pipe:
         pipe.set(states.meta_key(job_id), json.dumps(meta), ex=backend.expires)
+        if whose is not None:
+            pipe.set(states.whose_key(job_id), whose, ex=states.DONE_TTL_S)
         pipe.eval(TAKE_OR_KEEP, 1, states.claim_key(job_id), owner, CLAIM_TTL_S)
         pipe.exists(states.cancel_key(job_id))
         return bool(pipe.execute()[-1])

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from bridge.daemon import Bridge
-from taskd import states
+from taskd import jobs, states
 from tests.support.inproc import bridge_on
 from tests.support.procs import RedisServer
 
@@ -77,6 +77,34 @@ def test_a_job_id_whose_result_alone_is_left_is_rejected(
     bridge.rescan_once(0.0)
     _, fields = _state_of(bridge)
     assert fields["state"] == "REJECTED" and "output" not in fields
+
+
+def test_a_job_whose_record_redis_lost_is_resumed_when_its_worker_said_it_is_this_tasks(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    # Redis restarted under the running job, then the bridge was killed: the job's state and
+    # its worker's word of whose it is are all Redis knows.
+    job_id = str(uuid.uuid4())
+    meta = {"status": "SUCCESS", "result": {"progress": 100, "fields": {"steps-done": 1}}}
+    client.set(states.meta_key(job_id), json.dumps(meta))
+    client.set(states.whose_key(job_id), jobs.whose("4", "b"))
+    path = _running(bridge, job_id)
+    bridge.rescan_once(0.0)
+    assert bridge.table.by_job[job_id].path == path
+
+
+def test_a_job_its_worker_said_is_another_tasks_is_rejected(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    job_id = str(uuid.uuid4())
+    meta = {"status": "SUCCESS", "result": {"fields": {"output": "/data/download/3/x.tar.gz"}}}
+    client.set(states.meta_key(job_id), json.dumps(meta))
+    client.set(states.whose_key(job_id), jobs.whose("3", "b"))  # same task-id, another user
+    _running(bridge, job_id)
+    bridge.rescan_once(0.0)
+    _, fields = _state_of(bridge)
+    assert fields["state"] == "REJECTED" and "output" not in fields
+    assert fields["error"].startswith(f"field 'job-id': job {job_id} belongs to another task")
 
 
 def test_the_tasks_own_job_is_resumed(bridge: Bridge, client: redis.Redis) -> None:

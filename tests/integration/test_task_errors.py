@@ -20,10 +20,9 @@ import redis
 from celery import Celery
 
 from taskd import states
-from taskd.celeryconf import make_app
-from taskd.settings import Settings
-from tasks.base import Job, TaskdTask
+from tasks.base import Job
 from tasks.errors import TaskFailed
+from tests.support.inproc import task_app
 from tests.support.procs import RedisServer
 
 RAISED: dict[str, BaseException] = {}
@@ -37,13 +36,7 @@ def _body(job: Job) -> dict[str, Any]:
 def app(
     redis_server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Celery]:
-    settings = Settings(data_root=tmp_path, redis_url=redis_server.db_url(12))
-    monkeypatch.setattr(TaskdTask, "_settings", settings)
-    app = make_app(settings)
-    app.task(base=TaskdTask, name="tests.raises")(_body)
-    app.backend.client.delete(states.KEY_ROOT)  # each test's data root claims the db anew
-    yield app
-    app.close()
+    yield from task_app(redis_server.db_url(12), tmp_path, monkeypatch, "tests.raises", _body)
 
 
 def _run(app: Celery, job_id: str) -> Any:

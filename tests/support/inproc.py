@@ -1,19 +1,24 @@
 """A bridge run in the test's own process against a real redis-server: its passes are called
-one by one, so a test sets Redis up between them."""
+one by one, so a test sets Redis up between them. And a taskd task body run by Celery in the
+test's process (`apply`), against the same real Redis."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
+from celery import Celery
 
 from bridge.daemon import Bridge
 from taskd import states
-from taskd.celeryconf import publishing_app
+from taskd.celeryconf import make_app, publishing_app
 from taskd.settings import Settings
 from taskd.tasktypes import load_types
+from tasks.base import Job, TaskdTask
 from tests.support.procs import SUPPORT_SCHEMAS, RedisServer
 
 
@@ -46,3 +51,21 @@ def ended_with_mail(folder: Path, task_id: str, job_id: str) -> Path:
         )
     )
     return task
+
+
+def task_app(
+    url: str,
+    data_root: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    name: str,
+    body: Callable[[Job], dict[str, Any]],
+) -> Iterator[Celery]:
+    """A Celery app on Redis `url` whose task `name` runs `body` as a taskd task on
+    `data_root` (for a fixture to yield from)."""
+    settings = Settings(data_root=data_root, redis_url=url)
+    monkeypatch.setattr(TaskdTask, "_settings", settings)
+    app = make_app(settings)
+    app.task(base=TaskdTask, name=name)(body)
+    app.backend.client.delete(states.KEY_ROOT)  # each test's data root claims the db anew
+    yield app
+    app.close()
