@@ -118,6 +118,13 @@ def recover(
     core.orphans.pop(task.job_id, None)
     count = core.recoveries[task.job_id] = core.recoveries.get(task.job_id, 0) + 1
     if count > MAX_RECOVERIES:
+        # The last dead worker's copy goes too: back after the visibility timeout, it would
+        # run the job (or send the mail) after its file said it gave up.
+        grace = core.settings.recovery_grace
+        if stale is None:
+            core.redis.call(now, lambda: core.publisher.drop_copies(task.job_id, grace))
+        else:
+            core.redis.call(now, lambda: core.publisher.drop(stale))
         error = STOPPED_ERROR.format(n=MAX_RECOVERIES + 1)
         if task.type is core.notifier.kind:
             core.notify_gave_up(task, error)  # the task ended well: only its mail failed

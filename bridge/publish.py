@@ -8,6 +8,8 @@ for in its queue before it is sent again.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import time
@@ -34,6 +36,9 @@ PUBLISH_CHUNK = 1000
 """Jobs one pipeline carries (each its message, LPUSH, and its `task-sent` event, PUBLISH, for
 Flower: `bridge/wire.py`), one round trip: a failure leaves whole chunks sent and marked, the
 rest not."""
+Copy = tuple[bytes, int | None]
+"""A delivered copy of a job in kombu's unacked set: its delivery tag, and the attempt it
+carries (None if unreadable)."""
 LOOK_CHUNK = 1000
 """Jobs one `LOOKS` call reads: Redis runs nothing else meanwhile (a few milliseconds)."""
 LOOKS = """
@@ -55,9 +60,10 @@ REDIS_PUBLISH_ERRORS = (RedisError, OSError)
 BROKEN_CHANNEL = (AttributeError,)  # kombu's Redis transport: messages delivered but not yet acked
 
 
-def _job_of(delivered: bytes | None) -> str | None:
+def _copy_of(delivered: bytes | None) -> tuple[str, int | None] | None:
     """The job id of a message as kombu keeps it in its unacked set, `[message, exchange,
-    routing key]`; None for anything else."""
+    routing key]`, and the attempt it carries (the `retries` its body's spec says; None if that
+    cannot be read); None for anything else."""
     if delivered is None:
         return None
     try:
@@ -65,7 +71,14 @@ def _job_of(delivered: bytes | None) -> str | None:
         job_id = message["headers"]["id"]
     except (ValueError, LookupError, TypeError):
         return None
-    return job_id if isinstance(job_id, str) else None
+    if not isinstance(job_id, str):
+        return None
+    try:
+        spec = json.loads(base64.b64decode(message["body"]))[0][0]
+        attempt = spec[states.RETRIES]
+    except (ValueError, LookupError, TypeError, binascii.Error):
+        return job_id, None
+    return job_id, attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None
 
 
 def job_label(task: Tracked) -> dict[str, str]:
@@ -246,48 +259,52 @@ class Publisher:
 
     def recover(self, task: Tracked, attempt: int, held_for: float) -> None:
         """Run again a job whose worker died: forget its stale state, publish the same id, and
-        drop from the unacked set the copies handed out at least `held_for` ago (the dead
-        worker's: one that comes back after the visibility timeout would only be a duplicate,
-        and one left there would be taken for a copy the new try's dead worker holds).
+        drop the dead worker's copies (`drop_copies`).
 
         A copy that still comes back (a bridge killed between the steps) is harmless: the
         worker-side guard finds the job's outcome and does not run it a second time.
         """
         self.client.delete(states.meta_key(task.job_id))
         self.publish(task, attempt)
-        self._drop(self.handed_out([task.job_id], held_for).get(task.job_id, []))
+        self.drop_copies(task.job_id, held_for)
 
     def states_of(self, job_ids: list[str]) -> list[bytes | None]:
         """Each job's state as stored (raw), in one MGET: all a glance reads."""
         return list(self.client.mget([states.meta_key(j) for j in job_ids])) if job_ids else []
 
-    def handed_out(self, job_ids: Iterable[str], held_for: float) -> dict[str, list[bytes]]:
+    def handed_out(self, job_ids: Iterable[str], held_for: float) -> dict[str, list[Copy]]:
         """Which of these jobs sit delivered-but-unacked, handed out at least `held_for`
-        seconds ago (kombu's unacked set, and its index of when each was handed out), with the
-        delivery tags of those copies: a job a live worker took a moment ago, after a long wait
-        in its queue, is not one a dead worker holds. One round trip."""
+        seconds ago (kombu's unacked set, and its index of when each was handed out), with each
+        such copy's delivery tag and attempt: a job a live worker took a moment ago, after a
+        long wait in its queue, is not one a dead worker holds, and a copy of an earlier try is
+        not the try now due. One round trip."""
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(UNACKED_KEY)
             pipe.zrangebyscore(UNACKED_INDEX_KEY, "-inf", time.time() - held_for)
             unacked, long_ago = pipe.execute()
         wanted = set(job_ids)
-        held: dict[str, list[bytes]] = {}
+        held: dict[str, list[Copy]] = {}
         for tag in long_ago:
-            job_id = _job_of(unacked.get(tag))
-            if job_id in wanted:
-                held.setdefault(job_id, []).append(tag)
+            copy = _copy_of(unacked.get(tag))
+            if copy is not None and copy[0] in wanted:
+                held.setdefault(copy[0], []).append((tag, copy[1]))
         return held
 
-    def redeliver(self, task: Tracked, attempt: int, stale: Iterable[bytes]) -> None:
-        """Send again a job a dead worker took and never started, then drop that worker's copy
-        from the unacked set: it would come back after the visibility timeout as a duplicate,
-        and be taken for a dead worker's again while the new copy waits in a long queue. Sent
-        first: a crash in between leaves a duplicate (which the worker-side guard drops),
-        never a job with no message."""
-        self.publish(task, attempt)
-        self._drop(list(stale))
+    def drop_copies(self, job_id: str, held_for: float) -> None:
+        """Take out of the unacked set the copies of a job handed out at least `held_for` ago:
+        its dead workers'. Left there, one would come back after the visibility timeout and
+        run a job that was run again already, or given up, and would be taken for a copy the
+        next try's dead worker holds."""
+        self.drop([tag for tag, _ in self.handed_out([job_id], held_for).get(job_id, [])])
 
-    def _drop(self, tags: list[bytes]) -> None:
+    def redeliver(self, task: Tracked, attempt: int, stale: Iterable[bytes]) -> None:
+        """Send again a job a dead worker took and never started, then drop that worker's
+        copies (`stale`) from the unacked set (`drop_copies` says why). Sent first: a crash in
+        between leaves a duplicate, never a job with no message."""
+        self.publish(task, attempt)
+        self.drop(list(stale))
+
+    def drop(self, tags: list[bytes]) -> None:
         """Take delivered copies out of kombu's unacked set (a worker's later ack of one is a
         no-op)."""
         if tags:

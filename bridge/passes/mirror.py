@@ -218,8 +218,12 @@ def handed_out_once(core: Core, now: float, tasks: list[Tracked], known: dict[st
     )
     for task, attempt in overdue:
         core.unstarted[task.job_id] = now  # look again after another grace period
-        stale = (held or {}).get(task.job_id)
-        if stale:
+        copies = (held or {}).get(task.job_id, [])
+        earlier = [tag for tag, carried in copies if carried is not None and carried < attempt]
+        if earlier:  # a try that ended asking for this one, its worker killed before its ack
+            core.redis.call(now, lambda tags=earlier: core.publisher.drop(tags))  # type: ignore[misc]
+        if any(carried == attempt for _, carried in copies):  # the try due, not an earlier one
+            stale = [tag for tag, _ in copies]
             core.guard.run(
                 str(task.path),
                 "recovering",

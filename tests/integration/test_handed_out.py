@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from bridge import dispatch
 from bridge.daemon import Bridge
 from taskcli.status import queue_names
 from taskd import states
@@ -162,3 +163,34 @@ def test_a_started_job_whose_worker_died_is_run_again_once_and_its_copy_dropped(
         now += 2 * GRACE
         bridge.mirror_once(now)
     assert len(_queued(client)) == 1  # the old copy is not taken for a new dead worker's
+
+
+def test_a_job_given_up_as_its_workers_died_holding_it_leaves_no_copy_to_come_back(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    now, _ = _published(bridge, "h6")
+    for n in range(dispatch.MAX_RECOVERIES + 1):  # each copy taken by a worker that died
+        _take_like_a_worker(client, handed_out_at=time.time() - 2 * GRACE, tag=f"tag-{n}")
+        bridge.mirror_once(now)
+        now += 2 * GRACE
+        bridge.mirror_once(now)
+    (path,) = (bridge.settings.task_queue / "4").iterdir()
+    assert json.loads(path.read_text())["state"] == states.FAILURE  # given up...
+    assert client.hlen("unacked") == 0 and _queued(client) == []  # ...and nothing left to run
+
+
+def test_a_copy_of_an_earlier_try_is_dropped_not_taken_for_the_retry_now_due(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    now, job_id = _published(bridge, "h7")
+    # The first try asked for a retry, and its worker was killed before it acknowledged it.
+    _take_like_a_worker(client, handed_out_at=time.time() - 2 * GRACE)
+    retry = {"retries": 1, "retry-at": "2026-01-01T00:00:00Z", "error": "busy"}
+    client.set(states.meta_key(job_id), json.dumps({"status": "RETRY", "result": retry}))
+    bridge.mirror_once(now)  # the retry, due: sent, and it waits in a long queue
+    for _ in range(3):
+        now += 2 * GRACE
+        bridge.mirror_once(now)
+    (queued,) = _queued(client)  # not sent again: no worker took it
+    assert _attempt_of(queued) == 1
+    assert client.hlen("unacked") == 0  # the first try's copy will not come back to run again
