@@ -64,8 +64,11 @@ def config(settings: Settings, include: Iterable[str] = ()) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         # One message per process: nothing sits prefetched in a worker that might die.
         "worker_prefetch_multiplier": 1,
-        # STARTED is stored as soon as a worker takes the job: the file shows it within a tick.
-        "task_track_started": True,
+        # STARTED is stored by the task itself the moment it holds the job's claim and knows
+        # it is the try due (tasks/base.py): the file shows it within a tick. Celery's own
+        # would be stored before that check, by a stale copy too, over the RETRY that says a
+        # later try waits.
+        "task_track_started": False,
         # Plain results: the bridge reads every active job's state each tick, so the meta
         # stays small (the task's arguments are not copied into every state write).
         "result_extended": False,

@@ -161,6 +161,11 @@ class TaskdTask(Task):  # type: ignore[misc]
             self._fail_internal(client, job_id, str(spec.get("type") or self.name), exc, whose)
         if verdict is not None:
             self._replay(job_id, verdict)
+        # STARTED only now, from the try that holds the claim and is the one due: Celery's own
+        # (task_track_started) comes before any check, and a stale copy's overwrote the RETRY
+        # that says a later try waits, so the copy ran that try at once, and again.
+        started = {"pid": os.getpid(), "hostname": worker}
+        _quietly(store_meta, self, job_id, states.STARTED, started, owner, whose)
         beat = _Heartbeat(client, job_id, owner, whose)
         beat.start()
         try:
