@@ -60,6 +60,7 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     if now >= core.full_look_at:
         core.quiet.clear()
         core.full_look_at = now + core.settings.rescan_interval
+        _forget_gone(core)
     was = core.quiet
     quiet = {job_id: was[job_id] for job_id, _ in pairs if job_id in was}
     hot = [job_id for job_id, _ in pairs if job_id not in quiet] + list(core.notifier.jobs)
@@ -90,6 +91,15 @@ def mirror_once(core: Core, now: float) -> dict[str, Known] | None:
     writer.forget_ended(core, now)
     core.metrics.mirrored(now, time.monotonic())
     return known
+
+
+def _forget_gone(core: Core) -> None:
+    """What the bridge counted for jobs it no longer mirrors (ended, cancelled, or a notify
+    job done) goes: those counts never outgrow the jobs in flight."""
+    live = core.table.by_job.keys() | core.notifier.jobs.keys()
+    for counts in (core.orphans, core.recoveries, core.unstarted):
+        for job_id in counts.keys() - live:
+            del counts[job_id]
 
 
 def _mirror_all(

@@ -194,3 +194,22 @@ def test_a_copy_of_an_earlier_try_is_dropped_not_taken_for_the_retry_now_due(
     (queued,) = _queued(client)  # not sent again: no worker took it
     assert _attempt_of(queued) == 1
     assert client.hlen("unacked") == 0  # the first try's copy will not come back to run again
+
+
+def test_what_was_counted_for_a_job_goes_once_it_has_ended(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    now, job_id = _published(bridge, "h8")
+    _take_like_a_worker(client, handed_out_at=time.time() - 2 * GRACE)
+    bridge.mirror_once(now)
+    now += 2 * GRACE
+    bridge.mirror_once(now)
+    assert bridge.core.recoveries[job_id] == 1 and job_id in bridge.core.unstarted
+    done = {"status": "SUCCESS", "result": {"progress": 100, "fields": {}}}
+    client.set(states.meta_key(job_id), json.dumps(done))
+    bridge.mirror_once(now)  # it ends
+    assert job_id not in bridge.core.table.by_job
+    now += bridge.settings.rescan_interval
+    bridge.mirror_once(now)  # the next full look
+    counted = (bridge.core.recoveries, bridge.core.unstarted, bridge.core.orphans)
+    assert all(job_id not in counts for counts in counted)
