@@ -139,7 +139,9 @@ def decide(
     if orphaned(fields, known):
         if orphaned_for < grace:
             return Decision(WAIT)
-        return Decision(RECOVER, jobs.count(fields.get(states.RETRIES)))
+        # The try that was running: the file's count, or the record's where the file keeps
+        # none (a notify job's, tracked in memory).
+        return Decision(RECOVER, max(jobs.count(fields.get(states.RETRIES)), known.attempt))
     if known.leased and known.meta is None and known.record is None:
         # Redis lost its record, but a worker runs it and has taken its lease back.
         return Decision(KNOWN)

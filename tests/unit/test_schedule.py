@@ -94,3 +94,12 @@ def test_an_attempt_published_and_not_begun_by_anyone_is_one_a_dead_worker_may_h
     assert not held(Known(None, None))  # Redis lost it: another path
     for status in ("STARTED", "PROGRESS", "SUCCESS", "FAILURE"):
         assert not held(Known(published, _meta(status)))  # it began
+
+
+def test_a_job_run_again_runs_the_try_that_was_running() -> None:
+    orphan = Known(states.JOB_PUBLISHED, _meta("PROGRESS"), attempt=2, leased=False)
+    # A notify job keeps no count in a file: the record says which try was sent.
+    assert decide(RUNNING, orphan, NOW, orphaned_for=30, grace=30).attempt == 2
+    assert decide({**RUNNING, "retries": 2}, orphan, NOW, 30, 30).attempt == 2
+    lost = Known(None, None, leased=False)  # Redis lost the record: the file's count stands
+    assert decide({**RUNNING, "retries": 1}, lost, NOW, 30, 30).attempt == 1
