@@ -277,12 +277,16 @@ class Publisher:
         seconds ago (kombu's unacked set, and its index of when each was handed out), with each
         such copy's delivery tag and attempt: a job a live worker took a moment ago, after a
         long wait in its queue, is not one a dead worker holds, and a copy of an earlier try is
-        not the try now due. One round trip."""
+        not the try now due, nor is a job whose lease a worker holds (it runs, whatever its
+        state says yet). One round trip."""
+        ids = list(job_ids)
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hgetall(UNACKED_KEY)
             pipe.zrangebyscore(UNACKED_INDEX_KEY, "-inf", time.time() - held_for)
-            unacked, long_ago = pipe.execute()
-        wanted = set(job_ids)
+            for job_id in ids:
+                pipe.exists(states.claim_key(job_id))
+            unacked, long_ago, *leased = pipe.execute()
+        wanted = {job_id for job_id, held in zip(ids, leased, strict=True) if not held}
         held: dict[str, list[Copy]] = {}
         for tag in long_ago:
             copy = _copy_of(unacked.get(tag))

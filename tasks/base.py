@@ -161,11 +161,7 @@ class TaskdTask(Task):  # type: ignore[misc]
             self._fail_internal(client, job_id, str(spec.get("type") or self.name), exc, whose)
         if verdict is not None:
             self._replay(job_id, verdict)
-        # STARTED only now, from the try that holds the claim and is the one due: Celery's own
-        # (task_track_started) comes before any check, and a stale copy's overwrote the RETRY
-        # that says a later try waits, so the copy ran that try at once, and again.
-        started = {"pid": os.getpid(), "hostname": worker}
-        _quietly(store_meta, self, job_id, states.STARTED, started, owner, whose)
+        self._store_started(job_id, worker, owner, whose)
         beat = _Heartbeat(client, job_id, owner, whose)
         beat.start()
         try:
@@ -243,6 +239,23 @@ class TaskdTask(Task):  # type: ignore[misc]
             if claimed:
                 return None
             time.sleep(1.0)
+
+    def _store_started(self, job_id: str, worker: str, owner: str, whose: str) -> None:
+        """STARTED, stored only now, by the try that holds the claim and is the one due:
+        Celery's own (task_track_started) comes before any check, and a stale copy's overwrote
+        the RETRY that says a later try waits, so the copy ran that try at once, and again.
+        Redis blinking is tried again as when claiming; past that the job runs on and its
+        first report says it started."""
+        started = {"pid": os.getpid(), "hostname": worker}
+        for tries in range(1, ENTER_TRIES + 1):
+            try:
+                store_meta(self, job_id, states.STARTED, started, owner, whose)
+                return
+            except Exception as exc:  # noqa: BLE001 - bookkeeping must not fail the job
+                if not is_connection_error(exc) or tries == ENTER_TRIES:
+                    log.warning("job %s: its start not stored (%s); running it", job_id, exc)
+                    return
+                time.sleep(tries)
 
     def _replay(self, job_id: str, verdict: dict[str, Any]) -> None:
         if verdict.get("cancelled"):

@@ -213,3 +213,16 @@ def test_what_was_counted_for_a_job_goes_once_it_has_ended(
     bridge.mirror_once(now)  # the next full look
     counted = (bridge.core.recoveries, bridge.core.unstarted, bridge.core.orphans)
     assert all(job_id not in counts for counts in counted)
+
+
+def test_a_job_whose_lease_a_worker_holds_is_not_sent_again_whatever_its_state_says(
+    bridge: Bridge, client: redis.Redis
+) -> None:
+    now, job_id = _published(bridge, "h9")
+    _take_like_a_worker(client, handed_out_at=time.time() - 2 * GRACE)
+    client.set(states.claim_key(job_id), "w1@h/42/abcd", ex=60)  # it runs; its start unsaid
+    for _ in range(3):
+        bridge.mirror_once(now)
+        now += 2 * GRACE
+    bridge.mirror_once(now)
+    assert _queued(client) == [] and client.hlen("unacked") == 1  # left to its worker
