@@ -116,15 +116,12 @@ def recover(
     its worker every time must not loop for ever). `stale`: the delivery tags of the copies a
     worker took and died holding before it started them (none for a job that had started)."""
     core.orphans.pop(task.job_id, None)
+    grace = core.settings.recovery_grace
     count = core.recoveries[task.job_id] = core.recoveries.get(task.job_id, 0) + 1
     if count > MAX_RECOVERIES:
         # The last dead worker's copy goes too: back after the visibility timeout, it would
         # run the job (or send the mail) after its file said it gave up.
-        grace = core.settings.recovery_grace
-        if stale is None:
-            core.redis.call(now, lambda: core.publisher.drop_copies(task.job_id, grace))
-        else:
-            core.redis.call(now, lambda: core.publisher.drop(stale))
+        core.redis.call(now, lambda: core.publisher.drop_copies(task.job_id, grace, stale))
         error = STOPPED_ERROR.format(n=MAX_RECOVERIES + 1)
         if task.type is core.notifier.kind:
             core.notify_gave_up(task, error)  # the task ended well: only its mail failed
@@ -138,8 +135,4 @@ def recover(
         extra=task_ids(task),
     )
     core.metrics.count(metrics.REPUBLISHED, metrics.WORKER_LOST)
-    if stale is None:
-        grace = core.settings.recovery_grace
-        core.redis.call(now, lambda: core.publisher.recover(task, attempt, grace))
-    else:
-        core.redis.call(now, lambda: core.publisher.redeliver(task, attempt, stale))
+    core.redis.call(now, lambda: core.publisher.recover(task, attempt, grace, stale))

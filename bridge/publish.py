@@ -257,16 +257,19 @@ class Publisher:
             replies = pipe.execute()
         return any(needle in item for items in replies for item in items)
 
-    def recover(self, task: Tracked, attempt: int, held_for: float) -> None:
-        """Run again a job whose worker died: forget its stale state, publish the same id, and
-        drop the dead worker's copies (`drop_copies`).
-
-        A copy that still comes back (a bridge killed between the steps) is harmless: the
-        worker-side guard finds the job's outcome and does not run it a second time.
-        """
-        self.client.delete(states.meta_key(task.job_id))
+    def recover(
+        self, task: Tracked, attempt: int, held_for: float, stale: list[bytes] | None = None
+    ) -> None:
+        """Run again a job whose worker died: publish the same id, then drop the dead
+        worker's copies (`drop_copies`). A job that had started (`stale` not given) has its
+        stale state forgotten first; one its worker took and never started keeps its state
+        (none, or the RETRY that asked for this try). Sent before anything is dropped: a crash
+        in between leaves a duplicate, never a job with no message; a copy that still comes
+        back is kept to one run by the worker-side guard."""
+        if stale is None:
+            self.client.delete(states.meta_key(task.job_id))
         self.publish(task, attempt)
-        self.drop_copies(task.job_id, held_for)
+        self.drop_copies(task.job_id, held_for, stale)
 
     def states_of(self, job_ids: list[str]) -> list[bytes | None]:
         """Each job's state as stored (raw), in one MGET: all a glance reads."""
@@ -294,23 +297,18 @@ class Publisher:
                 held.setdefault(copy[0], []).append((tag, copy[1]))
         return held
 
-    def drop_copies(self, job_id: str, held_for: float) -> None:
-        """Take out of the unacked set the copies of a job handed out at least `held_for` ago:
-        its dead workers'. Left there, one would come back after the visibility timeout and
-        run a job that was run again already, or given up, and would be taken for a copy the
-        next try's dead worker holds."""
-        self.drop([tag for tag, _ in self.handed_out([job_id], held_for).get(job_id, [])])
-
-    def redeliver(self, task: Tracked, attempt: int, stale: Iterable[bytes]) -> None:
-        """Send again a job a dead worker took and never started, then drop that worker's
-        copies (`stale`) from the unacked set (`drop_copies` says why). Sent first: a crash in
-        between leaves a duplicate, never a job with no message."""
-        self.publish(task, attempt)
-        self.drop(list(stale))
+    def drop_copies(self, job_id: str, held_for: float, tags: list[bytes] | None = None) -> None:
+        """Take out of kombu's unacked set a job's dead workers' copies: `tags`, or those
+        handed out at least `held_for` ago. Left there, one would come back after the
+        visibility timeout and run a job that was run again already, or given up, and would be
+        taken for a copy the next try's dead worker holds. (A worker's later ack of a dropped
+        copy is a no-op.)"""
+        if tags is None:
+            tags = [tag for tag, _ in self.handed_out([job_id], held_for).get(job_id, [])]
+        self.drop(tags)
 
     def drop(self, tags: list[bytes]) -> None:
-        """Take delivered copies out of kombu's unacked set (a worker's later ack of one is a
-        no-op)."""
+        """Take delivered copies out of kombu's unacked set."""
         if tags:
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.hdel(UNACKED_KEY, *tags)

@@ -104,13 +104,13 @@ def orphaned(fields: Mapping[str, Any], known: Known) -> bool:
 
 
 def waiting_unstarted(fields: Mapping[str, Any], known: Known) -> bool:
-    """Published, not started, nobody holds it: in its queue, or handed to a worker that died
-    before starting it (kombu keeps that one unacked until the visibility timeout)."""
+    """Published, not started, nobody holds it, and its file still says QUEUED: in its queue,
+    or handed to a worker that died before starting it (kombu keeps that one unacked until the
+    visibility timeout)."""
     return (
         fields.get(states.STATE) == states.QUEUED
-        and known.record == states.JOB_PUBLISHED
         and known.meta is None
-        and not known.leased
+        and handed_out_unstarted(known)
     )
 
 

@@ -226,12 +226,12 @@ def handed_out_once(core: Core, now: float, tasks: list[Tracked], known: dict[st
     held = core.redis.call(
         now, lambda: core.publisher.handed_out((t.job_id for t, _ in overdue), held_for=grace)
     )
+    earlier: list[bytes] = []
     for task, attempt in overdue:
         core.unstarted[task.job_id] = now  # look again after another grace period
         copies = (held or {}).get(task.job_id, [])
-        earlier = [tag for tag, carried in copies if carried is not None and carried < attempt]
-        if earlier:  # a try that ended asking for this one, its worker killed before its ack
-            core.redis.call(now, lambda tags=earlier: core.publisher.drop(tags))  # type: ignore[misc]
+        # A try that ended asking for this one, its worker killed before its ack: dropped.
+        earlier += [tag for tag, carried in copies if carried is not None and carried < attempt]
         if any(carried == attempt for _, carried in copies):  # the try due, not an earlier one
             stale = [tag for tag, _ in copies]
             core.guard.run(
@@ -242,6 +242,8 @@ def handed_out_once(core: Core, now: float, tasks: list[Tracked], known: dict[st
                 end=lambda error, t=task: _recovery_failed(core, t, error, now),  # type: ignore[misc]
                 log_ids=partial(task_ids, task),
             )
+    if earlier:
+        core.redis.call(now, lambda: core.publisher.drop(earlier))
 
 
 def _recovery_failed(core: Core, task: Tracked, error: str, now: float) -> None:
